@@ -1,0 +1,35 @@
+//! Messages any device session accepts whatever its protocol: what the registry and the API
+//! hold a [`SessionRef`] for.
+
+use iothub::command::{InstructCode, Instruction, InstructionReply};
+use ractor::{ActorId, DerivedActorRef};
+use tokio::sync::oneshot;
+
+/// Outcome of an instruction sent to a live session: the device's reply, or the `_code`
+/// that says why there is none.
+pub type InstructOutcome = Result<InstructionReply, InstructCode>;
+
+pub enum SessionControl {
+    /// Send an instruction to the device and answer with its reply. The session answers
+    /// 600 itself when `timeout` passes, so the caller never waits on a dead device.
+    Instruct {
+        instruction: Instruction,
+        timeout: std::time::Duration,
+        reply: oneshot::Sender<InstructOutcome>,
+    },
+    /// A newer connection of the same device logged in: close this one.
+    TakenOver,
+}
+
+/// A protocol-neutral reference to a live device session.
+#[derive(Clone)]
+pub struct SessionRef {
+    pub id: ActorId,
+    pub control: DerivedActorRef<SessionControl>,
+}
+
+impl SessionRef {
+    pub fn send(&self, msg: SessionControl) -> bool {
+        self.control.send_message(msg).is_ok()
+    }
+}

@@ -1,0 +1,26 @@
+//! # iothub-actors: what the hub does
+//!
+//! Every actor and all I/O of iothub, on ractor and tokio. The protocol rules live in the
+//! pure `iothub` crate; this crate moves bytes, persists events and talks to customers.
+//!
+//! # Layout
+//! - [`root`]: the root supervisor that starts everything in order and stops it in reverse.
+//! - [`gateway`]: TCP listener per device protocol, one `DeviceSession` actor per connection
+//!   with a reader task and a bounded writer task.
+//! - [`registry`]: IMEI -> owning session; newest connection wins, stale deletes are ignored.
+//! - [`publish`]: the Publisher actor: events -> embedded durable log or Kafka.
+//! - [`push`]: the PushDispatcher: log/Kafka -> the customer's `pushURL`, at least once.
+//! - [`offline`]: instructions queued for offline devices, delivered at their next login.
+//! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
+//! - [`config`]: the TOML file and the Jimi environment variables.
+//! - [`telemetry`]: Prometheus metrics and logging set-up.
+
+pub mod api;
+pub mod config;
+pub mod gateway;
+pub mod offline;
+pub mod publish;
+pub mod push;
+pub mod registry;
+pub mod root;
+pub mod telemetry;

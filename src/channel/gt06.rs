@@ -1,0 +1,1 @@
+//! GT06 channel: login gating, acknowledgements, events, online commands.
