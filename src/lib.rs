@@ -10,6 +10,7 @@
 //! - [`event`]: what devices tell us, shaped as the Jimi push records customers already parse.
 //! - [`command`]: instructions from the customer API, their `_code` answers.
 //! - [`imei`]: the device identity every registry entry, push and stream key uses.
+//! - [`protocol`]: the table the generic connection driver reads: codec + channel per protocol.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -17,3 +18,4 @@ pub mod codec;
 pub mod command;
 pub mod event;
 pub mod imei;
+pub mod protocol;

@@ -1,1 +1,66 @@
-fn main(){}
+//! iothubd: the iothub daemon. Loads the configuration, starts the hub and runs until
+//! SIGTERM or SIGINT, then stops gracefully (no new devices, logouts stored, pushes kept).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use iothub_actors::config::Config;
+use iothub_actors::root::Hub;
+use iothub_actors::telemetry;
+
+/// iothub: an IoT hub for GPS trackers and dashcams, compatible with Jimi IoT Hub devices
+/// and integrations.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, `config/iothub.toml` is used when present,
+    /// else the built-in defaults (the same file, embedded). Environment variables with the
+    /// Jimi names (pushURL, kafkaEnable, readTimeOut, ...) override the file.
+    #[arg(long, short = 'c', env = "IOTHUB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("iothubd: invalid configuration: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("iothubd stopped: {e:#}");
+            eprintln!("iothubd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics_addr = telemetry::start_metrics(config.metrics.listen).await?;
+    let mut hub = Hub::start(&config).await?;
+    tracing::info!(
+        gate_id = %config.gate_id,
+        gt06 = %hub.gt06_addr,
+        api = %hub.api_addr,
+        metrics = %metrics_addr,
+        kafka = config.kafka.enable,
+        "iothubd ready"
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = sigterm.recv() => false,
+        _ = hub.failed() => true,
+    };
+    hub.shutdown().await;
+    if failed {
+        anyhow::bail!("a core actor failed");
+    }
+    Ok(())
+}

@@ -26,6 +26,10 @@ pub enum Action {
     InstructionReply(InstructionReply),
     /// Close the connection.
     Close(CloseReason),
+    /// The device sent a message type this channel does not handle (or one that only ever
+    /// travels server to device): nothing was published or answered. The driver logs it and
+    /// counts it by protocol number (GT06 protocol number, JT/T 808 message id).
+    Unrecognised { protocol: u16 },
 }
 
 /// Why a channel closes its connection: the label of the `sessions closed` metric.
@@ -37,6 +41,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// The device logged in again with another IMEI on the same connection.
     IdentityChanged,
+    /// The connection did not log in within the login timeout.
+    LoginTimeout,
 }
 
 impl CloseReason {
@@ -45,6 +51,7 @@ impl CloseReason {
             CloseReason::NotLoggedIn => "not_logged_in",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::IdentityChanged => "identity_changed",
+            CloseReason::LoginTimeout => "login_timeout",
         }
     }
 }

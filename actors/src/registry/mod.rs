@@ -15,6 +15,8 @@ use crate::gateway::control::{SessionControl, SessionRef};
 pub enum RegistryMsg {
     Register(Imei, SessionRef, RpcReplyPort<bool>),
     Unregister(Imei, ActorId),
+    /// A session died without cleaning up (panic): drop whatever it owned.
+    UnregisterSession(ActorId),
     Lookup(Imei, RpcReplyPort<Option<SessionRef>>),
     Count(RpcReplyPort<usize>),
 }
@@ -66,6 +68,11 @@ impl Actor for RegistryActor {
                     metrics::gauge!("iothub_registry_devices").set(state.sessions.len() as f64);
                 }
             }
+            RegistryMsg::UnregisterSession(owner) => {
+                // Rare (only after a session panicked), so a scan is fine.
+                state.sessions.retain(|_, s| s.id != owner);
+                metrics::gauge!("iothub_registry_devices").set(state.sessions.len() as f64);
+            }
             RegistryMsg::Lookup(imei, reply) => {
                 let _ = reply.send(state.sessions.get(&imei).cloned());
             }
@@ -96,6 +103,11 @@ impl Registry {
     /// Removes the entry only if `owner` still owns it.
     pub fn unregister(&self, imei: Imei, owner: ActorId) {
         let _ = self.actor.cast(RegistryMsg::Unregister(imei, owner));
+    }
+
+    /// Removes every entry owned by a session that died without cleaning up.
+    pub fn unregister_session(&self, owner: ActorId) {
+        let _ = self.actor.cast(RegistryMsg::UnregisterSession(owner));
     }
 
     pub async fn lookup(&self, imei: Imei) -> Result<Option<SessionRef>, RegistryDown> {

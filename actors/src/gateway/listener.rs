@@ -1,0 +1,147 @@
+//! Gateway: the supervisor of one device port. An accept task takes connections (bounded by
+//! a connection semaphore) and spawns one DeviceSession per connection, linked to the
+//! gateway. A session that panics dies alone: the gateway counts it and removes the registry
+//! entry it owned; the device reconnects. Stopping the gateway stops accepting first, then
+//! stops every session (each publishes its logout) and waits for them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iothub::protocol::Protocol;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::session::{DeviceSession, SessionArgs, SessionDeps};
+use crate::registry::Registry;
+
+pub struct Gateway<P: Protocol>(std::marker::PhantomData<P>);
+
+impl<P: Protocol> Default for Gateway<P> {
+    fn default() -> Self {
+        Gateway(std::marker::PhantomData)
+    }
+}
+
+pub struct GatewayArgs<P: Protocol> {
+    pub protocol: Arc<P>,
+    pub listener: TcpListener,
+    pub deps: SessionDeps,
+    pub max_connections: usize,
+}
+
+pub enum GatewayMsg {}
+
+pub struct GatewayState {
+    accept: JoinHandle<()>,
+    registry: Registry,
+    name: &'static str,
+    local_addr: SocketAddr,
+}
+
+impl<P: Protocol> Actor for Gateway<P> {
+    type Msg = GatewayMsg;
+    type State = GatewayState;
+    type Arguments = GatewayArgs<P>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs<P>,
+    ) -> Result<GatewayState, ActorProcessingErr> {
+        let local_addr = args.listener.local_addr()?;
+        let name = args.protocol.name();
+        let registry = args.deps.registry.clone();
+        let accept = tokio::spawn(accept_loop(
+            args.protocol,
+            args.listener,
+            args.deps,
+            Arc::new(Semaphore::new(args.max_connections)),
+            myself,
+        ));
+        tracing::info!(protocol = name, %local_addr, "gateway listening");
+        Ok(GatewayState {
+            accept,
+            registry,
+            name,
+            local_addr,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        msg: GatewayMsg,
+        _state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {}
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        event: SupervisionEvent,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            // post_stop does not run after a panic, so the registry entry is cleaned here.
+            metrics::counter!("iothub_sessions_failed_total", "protocol" => state.name).increment(1);
+            tracing::error!(protocol = state.name, %error, "device session failed");
+            state.registry.unregister_session(cell.get_id());
+            metrics::gauge!("iothub_connections", "protocol" => state.name).decrement(1.0);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.accept.abort();
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+        tracing::info!(protocol = state.name, local_addr = %state.local_addr, "gateway stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop<P: Protocol>(
+    protocol: Arc<P>,
+    listener: TcpListener,
+    deps: SessionDeps,
+    connection_limit: Arc<Semaphore>,
+    gateway: ActorRef<GatewayMsg>,
+) {
+    let name = protocol.name();
+    loop {
+        let Ok(permit) = connection_limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                metrics::counter!("iothub_accept_errors_total", "protocol" => name).increment(1);
+                tracing::warn!(protocol = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        metrics::counter!("iothub_connections_accepted_total", "protocol" => name).increment(1);
+        let args = SessionArgs {
+            protocol: protocol.clone(),
+            stream,
+            deps: deps.clone(),
+            connection_permit: Some(permit),
+        };
+        if let Err(e) =
+            Actor::spawn_linked(None, DeviceSession::<P>::default(), args, gateway.get_cell()).await
+        {
+            tracing::warn!(protocol = name, %peer, error = %e, "could not start device session");
+        }
+    }
+}

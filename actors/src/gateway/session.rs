@@ -1,0 +1,677 @@
+//! DeviceSession: one actor per device connection, for every protocol.
+//!
+//! The session owns the socket's write half and the protocol's pure channel. A reader task
+//! owns the read half: it decodes frames and casts them to the session, so the mailbox never
+//! blocks on a read and an idle tracker can still be stopped, taken over or sent a command.
+//! The reader holds one permit of a small semaphore per frame in flight, which bounds the
+//! session's inbound queue even though actor mailboxes themselves are unbounded.
+//!
+//! The session runs the channel's actions strictly in order. `Publish` is awaited before the
+//! next action, so an acknowledgement the channel placed after it only reaches the device
+//! once the event is durable: that is the "no acknowledged event is lost" invariant.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use iothub::channel::{Action, Channel, CloseReason};
+use iothub::command::{InstructCode, Instruction, InstructionReply};
+use iothub::event::{
+    jimi_time, Event, InstructResponseRecord, OfflineCommandCallback, OfflineCommandCallbackData,
+    Record, Topic,
+};
+use iothub::imei::Imei;
+use iothub::protocol::Protocol;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::control::{InstructOutcome, SessionControl, SessionRef};
+use crate::offline::{OfflineCommands, QueuedInstruction};
+use crate::publish::Publisher;
+use crate::registry::Registry;
+
+/// Frames a reader may have decoded and not yet seen handled.
+const INBOUND_FRAMES_IN_FLIGHT: usize = 8;
+/// Largest read buffer a connection may accumulate without completing a frame.
+const MAX_READ_BUFFER: usize = 16 * 1024;
+/// How often the channel gets a tick (idle and login timeouts).
+pub const TICK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Everything a session needs from the rest of the hub.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub registry: Registry,
+    pub publisher: Publisher,
+    pub offline: OfflineCommands,
+    pub write_timeout: Duration,
+    /// How long a queued offline instruction may wait for the device's answer.
+    pub offline_reply_timeout: Duration,
+}
+
+pub struct SessionArgs<P: Protocol> {
+    pub protocol: Arc<P>,
+    pub stream: TcpStream,
+    pub deps: SessionDeps,
+    /// Connection-limit permit, released when the session's state is dropped.
+    pub connection_permit: Option<OwnedSemaphorePermit>,
+}
+
+pub enum SessionMsg<F> {
+    /// A decoded frame, with the permit that bounds the reader's run-ahead.
+    Inbound(F, OwnedSemaphorePermit),
+    Tick,
+    /// The reader stopped: end of stream, I/O error or undecodable bytes.
+    ReaderDone(ReaderEnd),
+    Control(SessionControl),
+    /// The instruction with this generation got no answer in time.
+    InstructionTimeout(u64),
+}
+
+impl<F> From<SessionControl> for SessionMsg<F> {
+    fn from(c: SessionControl) -> Self {
+        SessionMsg::Control(c)
+    }
+}
+
+impl<F> TryFrom<SessionMsg<F>> for SessionControl {
+    type Error = ();
+    fn try_from(m: SessionMsg<F>) -> Result<Self, ()> {
+        match m {
+            SessionMsg::Control(c) => Ok(c),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ReaderEnd {
+    Eof,
+    Io(std::io::Error),
+    Decode { kind: &'static str, detail: String },
+    BufferOverflow,
+}
+
+/// Who is waiting for the answer to the instruction in flight.
+enum Waiter {
+    /// A sendInstruct caller.
+    Api(oneshot::Sender<InstructOutcome>),
+    /// An offline instruction delivered at login.
+    Offline(QueuedInstruction),
+}
+
+struct InFlight {
+    generation: u64,
+    server_flag_id: u32,
+    waiter: Waiter,
+}
+
+pub struct SessionState<P: Protocol> {
+    protocol: Arc<P>,
+    channel: P::Channel,
+    writer: OwnedWriteHalf,
+    reader: JoinHandle<()>,
+    deps: SessionDeps,
+    imei: Option<Imei>,
+    in_flight: Option<InFlight>,
+    generation: u64,
+    /// Offline instructions still to deliver this connection, oldest first.
+    offline_queue: VecDeque<QueuedInstruction>,
+    closing: bool,
+    /// A newer connection of the device took over: its LOGIN is already out, so this one
+    /// must not publish a LOGOUT that would arrive after it and mark the device offline.
+    taken_over: bool,
+    _connection_permit: Option<OwnedSemaphorePermit>,
+}
+
+pub struct DeviceSession<P: Protocol>(std::marker::PhantomData<P>);
+
+impl<P: Protocol> Default for DeviceSession<P> {
+    fn default() -> Self {
+        DeviceSession(std::marker::PhantomData)
+    }
+}
+
+impl<P: Protocol> Actor for DeviceSession<P> {
+    type Msg = SessionMsg<P::Frame>;
+    type State = SessionState<P>;
+    type Arguments = SessionArgs<P>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs<P>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let _ = args.stream.set_nodelay(true);
+        let (read_half, writer) = args.stream.into_split();
+        let channel = args.protocol.new_channel(Utc::now());
+        let reader = tokio::spawn(read_loop(args.protocol.clone(), read_half, myself));
+        metrics::gauge!("iothub_connections", "protocol" => args.protocol.name()).increment(1.0);
+        Ok(SessionState {
+            protocol: args.protocol,
+            channel,
+            writer,
+            reader,
+            deps: args.deps,
+            imei: None,
+            in_flight: None,
+            generation: 0,
+            offline_queue: VecDeque::new(),
+            closing: false,
+            taken_over: false,
+            _connection_permit: args.connection_permit,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.closing {
+            // Answer callers rather than leave them waiting on a closing session.
+            if let SessionMsg::Control(SessionControl::Instruct { reply, .. }) = msg {
+                let _ = reply.send(Err(InstructCode::Offline));
+            }
+            return Ok(());
+        }
+        match msg {
+            SessionMsg::Inbound(frame, permit) => {
+                let frame_type = state.protocol.frame_type(&frame);
+                metrics::counter!(
+                    "iothub_frames_total",
+                    "protocol" => state.protocol.name(),
+                    "type" => frame_type_label(frame_type)
+                )
+                .increment(1);
+                let actions = state.channel.handle_frame(frame, Utc::now());
+                drop(permit);
+                state.run(&myself, actions).await;
+            }
+            SessionMsg::Tick => {
+                let actions = state.channel.handle_tick(Utc::now());
+                state.run(&myself, actions).await;
+            }
+            SessionMsg::ReaderDone(end) => {
+                match &end {
+                    ReaderEnd::Eof => {}
+                    ReaderEnd::Io(e) => tracing::debug!(imei = ?state.imei, error = %e, "read failed"),
+                    ReaderEnd::Decode { kind, detail } => {
+                        metrics::counter!(
+                            "iothub_decode_errors_total",
+                            "protocol" => state.protocol.name(),
+                            "kind" => *kind
+                        )
+                        .increment(1);
+                        tracing::warn!(imei = ?state.imei, kind, detail, "malformed frame, closing connection");
+                    }
+                    ReaderEnd::BufferOverflow => {
+                        metrics::counter!(
+                            "iothub_decode_errors_total",
+                            "protocol" => state.protocol.name(),
+                            "kind" => "buffer_overflow"
+                        )
+                        .increment(1);
+                    }
+                }
+                state.close(&myself, reader_end_label(&end));
+            }
+            SessionMsg::Control(SessionControl::TakenOver) => {
+                tracing::info!(imei = ?state.imei, "newer connection of this device logged in, closing");
+                state.taken_over = true;
+                state.close(&myself, "taken_over");
+            }
+            SessionMsg::Control(SessionControl::Instruct {
+                instruction,
+                timeout,
+                reply,
+            }) => {
+                let actions = state
+                    .start_instruction(&myself, instruction, timeout, Waiter::Api(reply))
+                    .await;
+                state.run(&myself, actions).await;
+            }
+            SessionMsg::InstructionTimeout(generation) => {
+                let actions = state.expire_instruction(&myself, generation).await;
+                state.run(&myself, actions).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reader.abort();
+        let actions = state.channel.handle_close(Utc::now());
+        let events: Vec<Event> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Publish(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if !events.is_empty() && !state.taken_over {
+            if let Err(e) = state.deps.publisher.publish(events).await {
+                tracing::warn!(imei = ?state.imei, error = %e, "logout event not stored");
+            }
+        }
+        if let Some(in_flight) = state.in_flight.take() {
+            if let Waiter::Api(reply) = in_flight.waiter {
+                let _ = reply.send(Err(InstructCode::Offline));
+            }
+        }
+        if let Some(imei) = state.imei {
+            state.deps.registry.unregister(imei, myself.get_id());
+        }
+        let _ = state.writer.shutdown().await;
+        metrics::gauge!("iothub_connections", "protocol" => state.protocol.name()).decrement(1.0);
+        Ok(())
+    }
+}
+
+impl<P: Protocol> SessionState<P> {
+    /// Carries out the channel's actions in order; consecutive publishes go as one batch.
+    /// Actions produced while carrying out an action (an offline instruction sent at login)
+    /// run after the rest, so a device sees its login acknowledged before any instruction.
+    async fn run(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        let mut pending_events: Vec<Event> = Vec::new();
+        while let Some(action) = queue.pop_front() {
+            if self.closing {
+                return;
+            }
+            if let Action::Publish(event) = action {
+                pending_events.push(event);
+                continue;
+            }
+            if !pending_events.is_empty() && !self.flush_events(myself, &mut pending_events).await {
+                return;
+            }
+            let follow_up = match action {
+                Action::Publish(_) => Vec::new(),
+                Action::Send(bytes) => {
+                    self.write(myself, &bytes).await;
+                    Vec::new()
+                }
+                Action::LoggedIn { imei } => self.logged_in(myself, imei).await,
+                Action::InstructionReply(reply) => self.instruction_reply(myself, reply).await,
+                Action::Unrecognised { protocol } => {
+                    metrics::counter!(
+                        "iothub_frames_unrecognised_total",
+                        "protocol" => self.protocol.name(),
+                        "type" => frame_type_label(protocol)
+                    )
+                    .increment(1);
+                    tracing::debug!(imei = ?self.imei, message_type = protocol, "message type not handled");
+                    Vec::new()
+                }
+                Action::Close(reason) => {
+                    if reason == CloseReason::NotLoggedIn {
+                        tracing::info!("frame before login, closing connection");
+                    }
+                    self.close(myself, reason.label());
+                    Vec::new()
+                }
+            };
+            queue.extend(follow_up);
+        }
+        if !pending_events.is_empty() {
+            self.flush_events(myself, &mut pending_events).await;
+        }
+    }
+
+    /// Publishes and waits until durable. On failure the connection closes without the
+    /// acknowledgement that would have followed, so the device sends the data again.
+    async fn flush_events(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        match self.deps.publisher.publish(std::mem::take(events)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing without ack");
+                self.close(myself, "publish_failed");
+                false
+            }
+        }
+    }
+
+    async fn write(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, bytes: &[u8]) {
+        match tokio::time::timeout(self.deps.write_timeout, self.writer.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(imei = ?self.imei, error = %e, "write failed");
+                self.close(myself, "write_failed");
+            }
+            Err(_) => {
+                tracing::info!(imei = ?self.imei, "write timed out, closing slow connection");
+                self.close(myself, "write_timeout");
+            }
+        }
+    }
+
+    async fn logged_in(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, imei: Imei) -> Vec<Action> {
+        if self.imei == Some(imei) {
+            return Vec::new();
+        }
+        self.imei = Some(imei);
+        let me = SessionRef {
+            id: myself.get_id(),
+            control: myself.get_derived(),
+        };
+        if self.deps.registry.register(imei, me).await.is_err() {
+            self.close(myself, "registry_down");
+            return Vec::new();
+        }
+        metrics::counter!("iothub_logins_total", "protocol" => self.protocol.name()).increment(1);
+        match self.deps.offline.pending(imei).await {
+            Ok(queued) => {
+                self.offline_queue = queued.into();
+                self.deliver_next_offline(myself).await
+            }
+            Err(e) => {
+                tracing::warn!(%imei, error = %e, "could not read offline instructions");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Starts the next queued offline instruction if none is in flight; returns the actions
+    /// that put it on the wire.
+    async fn deliver_next_offline(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>) -> Vec<Action> {
+        while self.in_flight.is_none() && !self.closing {
+            let Some(queued) = self.offline_queue.pop_front() else {
+                break;
+            };
+            let instruction = queued.instruction.clone();
+            let timeout = self.deps.offline_reply_timeout;
+            let actions = self
+                .start_instruction(myself, instruction, timeout, Waiter::Offline(queued))
+                .await;
+            if !actions.is_empty() {
+                return actions;
+            }
+        }
+        Vec::new()
+    }
+
+    async fn start_instruction(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        instruction: Instruction,
+        timeout: Duration,
+        waiter: Waiter,
+    ) -> Vec<Action> {
+        if self.in_flight.is_some() {
+            match waiter {
+                Waiter::Api(reply) => {
+                    let _ = reply.send(Err(InstructCode::Busy));
+                }
+                // Delivered after the instruction in flight is answered or expires.
+                Waiter::Offline(queued) => self.offline_queue.push_front(queued),
+            }
+            return Vec::new();
+        }
+        match self.channel.handle_instruction(&instruction, Utc::now()) {
+            Err(refusal) => {
+                match waiter {
+                    Waiter::Api(reply) => {
+                        let _ = reply.send(Err(refusal.code()));
+                    }
+                    Waiter::Offline(queued) => {
+                        // It can never be delivered: answer the customer and drop it.
+                        tracing::warn!(imei = ?self.imei, error = %refusal, "offline instruction refused by the device protocol");
+                        self.finish_offline(myself, queued, refusal.code(), String::new())
+                            .await;
+                    }
+                }
+                Vec::new()
+            }
+            Ok(actions) => {
+                self.generation += 1;
+                let generation = self.generation;
+                self.in_flight = Some(InFlight {
+                    generation,
+                    server_flag_id: instruction.server_flag_id,
+                    waiter,
+                });
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let _ = me.cast(SessionMsg::InstructionTimeout(generation));
+                });
+                metrics::counter!("iothub_instructions_sent_total", "protocol" => self.protocol.name())
+                    .increment(1);
+                actions
+            }
+        }
+    }
+
+    async fn instruction_reply(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        reply: InstructionReply,
+    ) -> Vec<Action> {
+        let matches = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.server_flag_id == reply.server_flag_id);
+        if !matches {
+            tracing::info!(imei = ?self.imei, flag = reply.server_flag_id, content = %reply.content, "device reply matches no instruction in flight");
+            metrics::counter!("iothub_instruction_replies_unmatched_total").increment(1);
+            return Vec::new();
+        }
+        let Some(in_flight) = self.in_flight.take() else {
+            return Vec::new();
+        };
+        match in_flight.waiter {
+            Waiter::Api(tx) => {
+                let _ = tx.send(Ok(reply));
+            }
+            Waiter::Offline(queued) => {
+                self.finish_offline(myself, queued, InstructCode::Ok, reply.content)
+                    .await;
+            }
+        }
+        self.deliver_next_offline(myself).await
+    }
+
+    async fn expire_instruction(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        generation: u64,
+    ) -> Vec<Action> {
+        if self.in_flight.as_ref().map(|f| f.generation) != Some(generation) {
+            return Vec::new();
+        }
+        let Some(in_flight) = self.in_flight.take() else {
+            return Vec::new();
+        };
+        self.channel.instruction_expired(in_flight.server_flag_id);
+        metrics::counter!("iothub_instruction_timeouts_total").increment(1);
+        match in_flight.waiter {
+            Waiter::Api(tx) => {
+                let _ = tx.send(Err(InstructCode::Timeout));
+            }
+            Waiter::Offline(queued) => {
+                // Stays queued for the next login; do not retry it on this connection, where
+                // the device already ignored it once.
+                tracing::info!(imei = %queued.imei, id = queued.id, "offline instruction unanswered, kept for next login");
+            }
+        }
+        self.deliver_next_offline(myself).await
+    }
+
+    /// The device answered (or can never answer) an offline instruction: push the result to
+    /// the customer through the durable log, then drop it from the queue.
+    async fn finish_offline(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        queued: QueuedInstruction,
+        code: InstructCode,
+        content: String,
+    ) {
+        let gate_time = jimi_time(Utc::now());
+        let flag = u64::from(queued.instruction.server_flag_id);
+        let events = vec![
+            Event {
+                topic: Topic::InstructResponse,
+                imei: queued.imei,
+                record: Record::InstructResponse(InstructResponseRecord {
+                    code: code.code().to_string(),
+                    msg: code.message().to_string(),
+                    imei: queued.imei,
+                    pro_no: queued.instruction.pro_no,
+                    content: content.clone(),
+                    server_flag_id: flag,
+                    gate_time,
+                }),
+            },
+            Event {
+                topic: Topic::OfflineCommandCallback,
+                imei: queued.imei,
+                record: Record::OfflineCommandCallback(OfflineCommandCallback {
+                    code: 0,
+                    msg: "success".to_string(),
+                    data: OfflineCommandCallbackData {
+                        code: code.code().to_string(),
+                        imei: queued.imei,
+                        content,
+                        msg: code.message().to_string(),
+                        server_flag_id: flag,
+                    },
+                }),
+            },
+        ];
+        let mut events = events;
+        if self.flush_events(myself, &mut events).await {
+            if let Err(e) = self.deps.offline.remove(queued.imei, queued.id).await {
+                tracing::warn!(imei = %queued.imei, error = %e, "could not remove answered offline instruction");
+            }
+        }
+    }
+
+    fn close(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, reason: &'static str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        metrics::counter!(
+            "iothub_sessions_closed_total",
+            "protocol" => self.protocol.name(),
+            "reason" => reason
+        )
+        .increment(1);
+        myself.stop(Some(reason.to_string()));
+    }
+}
+
+fn reader_end_label(end: &ReaderEnd) -> &'static str {
+    match end {
+        ReaderEnd::Eof => "eof",
+        ReaderEnd::Io(_) => "io_error",
+        ReaderEnd::Decode { .. } => "malformed_frame",
+        ReaderEnd::BufferOverflow => "buffer_overflow",
+    }
+}
+
+/// Static labels for message types, so counting a frame allocates nothing.
+fn frame_type_label(t: u16) -> &'static str {
+    static LABELS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        (0..=0xFFu16)
+            .map(|i| &*Box::leak(format!("0x{i:02x}").into_boxed_str()))
+            .collect()
+    });
+    labels.get(usize::from(t)).copied().unwrap_or("other")
+}
+
+/// Reads, decodes and forwards frames until the stream ends or fails; also drives the tick.
+async fn read_loop<P: Protocol>(
+    protocol: Arc<P>,
+    read_half: OwnedReadHalf,
+    session: ActorRef<SessionMsg<P::Frame>>,
+) {
+    let credits = Arc::new(Semaphore::new(INBOUND_FRAMES_IN_FLIGHT));
+    // Allocated on first bytes: idle sessions keep no buffer (most of 19,000 are idle).
+    let mut buf = BytesMut::new();
+    let mut tick = tokio::time::interval(TICK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let end = loop {
+        tokio::select! {
+            ready = read_half.readable() => {
+                if let Err(e) = ready {
+                    break ReaderEnd::Io(e);
+                }
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(1024);
+                }
+                match read_half.try_read_buf(&mut buf) {
+                    Ok(0) => break ReaderEnd::Eof,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => break ReaderEnd::Io(e),
+                }
+            }
+            _ = tick.tick() => {
+                if session.cast(SessionMsg::Tick).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let mut failed = None;
+        loop {
+            match protocol.decode(&buf) {
+                Ok(Some(cut)) => {
+                    if cut.skipped > 0 {
+                        metrics::counter!("iothub_garbage_bytes_total", "protocol" => protocol.name())
+                            .increment(cut.skipped as u64);
+                    }
+                    if cut.checksum_failed {
+                        metrics::counter!("iothub_checksum_mismatches_total", "protocol" => protocol.name())
+                            .increment(1);
+                    }
+                    let consumed = cut.consumed.min(buf.len());
+                    let _ = buf.split_to(consumed);
+                    let Ok(permit) = credits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    if session.cast(SessionMsg::Inbound(cut.frame, permit)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(f) => {
+                    failed = Some(ReaderEnd::Decode {
+                        kind: f.kind,
+                        detail: f.detail,
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(end) = failed {
+            break end;
+        }
+        if buf.len() > MAX_READ_BUFFER {
+            break ReaderEnd::BufferOverflow;
+        }
+        if buf.is_empty() && buf.capacity() > 4096 {
+            // A burst grew the buffer; give the memory back while the device is idle.
+            buf = BytesMut::new();
+        }
+    };
+    let _ = session.cast(SessionMsg::ReaderDone(end));
+}

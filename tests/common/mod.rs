@@ -1,0 +1,230 @@
+//! Shared harness of the system tests: runs the real `iothubd` binary on loopback ports with
+//! its own data directory, and stops, kills or restarts it like an operator would.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the iothubd binary: `IOTHUBD_BIN`, else the one cargo built beside this test.
+pub fn iothubd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("IOTHUBD_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is inside target/<profile>/deps");
+    let bin = profile_dir.join("iothubd");
+    assert!(
+        bin.exists(),
+        "iothubd binary not found at {}: build it first (`cargo build -p iothub-actors` with the same profile) or set IOTHUBD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; the hub binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One running iothubd process.
+pub struct Hub {
+    child: Option<Child>,
+    pub gt06: SocketAddr,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Hub {
+    /// Starts iothubd with a fresh data directory and these extra environment variables
+    /// (Jimi names such as `pushURL`, or `IOTHUB_*`).
+    pub fn start(env: &[(&str, &str)]) -> Hub {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut hub = Hub {
+            child: None,
+            gt06: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _tmp: Some(tmp),
+        };
+        hub.spawn();
+        hub
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(iothubd_bin());
+        cmd.env("IOTHUB_GT06_LISTEN", self.gt06.to_string())
+            .env("IOTHUB_API_LISTEN", self.api.to_string())
+            .env("IOTHUB_METRICS_LISTEN", self.metrics.to_string())
+            .env("IOTHUB_DATA_DIR", &self.data_dir)
+            .env("apiToken", TOKEN)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start iothubd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("iothubd exited during start-up with {status} (run with IOTHUB_TEST_LOGS=1 to see its log)");
+                }
+            }
+            let ok = std::net::TcpStream::connect_timeout(&self.gt06, Duration::from_millis(200)).is_ok()
+                && std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200)).is_ok();
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "iothubd did not open its ports within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("iothubd did not stop within 30 s of SIGTERM");
+        }
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same node again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the hub before restarting it");
+        self.spawn();
+    }
+
+    pub fn instruct_url(&self) -> String {
+        format!("http://{}/api/device/sendInstruct", self.api)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The API token the harness configures.
+pub const TOKEN: &str = "system-test-token";
+
+/// Sum of a Prometheus counter or gauge over all label sets matching every `label="value"`.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A real Kafka-protocol broker (`tansu`) on a free loopback port, in memory, stopped on drop.
+pub struct Tansu {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let bin = tansu_bin();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let url = format!("tcp://{addr}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Tansu { child, addr }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu binary: `TANSU_BIN`, else on PATH, else `~/.cargo/bin/tansu`.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.exists())
+    });
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
+    match on_path.or(home.filter(|p| p.exists())) {
+        Some(p) => p,
+        None => panic!(
+            "the Kafka tests need the tansu broker: run scripts/test.sh, or install it with \
+             `cargo install tansu --locked --features dynostore,libsql` (or set TANSU_BIN)"
+        ),
+    }
+}
