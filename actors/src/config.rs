@@ -2,12 +2,38 @@
 //! the environment variable names of the Jimi compose files, so an operator can swap
 //! containers without rewriting their compose file. Invalid values stop start-up with a
 //! message naming the key and the value.
+//!
+//! The default file is compiled into the binary, so a node started from any directory (or
+//! from a file that sets only a few keys) gets the same documented defaults: the file given
+//! by the operator is laid over the embedded one key by key, then the environment is laid
+//! over both.
+//!
+//! Environment variables (Jimi names first, then iothub's own):
+//! `gateId`, `readTimeOut`, `writeTimeOut`, `connectTimeout`, `newImeiRule`, `apiToken`,
+//! `kafkaEnable`, `kafkaHost`, `topicPrefix`, `kafkaConsumerGroup`, `kafkaAuthSwitch`,
+//! `kafkaAuthUserName`, `kafkaAuthPassword`, `redisHost`, `redisPort`, `redisPassword` /
+//! `redisPasswd` / `redisPass`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
+//! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_API_LISTEN`,
+//! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_CRC_POLICY`,
+//! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
+//! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
+//! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
+//! `IOTHUB_PUSH_REQUEST_TIMEOUT`.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use iothub::codec::CrcPolicy;
+use serde::Deserialize;
+
+/// The default configuration file, compiled in.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/iothub.toml");
+
+/// Where [`Config::load`] looks when no path is given (relative to the working directory).
+pub const DEFAULT_PATH: &str = "config/iothub.toml";
 
 /// The whole configuration of one iothubd node.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +46,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub kafka: KafkaConfig,
     pub push: PushConfig,
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +62,8 @@ pub struct GatewayConfig {
     pub crc_policy: CrcPolicy,
     /// Most concurrent device connections per listener.
     pub max_connections: usize,
+    /// `newImeiRule`: turn a JT/T 808 terminal phone number into the device's real IMEI.
+    pub new_imei_rule: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,4 +129,748 @@ pub struct PushConfig {
     pub max_age: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+}
+
+/// Redis of the cluster mode (registry leases, offline instructions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redisHost`; `None` = single node, registry and offline store embedded.
+    pub host: Option<String>,
+    /// `redisPort`.
+    pub port: u16,
+    /// `redisPassword` (or `redisPasswd`, `redisPass`); `None` = no AUTH.
+    pub password: Option<String>,
+}
+
+/// Why the configuration cannot be used. Every variant names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors, wrong types and unknown keys in a TOML file; toml's message names the
+    /// key and shows the line.
+    #[error("config file {origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value that has the right type but cannot be used.
+    #[error("{key}: {value:?} {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// A key that must be set and is not.
+    #[error("{key}: missing: {hint}")]
+    Missing { key: String, hint: String },
+}
+
+impl Config {
+    /// Loads the configuration: the file at `path` (it must exist), or without a path
+    /// `config/iothub.toml` when present, otherwise the embedded defaults; then the process
+    /// environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let (origin, text) = match path {
+            Some(p) => (p.display().to_string(), read_file(p)?),
+            None => {
+                let default = Path::new(DEFAULT_PATH);
+                if default.is_file() {
+                    (DEFAULT_PATH.to_string(), read_file(default)?)
+                } else {
+                    return Config::from_toml_str(EMBEDDED_DEFAULTS, &env);
+                }
+            }
+        };
+        Config::build(&origin, &text, &env)
+    }
+
+    /// Builds the configuration from TOML text laid over the embedded defaults, with `env`
+    /// standing in for the process environment (tests pass a map).
+    pub fn from_toml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::build("(given text)", text, env)
+    }
+
+    fn build(
+        origin: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let defaults = parse_file("(embedded defaults)", EMBEDDED_DEFAULTS)?;
+        let file = parse_file(origin, text)?.overlay(defaults);
+        resolve(file, &Env(env))
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_file(origin: &str, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written: every key optional so a partial file can be laid over the defaults;
+// unknown keys are refused.
+
+/// Declares one `[section]` of the file and how it is laid over a base.
+macro_rules! section {
+    ($name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            $( #[serde(default)] $field: Option<$ty>, )*
+        }
+
+        impl $name {
+            fn overlay(self, base: Self) -> Self {
+                Self { $( $field: self.$field.or(base.$field), )* }
+            }
+        }
+    };
+}
+
+section!(GatewayFile {
+    gt06_listen: String,
+    read_timeout_secs: u64,
+    write_timeout_secs: u64,
+    connect_timeout_secs: u64,
+    crc_policy: String,
+    max_connections: u64,
+    new_imei_rule: bool,
+});
+
+section!(ApiFile {
+    listen: String,
+    token: String,
+    default_timeout_secs: u64,
+    max_timeout_secs: u64,
+});
+
+section!(MetricsFile { listen: String });
+
+section!(StorageFile {
+    data_dir: String,
+    retention_secs: u64,
+});
+
+section!(KafkaFile {
+    enable: bool,
+    hosts: String,
+    topic_prefix: String,
+    consumer_group: String,
+    partitions: u64,
+    auth: bool,
+    auth_user: String,
+    auth_password: String,
+});
+
+section!(RedisFile {
+    host: String,
+    port: u64,
+    password: String,
+});
+
+section!(PushFile {
+    url: String,
+    token: String,
+    offline_cmd_url: String,
+    offline_cmd_token: String,
+    batch_size: u64,
+    batch_delay_ms: u64,
+    min_backoff_secs: u64,
+    max_backoff_secs: u64,
+    max_age_secs: u64,
+    request_timeout_secs: u64,
+});
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    gate_id: Option<String>,
+    #[serde(default)]
+    gateway: GatewayFile,
+    #[serde(default)]
+    api: ApiFile,
+    #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
+    storage: StorageFile,
+    #[serde(default)]
+    kafka: KafkaFile,
+    #[serde(default)]
+    redis: RedisFile,
+    #[serde(default)]
+    push: PushFile,
+}
+
+impl FileConfig {
+    fn overlay(self, base: FileConfig) -> FileConfig {
+        FileConfig {
+            gate_id: self.gate_id.or(base.gate_id),
+            gateway: self.gateway.overlay(base.gateway),
+            api: self.api.overlay(base.api),
+            metrics: self.metrics.overlay(base.metrics),
+            storage: self.storage.overlay(base.storage),
+            kafka: self.kafka.overlay(base.kafka),
+            redis: self.redis.overlay(base.redis),
+            push: self.push.overlay(base.push),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolution: the environment over the file, then validation with the key's name.
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+}
+
+/// A value together with the name it came from (the environment variable when it overrode
+/// the file, else the TOML key), so a later check can name what the operator wrote.
+struct Sourced<T> {
+    value: T,
+    key: String,
+}
+
+impl<T> Sourced<T> {
+    fn invalid(&self, reason: impl Into<String>) -> ConfigError
+    where
+        T: fmt::Display,
+    {
+        ConfigError::Invalid {
+            key: self.key.clone(),
+            value: self.value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How an environment string becomes a typed value, and the phrase that says why not.
+trait FromEnv: Sized {
+    const EXPECTED: &'static str;
+    fn from_env(s: &str) -> Option<Self>;
+}
+
+impl FromEnv for String {
+    const EXPECTED: &'static str = "is not text";
+    fn from_env(s: &str) -> Option<Self> {
+        Some(s.to_string())
+    }
+}
+
+impl FromEnv for u64 {
+    const EXPECTED: &'static str = "is not a non-negative integer";
+    fn from_env(s: &str) -> Option<Self> {
+        u64::from_str(s.trim()).ok()
+    }
+}
+
+impl FromEnv for bool {
+    const EXPECTED: &'static str = "is not a boolean (true/false/1/0/yes/no/on/off)";
+    fn from_env(s: &str) -> Option<Self> {
+        parse_bool(s)
+    }
+}
+
+/// Booleans as the Jimi compose files and shells write them.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The value of `toml_key`, overridden by the first set variable of `env_names`.
+fn pick<T: FromEnv>(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_names: &[&str],
+    file: Option<T>,
+) -> Result<Sourced<T>, ConfigError> {
+    for name in env_names {
+        if let Some(raw) = env.get(name) {
+            return match T::from_env(&raw) {
+                Some(value) => Ok(Sourced {
+                    value,
+                    key: (*name).to_string(),
+                }),
+                None => Err(ConfigError::Invalid {
+                    key: (*name).to_string(),
+                    value: raw,
+                    reason: T::EXPECTED.to_string(),
+                }),
+            };
+        }
+    }
+    match file {
+        Some(value) => Ok(Sourced {
+            value,
+            key: toml_key.to_string(),
+        }),
+        None => Err(ConfigError::Missing {
+            key: toml_key.to_string(),
+            hint: "absent from the file and from the embedded defaults".to_string(),
+        }),
+    }
+}
+
+/// A duration in whole seconds, at least one second.
+fn secs(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_names: &[&str],
+    file: Option<u64>,
+) -> Result<Duration, ConfigError> {
+    duration(
+        env,
+        toml_key,
+        env_names,
+        file,
+        "seconds",
+        Duration::from_secs,
+    )
+}
+
+fn duration(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_names: &[&str],
+    file: Option<u64>,
+    unit: &str,
+    make: fn(u64) -> Duration,
+) -> Result<Duration, ConfigError> {
+    let v = pick::<u64>(env, toml_key, env_names, file).map_err(|e| match e {
+        ConfigError::Invalid { key, value, .. } => ConfigError::Invalid {
+            key,
+            value,
+            reason: format!("is not a number of {unit}"),
+        },
+        other => other,
+    })?;
+    if v.value == 0 {
+        return Err(v.invalid(format!("must be at least 1 ({unit})")));
+    }
+    Ok(make(v.value))
+}
+
+fn socket_addr(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_name: &str,
+    file: Option<String>,
+) -> Result<SocketAddr, ConfigError> {
+    let v = pick(env, toml_key, &[env_name], file)?;
+    SocketAddr::from_str(v.value.trim())
+        .map_err(|_| v.invalid("is not an ip:port listen address (e.g. 0.0.0.0:10088)"))
+}
+
+fn integer_in(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_names: &[&str],
+    file: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let v = pick::<u64>(env, toml_key, env_names, file)?;
+    if !range.contains(&v.value) {
+        return Err(v.invalid(format!(
+            "must be between {} and {}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(v.value)
+}
+
+/// A push URL: empty (disabled) or an absolute http(s) URL.
+fn url(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_name: &str,
+    file: Option<String>,
+) -> Result<String, ConfigError> {
+    let v = pick(env, toml_key, &[env_name], file)?;
+    let trimmed = v.value.trim();
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    match reqwest::Url::parse(trimmed) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(trimmed.to_string()),
+        _ => Err(v.invalid("is not an http:// or https:// URL")),
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
+    let gate_id = pick(env, "gate_id", &["gateId"], f.gate_id)?;
+    if gate_id.value.is_empty()
+        || gate_id.value.len() > 128
+        || !gate_id
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(gate_id.invalid("must be 1-128 printable characters without spaces"));
+    }
+
+    let g = f.gateway;
+    let crc = pick(
+        env,
+        "gateway.crc_policy",
+        &["IOTHUB_CRC_POLICY"],
+        g.crc_policy,
+    )?;
+    let crc_policy = match crc.value.trim().to_ascii_lowercase().as_str() {
+        "warn" => CrcPolicy::Warn,
+        "reject" => CrcPolicy::Reject,
+        _ => return Err(crc.invalid("must be \"warn\" or \"reject\"")),
+    };
+    let gateway = GatewayConfig {
+        gt06_listen: socket_addr(
+            env,
+            "gateway.gt06_listen",
+            "IOTHUB_GT06_LISTEN",
+            g.gt06_listen,
+        )?,
+        read_timeout: secs(
+            env,
+            "gateway.read_timeout_secs",
+            &["readTimeOut"],
+            g.read_timeout_secs,
+        )?,
+        write_timeout: secs(
+            env,
+            "gateway.write_timeout_secs",
+            &["writeTimeOut"],
+            g.write_timeout_secs,
+        )?,
+        connect_timeout: secs(
+            env,
+            "gateway.connect_timeout_secs",
+            &["connectTimeout"],
+            g.connect_timeout_secs,
+        )?,
+        crc_policy,
+        max_connections: usize::try_from(integer_in(
+            env,
+            "gateway.max_connections",
+            &["IOTHUB_MAX_CONNECTIONS"],
+            g.max_connections,
+            1..=1_000_000,
+        )?)
+        .unwrap_or(usize::MAX),
+        new_imei_rule: pick(
+            env,
+            "gateway.new_imei_rule",
+            &["newImeiRule"],
+            g.new_imei_rule,
+        )?
+        .value,
+    };
+
+    let a = f.api;
+    let token = pick(env, "api.token", &["apiToken"], a.token)?;
+    if token.value.is_empty() {
+        return Err(ConfigError::Missing {
+            key: "apiToken".to_string(),
+            hint: "set the environment variable apiToken or [api] token in the config file to \
+                   the token your platform sends with sendInstruct (there is no default)"
+                .to_string(),
+        });
+    }
+    let default_timeout = secs(
+        env,
+        "api.default_timeout_secs",
+        &["IOTHUB_API_DEFAULT_TIMEOUT"],
+        a.default_timeout_secs,
+    )?;
+    let max_timeout = secs(
+        env,
+        "api.max_timeout_secs",
+        &["IOTHUB_API_MAX_TIMEOUT"],
+        a.max_timeout_secs,
+    )?;
+    if default_timeout > max_timeout {
+        return Err(ConfigError::Invalid {
+            key: "api.default_timeout_secs".to_string(),
+            value: default_timeout.as_secs().to_string(),
+            reason: format!(
+                "must not exceed api.max_timeout_secs ({})",
+                max_timeout.as_secs()
+            ),
+        });
+    }
+    // The API adds a margin to max_timeout for its own deadline; keep the sum far from
+    // overflow and from timeouts no HTTP client would wait for.
+    if max_timeout > Duration::from_secs(3600) {
+        return Err(ConfigError::Invalid {
+            key: "api.max_timeout_secs".to_string(),
+            value: max_timeout.as_secs().to_string(),
+            reason: "must be at most 3600".to_string(),
+        });
+    }
+    let api = ApiConfig {
+        listen: socket_addr(env, "api.listen", "IOTHUB_API_LISTEN", a.listen)?,
+        token: token.value,
+        default_timeout,
+        max_timeout,
+    };
+
+    let metrics = MetricsConfig {
+        listen: socket_addr(
+            env,
+            "metrics.listen",
+            "IOTHUB_METRICS_LISTEN",
+            f.metrics.listen,
+        )?,
+    };
+
+    let s = f.storage;
+    let data_dir = pick(env, "storage.data_dir", &["IOTHUB_DATA_DIR"], s.data_dir)?;
+    if data_dir.value.trim().is_empty() {
+        return Err(data_dir.invalid("must name a directory"));
+    }
+    let storage = StorageConfig {
+        data_dir: PathBuf::from(data_dir.value),
+        retention: secs(
+            env,
+            "storage.retention_secs",
+            &["IOTHUB_RETENTION"],
+            s.retention_secs,
+        )?,
+    };
+
+    let k = f.kafka;
+    let enable = pick(env, "kafka.enable", &["kafkaEnable"], k.enable)?.value;
+    let hosts = pick(env, "kafka.hosts", &["kafkaHost"], k.hosts)?;
+    if enable && hosts.value.trim().is_empty() {
+        return Err(hosts.invalid("must list host:port bootstrap servers when kafka is enabled"));
+    }
+    let topic_prefix = pick(env, "kafka.topic_prefix", &["topicPrefix"], k.topic_prefix)?;
+    if !topic_prefix
+        .value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(topic_prefix.invalid("may only hold ASCII letters, digits, '.', '_' and '-'"));
+    }
+    let consumer_group = pick(
+        env,
+        "kafka.consumer_group",
+        &["kafkaConsumerGroup"],
+        k.consumer_group,
+    )?;
+    if consumer_group.value.trim().is_empty() {
+        return Err(consumer_group.invalid("must not be empty"));
+    }
+    let partitions = integer_in(
+        env,
+        "kafka.partitions",
+        &["IOTHUB_KAFKA_PARTITIONS"],
+        k.partitions,
+        1..=10_000,
+    )?;
+    let auth_on = pick(env, "kafka.auth", &["kafkaAuthSwitch"], k.auth)?.value;
+    let auth_user = pick(env, "kafka.auth_user", &["kafkaAuthUserName"], k.auth_user)?.value;
+    let auth_password = pick(
+        env,
+        "kafka.auth_password",
+        &["kafkaAuthPassword"],
+        k.auth_password,
+    )?
+    .value;
+    let auth = if auth_on {
+        if auth_user.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "kafkaAuthUserName".to_string(),
+                hint: "required when kafkaAuthSwitch is true".to_string(),
+            });
+        }
+        if auth_password.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "kafkaAuthPassword".to_string(),
+                hint: "required when kafkaAuthSwitch is true".to_string(),
+            });
+        }
+        Some((auth_user, auth_password))
+    } else {
+        None
+    };
+    let kafka = KafkaConfig {
+        enable,
+        hosts: hosts.value.trim().to_string(),
+        topic_prefix: topic_prefix.value,
+        consumer_group: consumer_group.value,
+        partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+        auth,
+    };
+
+    let r = f.redis;
+    let redis_password = redis_password(env, r.password)?;
+    let redis = RedisConfig {
+        host: non_empty(
+            pick(env, "redis.host", &["redisHost"], r.host)?
+                .value
+                .into(),
+        )
+        .map(|h| h.trim().to_string()),
+        port: integer_in(env, "redis.port", &["redisPort"], r.port, 1..=65_535)?
+            .try_into()
+            .unwrap_or(6379),
+        password: non_empty(Some(redis_password)),
+    };
+
+    let p = f.push;
+    let min_backoff = secs(
+        env,
+        "push.min_backoff_secs",
+        &["IOTHUB_PUSH_MIN_BACKOFF"],
+        p.min_backoff_secs,
+    )?;
+    let max_backoff = secs(
+        env,
+        "push.max_backoff_secs",
+        &["IOTHUB_PUSH_MAX_BACKOFF"],
+        p.max_backoff_secs,
+    )?;
+    if min_backoff > max_backoff {
+        return Err(ConfigError::Invalid {
+            key: "push.min_backoff_secs".to_string(),
+            value: min_backoff.as_secs().to_string(),
+            reason: format!(
+                "must not exceed push.max_backoff_secs ({})",
+                max_backoff.as_secs()
+            ),
+        });
+    }
+    let push = PushConfig {
+        url: url(env, "push.url", "pushURL", p.url)?,
+        token: pick(env, "push.token", &["pushToken"], p.token)?.value,
+        offline_cmd_url: url(
+            env,
+            "push.offline_cmd_url",
+            "offlineCmdPushURL",
+            p.offline_cmd_url,
+        )?,
+        offline_cmd_token: pick(
+            env,
+            "push.offline_cmd_token",
+            &["offlineCmdPushToken"],
+            p.offline_cmd_token,
+        )?
+        .value,
+        batch_size: usize::try_from(integer_in(
+            env,
+            "push.batch_size",
+            &["IOTHUB_PUSH_BATCH_SIZE"],
+            p.batch_size,
+            1..=10_000,
+        )?)
+        .unwrap_or(100),
+        batch_delay: duration(
+            env,
+            "push.batch_delay_ms",
+            &["IOTHUB_PUSH_BATCH_DELAY_MS"],
+            p.batch_delay_ms,
+            "milliseconds",
+            Duration::from_millis,
+        )?,
+        min_backoff,
+        max_backoff,
+        max_age: secs(
+            env,
+            "push.max_age_secs",
+            &["IOTHUB_PUSH_MAX_AGE"],
+            p.max_age_secs,
+        )?,
+        request_timeout: secs(
+            env,
+            "push.request_timeout_secs",
+            &["IOTHUB_PUSH_REQUEST_TIMEOUT"],
+            p.request_timeout_secs,
+        )?,
+    };
+
+    Ok(Config {
+        gate_id: gate_id.value,
+        gateway,
+        api,
+        metrics,
+        storage,
+        kafka,
+        push,
+        redis,
+    })
+}
+
+/// The Jimi services spell the Redis password three ways; two different values set at once
+/// are refused rather than guessed between.
+fn redis_password(env: &Env<'_>, file: Option<String>) -> Result<String, ConfigError> {
+    let names = ["redisPassword", "redisPasswd", "redisPass"];
+    let mut found: Option<(&str, String)> = None;
+    for name in names {
+        if let Some(v) = env.get(name) {
+            match &found {
+                Some((first, prev)) if *prev != v => {
+                    return Err(ConfigError::Invalid {
+                        key: name.to_string(),
+                        value: "(hidden)".to_string(),
+                        reason: format!("differs from {first}; set only one of them"),
+                    });
+                }
+                Some(_) => {}
+                None => found = Some((name, v)),
+            }
+        }
+    }
+    match found {
+        Some((_, v)) => Ok(v),
+        None => Ok(pick(env, "redis.password", &[], file)?.value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(name: &str) -> Option<String> {
+        (name == "apiToken").then(|| "secret".to_string())
+    }
+
+    #[test]
+    fn embedded_defaults_name_every_key() {
+        // Every key of the embedded file must be set: a missing one would only show up as a
+        // start-up error on a machine whose file lacks it.
+        let config = Config::from_toml_str("", &with_token);
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn parse_bool_accepts_compose_spellings() {
+        assert_eq!(parse_bool("TRUE"), Some(true));
+        assert_eq!(parse_bool("0"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
 }

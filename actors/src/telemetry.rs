@@ -1,1 +1,182 @@
-//! telemetry
+//! Logs and metrics set-up, done once by `iothubd` before anything else starts.
+//!
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Metrics: the `metrics` facade with the Prometheus recorder, served at `GET /metrics` by
+//! our own listener rather than the exporter's, so that port 0 works (tests, several nodes on
+//! one machine) and the bound address can be reported. Histograms are real Prometheus
+//! histograms (buckets), not summaries, so they can be aggregated across nodes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use warp::{Filter, Reply};
+
+/// Buckets of every `*_seconds` histogram: from sub-millisecond work to the longest
+/// instruction timeout.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Buckets of every `*_size` histogram (batch sizes).
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// How often the recorder drops empty histogram windows (the exporter's own default).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the global log subscriber: `RUST_LOG` if set and valid, `info` otherwise.
+/// Calling it again (tests) leaves the first subscriber in place.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into log files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Installs the Prometheus recorder as the global metrics recorder and serves
+/// `GET /metrics` on `listen`; returns the bound address (port 0 picks a free port).
+/// Fails if the address cannot be bound or a recorder is already installed.
+pub async fn start_metrics(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics: cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr().context("metrics: listener address")?;
+
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .context("metrics: seconds buckets")?
+        .set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+        .context("metrics: size buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("metrics: a metrics recorder is already installed"))?;
+    describe_metrics();
+
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    tokio::spawn(warp::serve(metrics_route(handle)).incoming(listener).run());
+    tracing::info!(addr = %local_addr, "metrics listening");
+    Ok(local_addr)
+}
+
+fn metrics_route(
+    handle: PrometheusHandle,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(
+            handle.render(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .into_response()
+    })
+}
+
+/// HELP text of the node's metrics. Describing a metric that a build never records is
+/// harmless: the exporter prints descriptions only for metrics that exist.
+pub fn describe_metrics() {
+    // Instruction API.
+    describe_counter!(
+        "iothub_api_requests_total",
+        "sendInstruct answers by _code (or HTTP status 401/413/503/400 when refused before validation)"
+    );
+    describe_histogram!(
+        "iothub_api_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a sendInstruct request, device round trip included"
+    );
+    // Gateways and sessions.
+    describe_gauge!("iothub_connections", "Open device connections");
+    describe_counter!(
+        "iothub_connections_accepted_total",
+        "Device connections accepted"
+    );
+    describe_counter!(
+        "iothub_accept_errors_total",
+        "Failed accepts on a device listener"
+    );
+    describe_counter!("iothub_frames_total", "Device frames decoded");
+    describe_counter!(
+        "iothub_decode_errors_total",
+        "Device frames that could not be decoded"
+    );
+    describe_counter!(
+        "iothub_garbage_bytes_total",
+        "Bytes skipped while looking for a frame start"
+    );
+    describe_counter!("iothub_logins_total", "Device logins accepted");
+    describe_counter!(
+        "iothub_sessions_closed_total",
+        "Device sessions closed, by reason"
+    );
+    describe_counter!(
+        "iothub_sessions_failed_total",
+        "Device sessions that failed (panic or error) and were cleaned up by their gateway"
+    );
+    describe_counter!(
+        "iothub_session_takeovers_total",
+        "Sessions closed because the same device logged in on a newer connection"
+    );
+    describe_gauge!("iothub_registry_devices", "Devices online in the registry");
+    // Instructions.
+    describe_counter!(
+        "iothub_instructions_sent_total",
+        "Instructions written to devices"
+    );
+    describe_counter!(
+        "iothub_instruction_timeouts_total",
+        "Instructions the device did not answer within timeOut"
+    );
+    describe_counter!(
+        "iothub_instruction_replies_unmatched_total",
+        "Instruction replies from devices that matched no pending instruction"
+    );
+    describe_counter!(
+        "iothub_offline_enqueued_total",
+        "Instructions queued for delivery at the device's next login"
+    );
+    // Event log and publishing.
+    describe_counter!("iothub_events_published_total", "Device events published");
+    describe_counter!(
+        "iothub_publish_failures_total",
+        "Failed event publish attempts"
+    );
+    describe_histogram!(
+        "iothub_publish_batch_seconds",
+        Unit::Seconds,
+        "Time to persist or send one batch of events"
+    );
+    describe_histogram!(
+        "iothub_publish_batch_size",
+        Unit::Count,
+        "Events per published batch"
+    );
+    describe_counter!(
+        "iothub_log_expired_total",
+        "Events dropped from the embedded log after the retention time"
+    );
+    describe_counter!(
+        "iothub_log_corrupt_entries_total",
+        "Embedded log entries that could not be decoded"
+    );
+}

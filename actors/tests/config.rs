@@ -1,0 +1,291 @@
+//! The configuration loader: defaults, file over defaults, environment over file, and
+//! start-up errors that name the key an operator has to fix.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use iothub::codec::CrcPolicy;
+use iothub_actors::config::{Config, ConfigError, EMBEDDED_DEFAULTS};
+
+/// An environment holding `apiToken` (required) plus `vars`.
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let mut map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    map.entry("apiToken".into())
+        .or_insert_with(|| "s3cret".into());
+    move |k: &str| map.get(k).cloned()
+}
+
+fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, &env(vars))
+}
+
+fn error(text: &str, vars: &[(&str, &str)]) -> String {
+    match load(text, vars) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn defaults_listen_addresses() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.gateway.gt06_listen, addr("0.0.0.0:21100"));
+    assert_eq!(c.api.listen, addr("0.0.0.0:10088"));
+    assert_eq!(c.metrics.listen, addr("0.0.0.0:9100"));
+}
+
+#[test]
+fn defaults_gateway_timeouts() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.gateway.read_timeout, Duration::from_secs(180));
+    assert_eq!(c.gateway.write_timeout, Duration::from_secs(5));
+    assert_eq!(c.gateway.connect_timeout, Duration::from_secs(30));
+    assert_eq!(c.gateway.crc_policy, CrcPolicy::Warn);
+}
+
+#[test]
+fn defaults_api() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.api.token, "s3cret");
+    assert_eq!(c.api.default_timeout, Duration::from_secs(30));
+    assert_eq!(c.api.max_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn defaults_storage_kafka_redis() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.storage.data_dir, Path::new("data"));
+    assert_eq!(c.storage.retention, Duration::from_secs(7 * 24 * 3600));
+    assert!(!c.kafka.enable);
+    assert_eq!(c.kafka.hosts, "127.0.0.1:9092");
+    assert_eq!(c.kafka.topic_prefix, "iothub");
+    assert_eq!(c.kafka.consumer_group, "iothub-push");
+    assert_eq!(c.kafka.auth, None);
+    assert_eq!(c.redis.host, None);
+    assert_eq!(c.redis.port, 6379);
+    assert_eq!(c.redis.password, None);
+}
+
+#[test]
+fn defaults_push() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.push.url, "");
+    assert_eq!(c.push.batch_size, 100);
+    assert_eq!(c.push.batch_delay, Duration::from_millis(200));
+    assert_eq!(c.push.min_backoff, Duration::from_secs(1));
+    assert_eq!(c.push.max_backoff, Duration::from_secs(60));
+    assert_eq!(c.push.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.push.request_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn embedded_defaults_are_the_repository_file() {
+    let file = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/iothub.toml"),
+    )
+    .unwrap();
+    assert_eq!(file, EMBEDDED_DEFAULTS);
+}
+
+#[test]
+fn api_token_is_required() {
+    let err = Config::from_toml_str("", &|_: &str| None).unwrap_err();
+    assert!(err.to_string().starts_with("apiToken: missing"), "{err}");
+}
+
+#[test]
+fn file_overrides_defaults_key_by_key() {
+    let c = load("[gateway]\nread_timeout_secs = 240\n", &[]).unwrap();
+    assert_eq!(c.gateway.read_timeout, Duration::from_secs(240));
+    assert_eq!(c.gateway.write_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn jimi_environment_names_override_the_file() {
+    let c = load(
+        "gate_id = \"from-file\"\n[gateway]\nread_timeout_secs = 240\n",
+        &[
+            ("gateId", "tracker-gate-v1-93"),
+            ("readTimeOut", "60"),
+            ("writeTimeOut", "7"),
+            ("connectTimeout", "9"),
+            ("kafkaEnable", "true"),
+            ("kafkaHost", "kafka:9092"),
+            ("kafkaConsumerGroup", "v541h-group"),
+            ("topicPrefix", "jimi"),
+            ("pushURL", "http://10.0.0.5:8080/api"),
+            ("pushToken", "pt"),
+            ("offlineCmdPushURL", "http://10.0.0.5/pushinstructresponse"),
+            ("offlineCmdPushToken", "ot"),
+            ("redisHost", "redis"),
+            ("redisPort", "6380"),
+            ("redisPasswd", "jimi@123"),
+            ("newImeiRule", "false"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.gate_id, "tracker-gate-v1-93");
+    assert_eq!(c.gateway.read_timeout, Duration::from_secs(60));
+    assert_eq!(c.gateway.write_timeout, Duration::from_secs(7));
+    assert_eq!(c.gateway.connect_timeout, Duration::from_secs(9));
+    assert!(c.kafka.enable);
+    assert_eq!(c.kafka.hosts, "kafka:9092");
+    assert_eq!(c.kafka.consumer_group, "v541h-group");
+    assert_eq!(c.kafka.topic_prefix, "jimi");
+    assert_eq!(c.push.url, "http://10.0.0.5:8080/api");
+    assert_eq!(c.push.token, "pt");
+    assert_eq!(
+        c.push.offline_cmd_url,
+        "http://10.0.0.5/pushinstructresponse"
+    );
+    assert_eq!(c.push.offline_cmd_token, "ot");
+    assert_eq!(c.redis.host.as_deref(), Some("redis"));
+    assert_eq!(c.redis.port, 6380);
+    assert_eq!(c.redis.password.as_deref(), Some("jimi@123"));
+    assert!(!c.gateway.new_imei_rule);
+}
+
+#[test]
+fn iothub_environment_names_override_the_file() {
+    let c = load(
+        "",
+        &[
+            ("IOTHUB_GT06_LISTEN", "127.0.0.1:0"),
+            ("IOTHUB_API_LISTEN", "127.0.0.1:18088"),
+            ("IOTHUB_METRICS_LISTEN", "[::1]:9200"),
+            ("IOTHUB_DATA_DIR", "/var/lib/iothub"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.gateway.gt06_listen, addr("127.0.0.1:0"));
+    assert_eq!(c.api.listen, addr("127.0.0.1:18088"));
+    assert_eq!(c.metrics.listen, addr("[::1]:9200"));
+    assert_eq!(c.storage.data_dir, Path::new("/var/lib/iothub"));
+}
+
+#[test]
+fn kafka_auth_from_environment() {
+    let c = load(
+        "",
+        &[
+            ("kafkaAuthSwitch", "1"),
+            ("kafkaAuthUserName", "admin"),
+            ("kafkaAuthPassword", "123456"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.kafka.auth, Some(("admin".into(), "123456".into())));
+}
+
+#[test]
+fn kafka_auth_without_user_names_the_key() {
+    let e = error("", &[("kafkaAuthSwitch", "true")]);
+    assert!(e.starts_with("kafkaAuthUserName: missing"), "{e}");
+}
+
+#[test]
+fn bad_seconds_value_names_key_and_value() {
+    assert_eq!(
+        error("", &[("readTimeOut", "abc")]),
+        r#"readTimeOut: "abc" is not a number of seconds"#
+    );
+}
+
+#[test]
+fn zero_timeout_is_refused() {
+    assert_eq!(
+        error("", &[("writeTimeOut", "0")]),
+        r#"writeTimeOut: "0" must be at least 1 (seconds)"#
+    );
+}
+
+#[test]
+fn bad_boolean_names_key() {
+    let e = error("", &[("kafkaEnable", "sometimes")]);
+    assert!(
+        e.starts_with(r#"kafkaEnable: "sometimes" is not a boolean"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_listen_address_names_key() {
+    let e = error("", &[("IOTHUB_API_LISTEN", "10088")]);
+    assert!(
+        e.starts_with(r#"IOTHUB_API_LISTEN: "10088" is not an ip:port"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_file_value_names_toml_key() {
+    let e = error("[gateway]\ncrc_policy = \"maybe\"\n", &[]);
+    assert!(
+        e.starts_with(r#"gateway.crc_policy: "maybe" must be"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_in_file_names_key() {
+    let e = error("[gateway]\nread_timeout_secs = \"abc\"\n", &[]);
+    assert!(e.contains("read_timeout_secs"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let e = error("[gateway]\nread_timeout = 60\n", &[]);
+    assert!(e.contains("unknown field `read_timeout`"), "{e}");
+}
+
+#[test]
+fn unknown_section_is_rejected() {
+    let e = error("[mqtt]\nport = 1883\n", &[]);
+    assert!(e.contains("unknown field `mqtt`"), "{e}");
+}
+
+#[test]
+fn push_url_must_be_http() {
+    let e = error("", &[("pushURL", "ftp://host/x")]);
+    assert!(
+        e.starts_with(r#"pushURL: "ftp://host/x" is not an http"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn default_timeout_above_max_is_refused() {
+    let e = error("[api]\ndefault_timeout_secs = 200\n", &[]);
+    assert!(
+        e.starts_with("api.default_timeout_secs: \"200\" must not exceed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn conflicting_redis_password_spellings_are_refused() {
+    let e = error("", &[("redisPassword", "a"), ("redisPasswd", "b")]);
+    assert!(e.starts_with("redisPasswd:"), "{e}");
+    assert!(e.contains("(hidden)"), "passwords stay out of messages: {e}");
+}
+
+#[test]
+fn agreeing_redis_password_spellings_are_fine() {
+    let c = load("", &[("redisPassword", "a"), ("redisPass", "a")]).unwrap();
+    assert_eq!(c.redis.password.as_deref(), Some("a"));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = Config::load(Some(Path::new("/nonexistent/iothub.toml"))).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/iothub.toml"), "{e}");
+}
