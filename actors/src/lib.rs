@@ -23,4 +23,5 @@ pub mod publish;
 pub mod push;
 pub mod registry;
 pub mod root;
+pub mod storage;
 pub mod telemetry;

@@ -1,8 +1,27 @@
 //! The Publisher: makes device events durable before devices are acknowledged.
-//! (interface; implementation in progress)
+//!
+//! A session calls [`Publisher::publish`] and acknowledges its device only after it returns
+//! `Ok`. The Publisher actor hands each call to a sink:
+//! - embedded ([`embedded`]): a bounded queue in front of one writer thread that commits
+//!   everything queued in one redb transaction (group commit: one fsync for many sessions);
+//! - Kafka ([`kafka`]): an idempotent `acks=all` producer; the call returns after the delivery
+//!   reports of all its events.
+//!
+//! Both sinks bound the work in flight, so callers wait (back-pressure) instead of memory
+//! growing when the disk or the brokers are slow. A sink failure is returned to the caller,
+//! who then does not acknowledge the device; the device resends.
+
+pub mod embedded;
+pub mod kafka;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use iothub::event::Event;
-use ractor::ActorRef;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::Config;
+use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -23,11 +42,97 @@ pub struct Publisher {
     pub actor: ActorRef<PublisherMsg>,
 }
 
+/// How long [`Publisher::stop`] waits for queued work before giving up on it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Publisher {
+    /// Starts the Publisher actor with the sink the configuration selects: Kafka when
+    /// `kafka.enable` (missing topics are created first), else the embedded log in `storage`.
+    pub async fn start(config: &Config, storage: Arc<Storage>) -> anyhow::Result<Publisher> {
+        let sink = if config.kafka.enable {
+            Sink::Kafka(kafka::KafkaSink::start(config).await?)
+        } else {
+            Sink::Embedded(embedded::EmbeddedSink::start(
+                storage,
+                config.storage.retention,
+            )?)
+        };
+        let (actor, _) = Actor::spawn(None, PublisherActor, sink).await?;
+        Ok(Publisher { actor })
+    }
+
     /// Returns once every event is durable (embedded log fsynced, or acked by Kafka with
     /// acks=all). Only then may the device be acknowledged.
     pub async fn publish(&self, events: Vec<Event>) -> Result<(), PublishError> {
-        let _ = events;
-        Err(PublishError::Stopped)
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self
+            .actor
+            .call(|reply| PublisherMsg::Publish(events, reply), None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(_) | Err(_) => Err(PublishError::Stopped),
+        }
+    }
+
+    /// Graceful shutdown: stops taking new calls, finishes every call already received (their
+    /// events are committed or produced and the callers answered), then stops the actor.
+    pub async fn stop(&self) {
+        if let Err(e) = self.actor.drain_and_wait(Some(STOP_TIMEOUT)).await {
+            tracing::warn!(error = %e, "publisher did not drain in time");
+        }
+    }
+}
+
+/// Where the actor sends events. The Kafka sink is the seam for a later spool-to-disk
+/// fallback while the brokers are unreachable.
+pub enum Sink {
+    Embedded(embedded::EmbeddedSink),
+    Kafka(kafka::KafkaSink),
+}
+
+/// The actor is a thin, fast front: it only forwards each call to its sink, which answers the
+/// caller directly, so one slow commit never serializes the callers behind the mailbox.
+pub struct PublisherActor;
+
+impl Actor for PublisherActor {
+    type Msg = PublisherMsg;
+    type State = Sink;
+    type Arguments = Sink;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        sink: Sink,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(sink)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        sink: &mut Sink,
+    ) -> Result<(), ActorProcessingErr> {
+        let PublisherMsg::Publish(events, reply) = message;
+        match sink {
+            Sink::Embedded(s) => s.submit(events, reply).await,
+            Sink::Kafka(s) => s.submit(events, reply).await,
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        sink: &mut Sink,
+    ) -> Result<(), ActorProcessingErr> {
+        match sink {
+            Sink::Embedded(s) => s.close().await,
+            Sink::Kafka(s) => s.close().await,
+        }
+        Ok(())
     }
 }

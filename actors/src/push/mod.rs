@@ -1,1 +1,250 @@
-//! push
+//! The PushDispatcher: stored events -> the customer's push URLs, at least once, in order.
+//!
+//! One delivery loop per topic that has a destination (`pushURL` set for the topics with a
+//! push path, `offlineCmdPushURL` for the offline instruction callback). Each loop reads its
+//! topic in order (embedded log cursor, or a Kafka consumer group), posts a batch, and only
+//! after the customer accepted it advances its position. A failed batch is retried as is,
+//! with capped exponential backoff, so records of a device (and of a topic) are never
+//! reordered and a restart loses nothing; records older than `push.max_age` are dropped
+//! (logged and counted) rather than retried forever. Topics are independent: a customer
+//! endpoint that rejects alarms does not hold up positions.
+
+pub mod http;
+pub mod source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iothub::event::Topic;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, PushConfig};
+use crate::storage::Storage;
+use http::{Destination, Format, Outcome};
+use source::{Batch, KafkaSource, LogSource, Source};
+
+/// Pause before restarting a delivery loop that panicked.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Handle to the running delivery loops.
+pub struct PushDispatcher {
+    stop: watch::Sender<bool>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+/// The destinations the configuration asks for, one per topic.
+pub fn destinations(push: &PushConfig) -> Vec<Destination> {
+    let mut out = Vec::new();
+    for topic in Topic::ALL {
+        match topic.push_path() {
+            Some(path) if !push.url.is_empty() => out.push(Destination {
+                topic,
+                url: format!("{}{path}", push.url.trim_end_matches('/')),
+                token: push.token.clone(),
+                format: Format::Form {
+                    msg_type: (topic == Topic::InstructResponse).then_some("2"),
+                },
+            }),
+            None if !push.offline_cmd_url.is_empty() => out.push(Destination {
+                topic,
+                url: push.offline_cmd_url.clone(),
+                token: push.offline_cmd_token.clone(),
+                format: Format::JsonObject,
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Everything a delivery loop needs besides its source.
+struct LoopContext {
+    dest: Destination,
+    client: reqwest::Client,
+    push: PushConfig,
+}
+
+impl PushDispatcher {
+    /// Starts one delivery loop per destination, reading Kafka when `kafka.enable`, else the
+    /// embedded log in `storage`.
+    pub async fn start(config: &Config, storage: Arc<Storage>) -> anyhow::Result<PushDispatcher> {
+        let client = http::client(config.push.request_timeout)?;
+        let (stop, _) = watch::channel(false);
+        let mut loops = Vec::new();
+        for dest in destinations(&config.push) {
+            let topic = dest.topic;
+            let make_source: Box<dyn Fn() -> anyhow::Result<Source> + Send + Sync> =
+                if config.kafka.enable {
+                    let config = config.clone();
+                    // Fail start-up on bad Kafka settings rather than in the background.
+                    KafkaSource::new(&config, topic)?;
+                    Box::new(move || Ok(Source::Kafka(KafkaSource::new(&config, topic)?)))
+                } else {
+                    let storage = storage.clone();
+                    Box::new(move || Ok(Source::Log(LogSource::new(storage.clone(), topic))))
+                };
+            let ctx = Arc::new(LoopContext {
+                dest,
+                client: client.clone(),
+                push: config.push.clone(),
+            });
+            tracing::info!(topic = topic.name(), url = %ctx.dest.url, "push delivery loop started");
+            loops.push(tokio::spawn(supervise(ctx, make_source, stop.subscribe())));
+        }
+        Ok(PushDispatcher { stop, loops })
+    }
+
+    /// Stops every loop: a request in flight is finished (and its position committed), a
+    /// batch waiting for its next retry is left for the next start. Returns when all stopped.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for l in self.loops {
+            let _ = l.await;
+        }
+    }
+}
+
+/// Runs a topic's loop and restarts it (with a fresh source) should it panic.
+async fn supervise(
+    ctx: Arc<LoopContext>,
+    make_source: Box<dyn Fn() -> anyhow::Result<Source> + Send + Sync>,
+    stop: watch::Receiver<bool>,
+) {
+    let topic = ctx.dest.topic.name();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let source = match make_source() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "push source failed to start");
+                tokio::time::sleep(RESTART_DELAY).await;
+                continue;
+            }
+        };
+        let handle = tokio::spawn(run(ctx.clone(), source, stop.clone()));
+        match handle.await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "push delivery loop crashed; restarting");
+                metrics::counter!("iothub_push_loop_restarts_total", "topic" => topic).increment(1);
+                tokio::time::sleep(RESTART_DELAY).await;
+            }
+        }
+    }
+}
+
+enum Delivery {
+    Done,
+    Stopped,
+}
+
+async fn run(ctx: Arc<LoopContext>, mut source: Source, mut stop: watch::Receiver<bool>) {
+    let max = match ctx.dest.format {
+        Format::Form { .. } => ctx.push.batch_size.max(1),
+        // The callback format carries one record per request.
+        Format::JsonObject => 1,
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = tokio::select! {
+            b = source.next_batch(max, ctx.push.batch_delay) => b,
+            _ = stop.changed() => return,
+        };
+        let position = batch.position.clone();
+        match deliver(&ctx, batch, &mut stop).await {
+            Delivery::Done => source.commit(position).await,
+            Delivery::Stopped => return,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Posts the batch until the customer accepts it (or its records all expire).
+async fn deliver(
+    ctx: &LoopContext,
+    mut batch: Batch,
+    stop: &mut watch::Receiver<bool>,
+) -> Delivery {
+    let topic = ctx.dest.topic.name();
+    let max_age_ms = i64::try_from(ctx.push.max_age.as_millis()).unwrap_or(i64::MAX);
+    let mut backoff = ctx.push.min_backoff;
+    loop {
+        if max_age_ms > 0 {
+            let now = now_ms();
+            let before = batch.items.len();
+            batch
+                .items
+                .retain(|i| now.saturating_sub(i.enqueued_ms) <= max_age_ms);
+            let dropped = before - batch.items.len();
+            if dropped > 0 {
+                tracing::warn!(
+                    topic,
+                    records = dropped,
+                    "undelivered records older than push.max_age dropped"
+                );
+                metrics::counter!("iothub_push_dropped_total", "topic" => topic, "reason" => "max_age")
+                    .increment(dropped as u64);
+            }
+        }
+        if batch.items.is_empty() {
+            return Delivery::Done;
+        }
+        let (content_type, body) = match ctx.dest.format {
+            Format::Form { msg_type } => {
+                let records: Vec<&[u8]> = batch.items.iter().map(|i| i.json.as_slice()).collect();
+                (
+                    "application/x-www-form-urlencoded",
+                    http::form_body(&ctx.dest.token, msg_type, &records).into_bytes(),
+                )
+            }
+            Format::JsonObject => {
+                let body = batch
+                    .items
+                    .first()
+                    .and_then(|i| http::json_object_body(&ctx.dest.token, &i.json));
+                match body {
+                    Some(b) => ("application/json", b),
+                    None => {
+                        tracing::warn!(
+                            topic,
+                            "offline callback record is not a JSON object; dropped"
+                        );
+                        metrics::counter!("iothub_push_dropped_total", "topic" => topic, "reason" => "invalid")
+                            .increment(1);
+                        return Delivery::Done;
+                    }
+                }
+            }
+        };
+        let outcome = http::post(&ctx.client, &ctx.dest.url, content_type, body).await;
+        metrics::counter!("iothub_push_requests_total", "topic" => topic, "outcome" => outcome.label())
+            .increment(1);
+        if outcome == Outcome::Accepted {
+            let now = now_ms();
+            let latency = metrics::histogram!("iothub_push_latency_seconds", "topic" => topic);
+            for i in &batch.items {
+                latency.record(now.saturating_sub(i.enqueued_ms).max(0) as f64 / 1000.0);
+            }
+            metrics::counter!("iothub_push_records_total", "topic" => topic)
+                .increment(batch.items.len() as u64);
+            return Delivery::Done;
+        }
+        tracing::warn!(topic, url = %ctx.dest.url, %outcome, retry_in_ms = backoff.as_millis() as u64, "push failed; will retry");
+        metrics::counter!("iothub_push_retries_total", "topic" => topic).increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return Delivery::Stopped,
+        }
+        backoff = backoff
+            .saturating_mul(2)
+            .min(ctx.push.max_backoff.max(ctx.push.min_backoff));
+    }
+}
