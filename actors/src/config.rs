@@ -72,6 +72,8 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// `apiToken`: the `token` every sendInstruct request must carry.
     pub token: String,
+    /// True when no token was configured and iothubd made a random one for this run.
+    pub token_generated: bool,
     /// Default `timeOut` when the request has none.
     pub default_timeout: Duration,
     /// Upper bound accepted for `timeOut`.
@@ -592,14 +594,14 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
 
     let a = f.api;
     let token = pick(env, "api.token", &["apiToken"], a.token)?;
-    if token.value.is_empty() {
-        return Err(ConfigError::Missing {
-            key: "apiToken".to_string(),
-            hint: "set the environment variable apiToken or [api] token in the config file to \
-                   the token your platform sends with sendInstruct (there is no default)"
-                .to_string(),
-        });
-    }
+    // No guessable default: without a configured token the API still runs, with a random
+    // token printed at start-up, so the hub is never open to anyone who can reach the port.
+    let token_generated = token.value.is_empty();
+    let token_value = if token_generated {
+        random_token()
+    } else {
+        token.value
+    };
     let default_timeout = secs(
         env,
         "api.default_timeout_secs",
@@ -633,7 +635,8 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
     }
     let api = ApiConfig {
         listen: socket_addr(env, "api.listen", "IOTHUB_API_LISTEN", a.listen)?,
-        token: token.value,
+        token: token_value,
+        token_generated,
         default_timeout,
         max_timeout,
     };
@@ -873,4 +876,21 @@ mod tests {
         assert_eq!(parse_bool("0"), Some(false));
         assert_eq!(parse_bool("maybe"), None);
     }
+}
+
+/// 128 random bits as hex, from the operating system's generator.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if filled.is_err() {
+        // No /dev/urandom: fall back on the std hasher's per-process random keys.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

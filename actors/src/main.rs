@@ -42,6 +42,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if config.api.token_generated {
+        tracing::warn!(
+            token = %config.api.token,
+            "apiToken is not configured: sendInstruct accepts this random token for this run only; set apiToken to keep one"
+        );
+    }
     let metrics_addr = telemetry::start_metrics(config.metrics.listen).await?;
     let mut hub = Hub::start(&config).await?;
     tracing::info!(

@@ -97,9 +97,19 @@ fn embedded_defaults_are_the_repository_file() {
 }
 
 #[test]
-fn api_token_is_required() {
-    let err = Config::from_toml_str("", &|_: &str| None).unwrap_err();
-    assert!(err.to_string().starts_with("apiToken: missing"), "{err}");
+fn missing_api_token_is_replaced_by_a_random_one() {
+    let a = Config::from_toml_str("", &|_: &str| None).unwrap();
+    let b = Config::from_toml_str("", &|_: &str| None).unwrap();
+    assert!(a.api.token_generated);
+    assert_eq!(a.api.token.len(), 32);
+    assert_ne!(a.api.token, b.api.token, "generated tokens must not repeat");
+}
+
+#[test]
+fn configured_api_token_is_not_marked_generated() {
+    let c = Config::from_toml_str("", &|k: &str| (k == "apiToken").then(|| "t".to_string())).unwrap();
+    assert!(!c.api.token_generated);
+    assert_eq!(c.api.token, "t");
 }
 
 #[test]
