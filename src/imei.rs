@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn parses_fifteen_digits() {
-        assert_eq!(Imei::parse("864717003283581").unwrap().as_str(), "864717003283581");
+        assert_eq!(
+            Imei::parse("864717003283581").unwrap().as_str(),
+            "864717003283581"
+        );
     }
 
     #[test]

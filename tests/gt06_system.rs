@@ -45,9 +45,17 @@ fn curl_send_instruct(hub: &Hub, form: &str) -> Value {
         .args(["-sS", "--max-time", "40", "-d", form, &hub.instruct_url()])
         .output()
         .expect("curl must be installed (apt-get install curl)");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("sendInstruct answer is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sendInstruct answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,8 +63,13 @@ async fn tracker_events_reach_the_customer_with_jimi_fields() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
     let imei = "864717003283581";
-    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
-    tracker.send_heartbeat().await.expect("heartbeat acknowledged");
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
+    tracker
+        .send_heartbeat()
+        .await
+        .expect("heartbeat acknowledged");
     let fix = Fix {
         time: Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap(),
         latitude: 22.576539,
@@ -67,7 +80,10 @@ async fn tracker_events_reach_the_customer_with_jimi_fields() {
         odometer_m: 698,
     };
     tracker.send_gps(fix.clone()).await.unwrap();
-    tracker.send_alarm(1, fix.clone()).await.expect("alarm acknowledged");
+    tracker
+        .send_alarm(1, fix.clone())
+        .await
+        .expect("alarm acknowledged");
     tracker.close().await;
 
     let all_arrived = rx
@@ -81,8 +97,14 @@ async fn tracker_events_reach_the_customer_with_jimi_fields() {
             WAIT,
         )
         .await;
-    assert!(all_arrived, "pushes missing: event {} hb {} gps {} alarm {}",
-        rx.count("/pushevent"), rx.count("/pushhb"), rx.count("/pushgps"), rx.count("/pushalarm"));
+    assert!(
+        all_arrived,
+        "pushes missing: event {} hb {} gps {} alarm {}",
+        rx.count("/pushevent"),
+        rx.count("/pushhb"),
+        rx.count("/pushgps"),
+        rx.count("/pushalarm")
+    );
 
     let events = rx.records("/pushevent");
     assert_eq!(events[0].record["type"], "LOGIN");
@@ -93,22 +115,41 @@ async fn tracker_events_reach_the_customer_with_jimi_fields() {
 
     let hb = &rx.records("/pushhb")[0].record;
     assert_eq!(hb["deviceImei"], imei);
-    for field in ["gateTime", "powerLevel", "gsmSign", "acc", "oilEle", "gpsPos", "powerStatus", "fortify"] {
+    for field in [
+        "gateTime",
+        "powerLevel",
+        "gsmSign",
+        "acc",
+        "oilEle",
+        "gpsPos",
+        "powerStatus",
+        "fortify",
+    ] {
         assert!(hb.get(field).is_some(), "/pushhb lacks {field}: {hb}");
     }
 
     let gps = &rx.records("/pushgps")[0].record;
     assert_eq!(gps["deviceImei"], imei);
     assert_eq!(gps["gpsTime"], "2026-11-25 10:00:00");
-    assert!((gps["lat"].as_f64().unwrap() - 22.576539).abs() < 1e-5, "lat {gps}");
-    assert!((gps["lng"].as_f64().unwrap() + 113.942885).abs() < 1e-5, "lng {gps}");
+    assert!(
+        (gps["lat"].as_f64().unwrap() - 22.576539).abs() < 1e-5,
+        "lat {gps}"
+    );
+    assert!(
+        (gps["lng"].as_f64().unwrap() + 113.942885).abs() < 1e-5,
+        "lng {gps}"
+    );
     assert_eq!(gps["gpsSpeed"].as_f64(), Some(42.0));
     assert_eq!(gps["direction"], 155);
     assert_eq!(gps["satelliteNum"], 9);
     assert_eq!(gps["postType"], 1);
     assert_eq!(gps["gpsMode"], 0);
     let gate_time = gps["gateTime"].as_str().unwrap();
-    assert_eq!(gate_time.len(), "yyyy-MM-dd HH:mm:ss".len(), "gateTime format: {gate_time}");
+    assert_eq!(
+        gate_time.len(),
+        "yyyy-MM-dd HH:mm:ss".len(),
+        "gateTime format: {gate_time}"
+    );
 
     let alarm = &rx.records("/pushalarm")[0].record;
     assert_eq!(alarm["deviceImei"], imei);
@@ -124,7 +165,9 @@ async fn send_instruct_returns_the_device_reply() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
     let imei = "864717003283582";
-    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
     let device = tokio::spawn(async move {
         tracker
             .run_until(tokio::time::Instant::now() + Duration::from_secs(8))
@@ -132,7 +175,9 @@ async fn send_instruct_returns_the_device_reply() {
             .ok();
         tracker
     });
-    let form = format!("imei={imei}&proNo=128&cmdContent=STATUS%23&serverFlagId=7&token={TOKEN}&timeOut=10");
+    let form = format!(
+        "imei={imei}&proNo=128&cmdContent=STATUS%23&serverFlagId=7&token={TOKEN}&timeOut=10"
+    );
     let hub_ref = &hub;
     let answer = tokio::task::block_in_place(|| curl_send_instruct(hub_ref, &form));
     assert_eq!(answer["code"], 0, "{answer}");
@@ -141,7 +186,10 @@ async fn send_instruct_returns_the_device_reply() {
     assert_eq!(answer["data"]["_imei"], imei);
     assert_eq!(answer["data"]["_serverFlagId"], 7);
     let tracker = device.await.unwrap();
-    let received: Vec<_> = tracker.commands().map(|c| (c.server_flag, c.command.clone())).collect();
+    let received: Vec<_> = tracker
+        .commands()
+        .map(|c| (c.server_flag, c.command.clone()))
+        .collect();
     assert_eq!(received, vec![(7, "STATUS#".to_string())]);
 }
 
@@ -167,7 +215,9 @@ async fn offline_instruction_is_delivered_at_login_and_its_reply_pushed() {
     let answer = tokio::task::block_in_place(|| curl_send_instruct(hub_ref, &form));
     assert_eq!(answer["data"]["_code"], "300", "{answer}");
 
-    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
     let command = tracker
         .next_command(Duration::from_secs(10))
         .await
@@ -175,13 +225,23 @@ async fn offline_instruction_is_delivered_at_login_and_its_reply_pushed() {
         .expect("the queued instruction arrives after login");
     assert_eq!(command.server_flag, 42);
     assert_eq!(command.command, "RELAY,1#");
-    tracker.run_until(tokio::time::Instant::now() + Duration::from_secs(2)).await.ok();
+    tracker
+        .run_until(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await
+        .ok();
 
     let pushed = rx
-        .wait_for(|v| v.count("/pushInstructResponse") >= 1 && v.count("/offlineCallback") >= 1, WAIT)
+        .wait_for(
+            |v| v.count("/pushInstructResponse") >= 1 && v.count("/offlineCallback") >= 1,
+            WAIT,
+        )
         .await;
-    assert!(pushed, "offline reply not pushed (instruct {} callback {})",
-        rx.count("/pushInstructResponse"), rx.count("/offlineCallback"));
+    assert!(
+        pushed,
+        "offline reply not pushed (instruct {} callback {})",
+        rx.count("/pushInstructResponse"),
+        rx.count("/offlineCallback")
+    );
     let item = &rx.records("/pushInstructResponse")[0].record;
     assert_eq!(item["_imei"], imei);
     assert_eq!(item["_code"], "100");
@@ -193,7 +253,9 @@ async fn offline_instruction_is_delivered_at_login_and_its_reply_pushed() {
 
     // Answered instructions leave the queue: a second login gets nothing.
     tracker.close().await;
-    let mut again = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
+    let mut again = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
     let none = again.next_command(Duration::from_secs(2)).await.unwrap();
     assert!(none.is_none(), "instruction delivered twice: {none:?}");
 }
@@ -204,22 +266,41 @@ async fn customer_outage_loses_nothing_and_duplicates_nothing() {
     rx.set_failing(true);
     let hub = hub_pushing_to(&rx, &[]);
     let imei = "864717003283585";
-    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
     let base = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap();
     for i in 0..50 {
-        let fix = Fix::at(base + chrono::Duration::seconds(i), 22.5, 113.9 + i as f64 * 0.0001);
+        let fix = Fix::at(
+            base + chrono::Duration::seconds(i),
+            22.5,
+            113.9 + i as f64 * 0.0001,
+        );
         tracker.send_gps(fix).await.unwrap();
     }
     tracker.send_heartbeat().await.unwrap();
     // The customer is down for a while: the hub keeps trying and must not give up.
     let rejected = rx.wait_for(|v| v.rejected() >= 2, WAIT).await;
-    assert!(rejected, "the hub did not try to push while the customer was down");
+    assert!(
+        rejected,
+        "the hub did not try to push while the customer was down"
+    );
     assert_eq!(rx.count("/pushgps"), 0);
     rx.set_failing(false);
-    let all = rx.wait_for(|v| v.count("/pushgps") >= 50, Duration::from_secs(90)).await;
-    assert!(all, "only {} of 50 positions delivered after the outage", rx.count("/pushgps"));
+    let all = rx
+        .wait_for(|v| v.count("/pushgps") >= 50, Duration::from_secs(90))
+        .await;
+    assert!(
+        all,
+        "only {} of 50 positions delivered after the outage",
+        rx.count("/pushgps")
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rx.count("/pushgps"), 50, "positions pushed more than once after success");
+    assert_eq!(
+        rx.count("/pushgps"),
+        50,
+        "positions pushed more than once after success"
+    );
     assert_eq!(rx.view(|v| v.duplicates("/pushgps")), 0);
     let times: Vec<String> = rx
         .records("/pushgps")
@@ -228,7 +309,10 @@ async fn customer_outage_loses_nothing_and_duplicates_nothing() {
         .collect();
     let mut sorted = times.clone();
     sorted.sort();
-    assert_eq!(times, sorted, "positions of one device arrived out of order");
+    assert_eq!(
+        times, sorted,
+        "positions of one device arrived out of order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,15 +321,26 @@ async fn hub_killed_between_ack_and_push_still_delivers() {
     rx.set_failing(true);
     let mut hub = hub_pushing_to(&rx, &[]);
     let imei = "864717003283586";
-    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
-    let fix = Fix::at(Utc.with_ymd_and_hms(2026, 11, 25, 9, 0, 0).unwrap(), -33.9, 18.4);
-    tracker.send_alarm(2, fix).await.expect("alarm acknowledged by the hub");
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
+    let fix = Fix::at(
+        Utc.with_ymd_and_hms(2026, 11, 25, 9, 0, 0).unwrap(),
+        -33.9,
+        18.4,
+    );
+    tracker
+        .send_alarm(2, fix)
+        .await
+        .expect("alarm acknowledged by the hub");
     // Acknowledged, not yet pushed (the customer is failing). Crash the hub.
     hub.kill();
     drop(tracker);
     rx.set_failing(false);
     hub.restart();
-    let delivered = rx.wait_for(|v| v.count("/pushalarm") >= 1, Duration::from_secs(60)).await;
+    let delivered = rx
+        .wait_for(|v| v.count("/pushalarm") >= 1, Duration::from_secs(60))
+        .await;
     assert!(delivered, "acknowledged alarm lost across a crash");
     let alarm = &rx.records("/pushalarm")[0].record;
     assert_eq!(alarm["deviceImei"], imei);
@@ -260,7 +355,11 @@ async fn malformed_frame_closes_only_its_own_connection() {
     let mut trackers = Vec::new();
     for i in 0..100u64 {
         let imei = format!("86000000000{:04}", i);
-        trackers.push(SimTracker::connect_and_login(hub.gt06, tracker_config(&imei)).await.unwrap());
+        trackers.push(
+            SimTracker::connect_and_login(hub.gt06, tracker_config(&imei))
+                .await
+                .unwrap(),
+        );
     }
     let logins = rx.wait_for(|v| v.count("/pushevent") >= 100, WAIT).await;
     assert!(logins, "only {} logins pushed", rx.count("/pushevent"));
@@ -270,19 +369,34 @@ async fn malformed_frame_closes_only_its_own_connection() {
     bad.write_all(&hex_bytes("7979ffff01")).await.unwrap();
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "malformed connection left open: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "malformed connection left open: {closed:?}"
+    );
 
     let base = Utc.with_ymd_and_hms(2026, 11, 25, 7, 0, 0).unwrap();
     for (i, t) in trackers.iter_mut().enumerate() {
         let fix = Fix::at(base + chrono::Duration::seconds(i as i64), 10.0, 20.0);
-        t.send_gps(fix).await.expect("other devices keep their sessions");
-        t.send_heartbeat().await.expect("other devices keep being acknowledged");
+        t.send_gps(fix)
+            .await
+            .expect("other devices keep their sessions");
+        t.send_heartbeat()
+            .await
+            .expect("other devices keep being acknowledged");
     }
     let flowing = rx.wait_for(|v| v.count("/pushgps") >= 100, WAIT).await;
-    assert!(flowing, "only {} of 100 positions after the malformed frame", rx.count("/pushgps"));
+    assert!(
+        flowing,
+        "only {} of 100 positions after the malformed frame",
+        rx.count("/pushgps")
+    );
     let metrics = hub.metrics_text().await;
     assert!(
-        metric_value(&metrics, "iothub_decode_errors_total", &["protocol=\"gt06\""]) >= 1.0,
+        metric_value(
+            &metrics,
+            "iothub_decode_errors_total",
+            &["protocol=\"gt06\""]
+        ) >= 1.0,
         "decode error not counted:\n{metrics}"
     );
 }
@@ -292,18 +406,32 @@ async fn newest_connection_of_a_device_wins() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
     let imei = "864717003283587";
-    let mut first = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
-    let mut second = SimTracker::connect_and_login(hub.gt06, tracker_config(imei)).await.unwrap();
-    second.send_heartbeat().await.expect("newest connection is served");
+    let mut first = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
+    let mut second = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .unwrap();
+    second
+        .send_heartbeat()
+        .await
+        .expect("newest connection is served");
     // The old connection is closed by the hub.
     let old_closed = first.send_heartbeat().await.is_err();
-    assert!(old_closed, "old connection still acknowledged after takeover");
+    assert!(
+        old_closed,
+        "old connection still acknowledged after takeover"
+    );
     // Instructions go to the newest connection.
     let device = tokio::spawn(async move {
-        second.run_until(tokio::time::Instant::now() + Duration::from_secs(6)).await.ok();
+        second
+            .run_until(tokio::time::Instant::now() + Duration::from_secs(6))
+            .await
+            .ok();
         second
     });
-    let form = format!("imei={imei}&proNo=128&cmdContent=WHERE%23&serverFlagId=9&token={TOKEN}&timeOut=5");
+    let form =
+        format!("imei={imei}&proNo=128&cmdContent=WHERE%23&serverFlagId=9&token={TOKEN}&timeOut=5");
     let hub_ref = &hub;
     let answer = tokio::task::block_in_place(|| curl_send_instruct(hub_ref, &form));
     assert_eq!(answer["data"]["_code"], "100", "{answer}");

@@ -18,7 +18,9 @@ use rdkafka::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_go_to_kafka_keyed_by_imei_and_pushes_are_consumed_from_it() {
     let broker = Tansu::start();
-    let rx = PushReceiver::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let rx = PushReceiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let url = rx.url();
     let kafka_host = broker.addr.to_string();
     let hub = Hub::start(&[
@@ -34,21 +36,33 @@ async fn events_go_to_kafka_keyed_by_imei_and_pushes_are_consumed_from_it() {
     let base = Utc.with_ymd_and_hms(2026, 11, 25, 6, 0, 0).unwrap();
     for d in 0..3u64 {
         let imei = format!("8647170032836{d:02}");
-        let mut tracker = SimTracker::connect_and_login(hub.gt06, SimTrackerConfig::new(Imei::parse(&imei).unwrap()))
-            .await
-            .unwrap();
+        let mut tracker = SimTracker::connect_and_login(
+            hub.gt06,
+            SimTrackerConfig::new(Imei::parse(&imei).unwrap()),
+        )
+        .await
+        .unwrap();
         for i in 0..10 {
             let fix = Fix::at(base + chrono::Duration::seconds(i), 1.0 + d as f64, 2.0);
             tracker.send_gps(fix).await.unwrap();
         }
-        tracker.send_heartbeat().await.expect("heartbeat acknowledged with Kafka on");
+        tracker
+            .send_heartbeat()
+            .await
+            .expect("heartbeat acknowledged with Kafka on");
         sent.push(imei);
         tracker.close().await;
     }
 
     // Pushes, consumed from Kafka by the hub's consumer group.
-    let pushed = rx.wait_for(|v| v.count("/pushgps") >= 30, Duration::from_secs(60)).await;
-    assert!(pushed, "only {} of 30 positions pushed in Kafka mode", rx.count("/pushgps"));
+    let pushed = rx
+        .wait_for(|v| v.count("/pushgps") >= 30, Duration::from_secs(60))
+        .await;
+    assert!(
+        pushed,
+        "only {} of 30 positions pushed in Kafka mode",
+        rx.count("/pushgps")
+    );
     assert_eq!(rx.view(|v| v.duplicates("/pushgps")), 0);
 
     // An independent consumer sees every position, keyed by IMEI, as the push record JSON.
@@ -72,7 +86,11 @@ async fn events_go_to_kafka_keyed_by_imei_and_pushes_are_consumed_from_it() {
         }
     }
     for imei in &sent {
-        assert_eq!(per_key.get(imei).copied(), Some(10), "positions of {imei} in Kafka: {per_key:?}");
+        assert_eq!(
+            per_key.get(imei).copied(),
+            Some(10),
+            "positions of {imei} in Kafka: {per_key:?}"
+        );
     }
     drop(hub);
 }

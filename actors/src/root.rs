@@ -52,7 +52,12 @@ impl Actor for Root {
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<RootMsg>, msg: RootMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<RootMsg>,
+        msg: RootMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
         match msg {}
     }
 
@@ -85,7 +90,8 @@ impl Hub {
 
         let (root, root_done) = Actor::spawn(Some("root".into()), Root, ()).await?;
         let (registry_ref, _) =
-            Actor::spawn_linked(Some("registry".into()), RegistryActor, (), root.get_cell()).await?;
+            Actor::spawn_linked(Some("registry".into()), RegistryActor, (), root.get_cell())
+                .await?;
         let registry = Registry {
             actor: registry_ref.clone(),
         };
@@ -150,9 +156,15 @@ impl Hub {
     /// Graceful stop: devices first (logouts stored), then the API, then storage users.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: closing device connections");
-        self.gt06.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15))).await.ok();
+        self.gt06
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
+            .await
+            .ok();
         self.api.shutdown().await;
-        self.registry.stop_and_wait(None, Some(Duration::from_secs(5))).await.ok();
+        self.registry
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await
+            .ok();
         self.push.stop().await;
         self.publisher.stop().await;
         self.root.stop(None);

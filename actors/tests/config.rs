@@ -107,7 +107,8 @@ fn missing_api_token_is_replaced_by_a_random_one() {
 
 #[test]
 fn configured_api_token_is_not_marked_generated() {
-    let c = Config::from_toml_str("", &|k: &str| (k == "apiToken").then(|| "t".to_string())).unwrap();
+    let c =
+        Config::from_toml_str("", &|k: &str| (k == "apiToken").then(|| "t".to_string())).unwrap();
     assert!(!c.api.token_generated);
     assert_eq!(c.api.token, "t");
 }
@@ -285,7 +286,10 @@ fn default_timeout_above_max_is_refused() {
 fn conflicting_redis_password_spellings_are_refused() {
     let e = error("", &[("redisPassword", "a"), ("redisPasswd", "b")]);
     assert!(e.starts_with("redisPasswd:"), "{e}");
-    assert!(e.contains("(hidden)"), "passwords stay out of messages: {e}");
+    assert!(
+        e.contains("(hidden)"),
+        "passwords stay out of messages: {e}"
+    );
 }
 
 #[test]

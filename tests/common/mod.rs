@@ -57,7 +57,10 @@ impl Hub {
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: Some(tmp),
         };
         hub.spawn();
@@ -71,7 +74,10 @@ impl Hub {
             .env("IOTHUB_METRICS_LISTEN", self.metrics.to_string())
             .env("IOTHUB_DATA_DIR", &self.data_dir)
             .env("apiToken", TOKEN)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
@@ -95,12 +101,17 @@ impl Hub {
                     panic!("iothubd exited during start-up with {status} (run with IOTHUB_TEST_LOGS=1 to see its log)");
                 }
             }
-            let ok = std::net::TcpStream::connect_timeout(&self.gt06, Duration::from_millis(200)).is_ok()
-                && std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200)).is_ok();
+            let ok = std::net::TcpStream::connect_timeout(&self.gt06, Duration::from_millis(200))
+                .is_ok()
+                && std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200))
+                    .is_ok();
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "iothubd did not open its ports within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "iothubd did not open its ports within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -108,7 +119,10 @@ impl Hub {
     /// SIGTERM and wait: the graceful path.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -132,7 +146,10 @@ impl Hub {
 
     /// Starts the same node again on the same ports and data directory.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill the hub before restarting it");
+        assert!(
+            self.child.is_none(),
+            "stop or kill the hub before restarting it"
+        );
         self.spawn();
     }
 
@@ -182,7 +199,13 @@ impl Tansu {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let url = format!("tcp://{addr}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -195,7 +218,10 @@ impl Tansu {
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {addr} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Tansu { child, addr }

@@ -87,7 +87,8 @@ impl<P: Protocol> Actor for Gateway<P> {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, error) = event {
             // post_stop does not run after a panic, so the registry entry is cleaned here.
-            metrics::counter!("iothub_sessions_failed_total", "protocol" => state.name).increment(1);
+            metrics::counter!("iothub_sessions_failed_total", "protocol" => state.name)
+                .increment(1);
             tracing::error!(protocol = state.name, %error, "device session failed");
             state.registry.unregister_session(cell.get_id());
             metrics::gauge!("iothub_connections", "protocol" => state.name).decrement(1.0);
@@ -138,8 +139,13 @@ async fn accept_loop<P: Protocol>(
             deps: deps.clone(),
             connection_permit: Some(permit),
         };
-        if let Err(e) =
-            Actor::spawn_linked(None, DeviceSession::<P>::default(), args, gateway.get_cell()).await
+        if let Err(e) = Actor::spawn_linked(
+            None,
+            DeviceSession::<P>::default(),
+            args,
+            gateway.get_cell(),
+        )
+        .await
         {
             tracing::warn!(protocol = name, %peer, error = %e, "could not start device session");
         }

@@ -201,7 +201,9 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             SessionMsg::ReaderDone(end) => {
                 match &end {
                     ReaderEnd::Eof => {}
-                    ReaderEnd::Io(e) => tracing::debug!(imei = ?state.imei, error = %e, "read failed"),
+                    ReaderEnd::Io(e) => {
+                        tracing::debug!(imei = ?state.imei, error = %e, "read failed")
+                    }
                     ReaderEnd::Decode { kind, detail } => {
                         metrics::counter!(
                             "iothub_decode_errors_total",
@@ -360,7 +362,11 @@ impl<P: Protocol> SessionState<P> {
         }
     }
 
-    async fn logged_in(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, imei: Imei) -> Vec<Action> {
+    async fn logged_in(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        imei: Imei,
+    ) -> Vec<Action> {
         if self.imei == Some(imei) {
             return Vec::new();
         }
@@ -388,7 +394,10 @@ impl<P: Protocol> SessionState<P> {
 
     /// Starts the next queued offline instruction if none is in flight; returns the actions
     /// that put it on the wire.
-    async fn deliver_next_offline(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>) -> Vec<Action> {
+    async fn deliver_next_offline(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+    ) -> Vec<Action> {
         while self.in_flight.is_none() && !self.closing {
             let Some(queued) = self.offline_queue.pop_front() else {
                 break;
@@ -648,7 +657,10 @@ async fn read_loop<P: Protocol>(
                     let Ok(permit) = credits.clone().acquire_owned().await else {
                         return;
                     };
-                    if session.cast(SessionMsg::Inbound(cut.frame, permit)).is_err() {
+                    if session
+                        .cast(SessionMsg::Inbound(cut.frame, permit))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -199,3 +199,43 @@ pub struct OnlineCommand {
     /// ASCII command text, e.g. `STATUS#`.
     pub command: String,
 }
+
+impl Message {
+    /// 0x94 sub-type 0x00 (and the 2-byte form of 0x0B): external power in volts
+    /// (WORD x 0.01 V).
+    pub fn info_external_volts(&self) -> Option<f64> {
+        match self {
+            Message::Info {
+                sub_type: 0x00,
+                data,
+            } if data.len() >= 2 => Some(f64::from(u16::from_be_bytes([data[0], data[1]])) / 100.0),
+            Message::Info {
+                sub_type: 0x0B,
+                data,
+            } if data.len() == 2 => Some(f64::from(u16::from_be_bytes([data[0], data[1]])) / 100.0),
+            _ => None,
+        }
+    }
+
+    /// 0x94 sub-type 0x0A: the SIM's ICCID (bytes 16..26 as BCD, trailing `F` padding
+    /// removed); `None` when the data is too short or not BCD.
+    pub fn info_iccid(&self) -> Option<String> {
+        let Message::Info {
+            sub_type: 0x0A,
+            data,
+        } = self
+        else {
+            return None;
+        };
+        let bcd = data.get(16..26)?;
+        let mut s = String::with_capacity(20);
+        for nibble in bcd.iter().flat_map(|b| [b >> 4, b & 0x0F]) {
+            match nibble {
+                0..=9 => s.push(char::from(b'0' + nibble)),
+                0x0F => break,
+                _ => return None,
+            }
+        }
+        Some(s)
+    }
+}
