@@ -138,6 +138,14 @@ pub fn describe_metrics() {
         "Sessions closed because the same device logged in on a newer connection"
     );
     describe_gauge!("iothub_registry_devices", "Devices online in the registry");
+    describe_gauge!(
+        "iothub_publish_queue_depth",
+        "Publish calls waiting for the embedded log writer"
+    );
+    describe_gauge!(
+        "iothub_api_instructions_in_flight",
+        "sendInstruct requests waiting for a device reply"
+    );
     // Instructions.
     describe_counter!(
         "iothub_instructions_sent_total",

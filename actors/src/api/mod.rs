@@ -322,6 +322,8 @@ where
         }
     };
 
+    metrics::gauge!("iothub_api_instructions_in_flight")
+        .set((MAX_IN_FLIGHT - state.in_flight.available_permits()) as f64);
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return (
             "503",

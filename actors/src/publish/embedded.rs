@@ -96,6 +96,8 @@ fn write_loop(storage: &Storage, mut rx: mpsc::Receiver<WriteRequest>, retention
                 Err(_) => break,
             }
         }
+        // Publish calls still waiting behind this batch: the writer's queue depth.
+        metrics::gauge!("iothub_publish_queue_depth").set(rx.len() as f64);
         let mut per_topic = [0u64; Topic::ALL.len()];
         let new: Vec<NewEvent> = batch
             .iter()
