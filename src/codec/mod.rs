@@ -3,6 +3,7 @@
 //! connection should close. Lengths are checked before anything is allocated.
 
 pub mod gt06;
+pub mod jt808;
 
 /// What to do with a frame whose checksum does not match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
