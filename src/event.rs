@@ -33,10 +33,16 @@ pub enum Topic {
     InstructResponse,
     /// Replies to offline instructions as a single object to `offlineCmdPushURL` (no path added).
     OfflineCommandCallback,
+    /// JT/T 1078 audio/video resource lists (0x1205), `{pushURL}/pushresourcelist`.
+    ResourceList,
+    /// JT/T 1078 FTP upload results (0x1206), `{pushURL}/pushftpfileupload`.
+    FtpFileUpload,
+    /// JT/T 808 transparent data (0x0900), `{pushURL}/pushPassThroughData`.
+    PassThrough,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 10] = [
         Topic::Event,
         Topic::Heartbeat,
         Topic::Gps,
@@ -44,6 +50,9 @@ impl Topic {
         Topic::Lbs,
         Topic::InstructResponse,
         Topic::OfflineCommandCallback,
+        Topic::ResourceList,
+        Topic::FtpFileUpload,
+        Topic::PassThrough,
     ];
 
     /// Short stable name: Kafka topic suffix (`{topicPrefix}.{name}`) and embedded table name.
@@ -56,6 +65,9 @@ impl Topic {
             Topic::Lbs => "lbs",
             Topic::InstructResponse => "instruct_response",
             Topic::OfflineCommandCallback => "offline_cmd_callback",
+            Topic::ResourceList => "resource_list",
+            Topic::FtpFileUpload => "ftp_file_upload",
+            Topic::PassThrough => "pass_through",
         }
     }
 
@@ -73,6 +85,9 @@ impl Topic {
             Topic::Lbs => Some("/pushlbs"),
             Topic::InstructResponse => Some("/pushInstructResponse"),
             Topic::OfflineCommandCallback => None,
+            Topic::ResourceList => Some("/pushresourcelist"),
+            Topic::FtpFileUpload => Some("/pushftpfileupload"),
+            Topic::PassThrough => Some("/pushPassThroughData"),
         }
     }
 }
@@ -104,6 +119,27 @@ pub enum Record {
     Lbs(LbsRecord),
     InstructResponse(InstructResponseRecord),
     OfflineCommandCallback(OfflineCommandCallback),
+    ResourceList(ResourceListRecord),
+    FtpFileUpload(FtpFileUploadRecord),
+    PassThrough(PassThroughRecord),
+}
+
+impl Record {
+    /// The stream the record belongs to.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Record::Login(_) => Topic::Event,
+            Record::Heartbeat(_) => Topic::Heartbeat,
+            Record::Gps(_) => Topic::Gps,
+            Record::Alarm(_) => Topic::Alarm,
+            Record::Lbs(_) => Topic::Lbs,
+            Record::InstructResponse(_) => Topic::InstructResponse,
+            Record::OfflineCommandCallback(_) => Topic::OfflineCommandCallback,
+            Record::ResourceList(_) => Topic::ResourceList,
+            Record::FtpFileUpload(_) => Topic::FtpFileUpload,
+            Record::PassThrough(_) => Topic::PassThrough,
+        }
+    }
 }
 
 /// `/pushevent` item (Jimi §1.1).
@@ -184,6 +220,44 @@ pub struct GpsRecord {
     pub lac: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cell_id: Option<u64>,
+    /// What JT/T 808 additional-information items add; empty for GT06.
+    #[serde(flatten)]
+    pub extra: GpsExtra,
+}
+
+/// The JT/T 808 0x0200 additional-information items of a `/pushgps` record that have no
+/// field of the GT06 shape (odometer and satellites go to `distance` and `satelliteNum`).
+/// Every field is left out when the report did not carry its item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpsExtra {
+    /// The 32-bit JT/T 808 alarm word of the report (0x0200 basic block), when non-zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_flag: Option<u32>,
+    /// Fuel in litres (item 0x02).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<f64>,
+    /// Tachograph speed in km/h (item 0x03).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorder_speed: Option<f64>,
+    /// Id of an alarm event awaiting manual confirmation (item 0x04).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_event_id: Option<u16>,
+    /// Extended vehicle signals bit field (item 0x25).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extended_signals: Option<u32>,
+    /// IO status bit field (item 0x2A).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_status: Option<u16>,
+    /// Analog inputs: bits 0..=15 AD0, 16..=31 AD1 (item 0x2B).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analog: Option<u32>,
+    /// Wireless signal strength (item 0x30).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gsm_sign: Option<u8>,
+    /// Items the hub does not map, as uppercase hex of `id len value` triples, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecoded_gps_add_info: Option<String>,
 }
 
 /// `/pushalarm` item (Jimi §1.4). Both `imei` and `deviceImei` are set at the top level because
@@ -205,8 +279,9 @@ pub struct AlarmRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AlarmMsg {
-    /// GT06 alarm byte for JIMI devices; 256.. for JT/T.
-    pub alert_type: u32,
+    /// GT06 alarm byte for JIMI devices (a JSON number); 256.. for JT/T (a JSON string, as
+    /// the Jimi hub sends it).
+    pub alert_type: AlertType,
     pub alarm_time: String,
     pub lat: f64,
     pub lng: f64,
@@ -219,6 +294,49 @@ pub struct AlarmMsg {
     pub fence_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert_value: Option<u64>,
+    /// JT/T 256: the 32-bit JT/T 808 alarm word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standard_alarm_value: Option<u32>,
+    /// JT/T: serial number of the report that carried the alarm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_serial_no: Option<u16>,
+    /// JT/T 264..=267: sub-type of the ADAS/DMS/BSD/TPMS alarm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_type: Option<u8>,
+    /// JT/T 264/265: alarm level (1 or 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_level: Option<u8>,
+    /// JT/T 260/265: fatigue degree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fatigue_level: Option<u8>,
+    /// JT/T 264..=267: the terminal's alarm id (cyclic counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_id: Option<u32>,
+    /// JT/T 264..=267: 1 the alarm starts, 2 it ends (Su-biao flag; absent when 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_status: Option<u8>,
+    /// JT/T 264..=267: the 16-byte alarm identification as comma-separated hex bytes, the key
+    /// of its attachments (0x9208).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_label: Option<String>,
+    /// JT/T 257: channels whose video signal is lost, bit n = channel n+1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_drop_channel: Option<u32>,
+    /// JT/T 258: channels whose camera is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_cover_channel: Option<u32>,
+    /// JT/T 259: storage units in fault, bits 0..=11 main, 12..=15 backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_fault_channel: Option<u16>,
+}
+
+/// `alertType`: JIMI devices' codes are JSON numbers, JT/T codes JSON strings (`"256"`), as
+/// in the Jimi hub's own pushes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AlertType {
+    Code(u32),
+    Text(String),
 }
 
 /// `/pushlbs` item (Jimi §1.10).
@@ -276,4 +394,67 @@ pub struct OfflineCommandCallbackData {
     pub msg: String,
     #[serde(rename = "_serverFlagId")]
     pub server_flag_id: u64,
+}
+
+/// `/pushresourcelist` (Jimi §1.11): the audio/video files a terminal holds (0x1205). Times
+/// are UTC `yyyy-MM-dd HH:mm:ss`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceListRecord {
+    pub imei: Imei,
+    pub device_imei: Imei,
+    pub gate_time: String,
+    pub total_num: u32,
+    /// `instructionID` of the 0x9205 query this answers; empty when unknown.
+    #[serde(rename = "instructionID")]
+    pub instruction_id: String,
+    pub resource_list: Vec<ResourceItem>,
+}
+
+/// One file of a resource list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceItem {
+    pub channel: u8,
+    pub begin_time: String,
+    pub end_time: String,
+    /// Bits 0..=31 the JT/T 808 alarm word, 32..=63 the JT/T 1078 video alarms.
+    pub alarm_flag: u64,
+    /// 0 audio and video, 1 audio, 2 video.
+    pub resource_type: u8,
+    /// 1 main stream, 2 sub stream.
+    pub code_type: u8,
+    /// 1 main storage, 2 backup.
+    pub storage_type: u8,
+    /// Bytes.
+    pub file_size: u32,
+}
+
+/// `/pushftpfileupload` (Jimi §1.12): the result of an FTP upload (0x1206).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FtpFileUploadRecord {
+    pub imei: Imei,
+    pub device_imei: Imei,
+    pub gate_time: String,
+    /// 0 success, 1 failure.
+    pub result: u8,
+    /// `instructionID` of the 0x9206 request; empty when unknown.
+    #[serde(rename = "instructionID")]
+    pub instruction_id: String,
+    /// Serial of the 0x9206 request the terminal answers.
+    pub reply_serial: u16,
+}
+
+/// `/pushPassThroughData` (Jimi §1.14): JT/T 808 transparent data (0x0900).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassThroughRecord {
+    pub device_imei: Imei,
+    pub gate_time: String,
+    /// The transparent message type byte (0x00 GNSS detail, 0x0B IC card, 0x41/0x42 serial
+    /// ports, 0xF0..=0xFF vendor).
+    pub pass_through_type: u8,
+    /// The payload as uppercase hex.
+    pub data: String,
 }

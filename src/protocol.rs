@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 
 use std::time::Duration;
 
+use crate::channel::detect::{AnyChannel, AnyFrame};
 use crate::channel::gt06::{Gt06Channel, Gt06ChannelConfig};
+use crate::channel::jt808::{Jt808Channel, Jt808ChannelConfig};
 use crate::channel::Channel;
-use crate::codec::{gt06, CrcPolicy};
+use crate::codec::{gt06, jt808, CrcPolicy};
 
 /// A stream that cannot be decoded: the connection closes and the kind is counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +43,9 @@ pub trait Protocol: Send + Sync + 'static {
     /// Cuts the first frame from `buf`; `Ok(None)` when more bytes are needed.
     fn decode(&self, buf: &[u8]) -> Result<Option<Cut<Self::Frame>>, DecodeFailure>;
 
-    /// Message type of a frame, for the `frames by type` metric.
-    fn frame_type(&self, frame: &Self::Frame) -> u16;
+    /// Protocol and message type of a frame, for the `frames by type` metric: static
+    /// labels, from a bounded set.
+    fn frame_label(&self, frame: &Self::Frame) -> (&'static str, &'static str);
 
     /// A fresh channel for a new connection accepted at `now`.
     fn new_channel(&self, now: DateTime<Utc>) -> Self::Channel;
@@ -91,11 +94,159 @@ impl Protocol for Gt06Protocol {
         }
     }
 
-    fn frame_type(&self, frame: &gt06::Frame) -> u16 {
-        u16::from(frame.protocol)
+    fn frame_label(&self, frame: &gt06::Frame) -> (&'static str, &'static str) {
+        ("gt06", gt06_type_label(frame.protocol))
     }
 
     fn new_channel(&self, now: DateTime<Utc>) -> Gt06Channel {
         Gt06Channel::new(self.channel.clone(), now)
+    }
+}
+
+/// `0x12`-style label of a GT06 protocol number (256 possible values, so a bounded set).
+pub fn gt06_type_label(t: u8) -> &'static str {
+    static LABELS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        (0..=0xFFu16)
+            .map(|i| &*Box::leak(format!("0x{i:02x}").into_boxed_str()))
+            .collect()
+    });
+    labels.get(usize::from(t)).copied().unwrap_or("other")
+}
+
+/// The metric label of message type `t` of `protocol` (`gt06` or `jt808`).
+pub fn type_label(protocol: &str, t: u16) -> &'static str {
+    match protocol {
+        "jt808" => jt808::message_label(t),
+        _ => u8::try_from(t).map_or("other", gt06_type_label),
+    }
+}
+
+/// JT/T 808 (2011/2013/2019) with JT/T 1078 signalling: `7e` frames.
+#[derive(Debug, Clone)]
+pub struct Jt808Protocol {
+    crc_policy: CrcPolicy,
+    channel: Jt808ChannelConfig,
+}
+
+impl Jt808Protocol {
+    pub fn new(crc_policy: CrcPolicy, channel: Jt808ChannelConfig) -> Self {
+        Jt808Protocol {
+            crc_policy,
+            channel,
+        }
+    }
+}
+
+impl Protocol for Jt808Protocol {
+    type Frame = jt808::Packet;
+    type Channel = Jt808Channel;
+
+    fn name(&self) -> &'static str {
+        "jt808"
+    }
+
+    fn decode(&self, buf: &[u8]) -> Result<Option<Cut<jt808::Packet>>, DecodeFailure> {
+        match jt808::decode(buf, self.crc_policy) {
+            Ok(Some(d)) => Ok(Some(Cut {
+                checksum_failed: !d.packet.check_ok,
+                frame: d.packet,
+                consumed: d.consumed,
+                skipped: d.skipped,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(DecodeFailure {
+                kind: e.kind(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    fn frame_label(&self, frame: &jt808::Packet) -> (&'static str, &'static str) {
+        ("jt808", jt808::message_label(frame.header.msg_id))
+    }
+
+    fn new_channel(&self, now: DateTime<Utc>) -> Jt808Channel {
+        Jt808Channel::new(self.channel.clone(), now)
+    }
+}
+
+/// Most bytes scanned for the start of a frame of either protocol before the stream is
+/// declared unusable.
+pub const MAX_UNFRAMED: usize = 1024;
+
+/// Both protocols on one port: each frame is cut by the codec its start marker names
+/// (`78 78`/`79 79` GT06, `7e` JT/T 808), and the connection's channel is fixed by its first
+/// frame ([`AnyChannel`]). `name` is the gateway's, for its metrics.
+#[derive(Debug, Clone)]
+pub struct DetectingProtocol {
+    name: &'static str,
+    gt06: Gt06Protocol,
+    jt808: Jt808Protocol,
+}
+
+impl DetectingProtocol {
+    pub fn new(name: &'static str, gt06: Gt06Protocol, jt808: Jt808Protocol) -> Self {
+        DetectingProtocol { name, gt06, jt808 }
+    }
+}
+
+/// Which codec the first frame start in `buf` belongs to: `Some(true)` JT/T 808,
+/// `Some(false)` GT06, `None` when no start marker is there yet.
+fn first_marker(buf: &[u8]) -> Option<bool> {
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            0x7E => return Some(true),
+            0x78 | 0x79 => match buf.get(i + 1) {
+                Some(&next) if next == b => return Some(false),
+                // A lone marker byte at the end: wait for the next byte.
+                None => return None,
+                Some(_) => {}
+            },
+            _ => {}
+        }
+    }
+    None
+}
+
+impl Protocol for DetectingProtocol {
+    type Frame = AnyFrame;
+    type Channel = AnyChannel;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn decode(&self, buf: &[u8]) -> Result<Option<Cut<AnyFrame>>, DecodeFailure> {
+        match first_marker(buf) {
+            Some(true) => Ok(self.jt808.decode(buf)?.map(|c| Cut {
+                frame: AnyFrame::Jt808(c.frame),
+                consumed: c.consumed,
+                skipped: c.skipped,
+                checksum_failed: c.checksum_failed,
+            })),
+            Some(false) => Ok(self.gt06.decode(buf)?.map(|c| Cut {
+                frame: AnyFrame::Gt06(c.frame),
+                consumed: c.consumed,
+                skipped: c.skipped,
+                checksum_failed: c.checksum_failed,
+            })),
+            None if buf.len() > MAX_UNFRAMED => Err(DecodeFailure {
+                kind: "no_start",
+                detail: format!("no GT06 or JT/T 808 frame start in {} bytes", buf.len()),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn frame_label(&self, frame: &AnyFrame) -> (&'static str, &'static str) {
+        match frame {
+            AnyFrame::Gt06(f) => self.gt06.frame_label(f),
+            AnyFrame::Jt808(p) => self.jt808.frame_label(p),
+        }
+    }
+
+    fn new_channel(&self, now: DateTime<Utc>) -> AnyChannel {
+        AnyChannel::new(self.gt06.channel.clone(), self.jt808.channel.clone(), now)
     }
 }

@@ -13,7 +13,8 @@
 //! `kafkaEnable`, `kafkaHost`, `topicPrefix`, `kafkaConsumerGroup`, `kafkaAuthSwitch`,
 //! `kafkaAuthUserName`, `kafkaAuthPassword`, `redisHost`, `redisPort`, `redisPassword` /
 //! `redisPasswd` / `redisPass`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
-//! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_API_LISTEN`,
+//! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_JT808_LISTEN`,
+//! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
@@ -64,6 +65,12 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// `newImeiRule`: turn a JT/T 808 terminal phone number into the device's real IMEI.
     pub new_imei_rule: bool,
+    /// JT/T 808 listener, default 0.0.0.0:21121.
+    pub jt808_listen: SocketAddr,
+    /// How long a JT/T 808 connection refused for not being authenticated may stay open.
+    pub jt808_auth_grace: Duration,
+    /// Authenticate JT/T 808 terminals whose code the hub never issued (and keep the code).
+    pub jt808_accept_unknown_auth: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +259,9 @@ section!(GatewayFile {
     crc_policy: String,
     max_connections: u64,
     new_imei_rule: bool,
+    jt808_listen: String,
+    jt808_auth_grace_secs: u64,
+    jt808_accept_unknown_auth_codes: bool,
 });
 
 section!(ApiFile {
@@ -588,6 +598,25 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             "gateway.new_imei_rule",
             &["newImeiRule"],
             g.new_imei_rule,
+        )?
+        .value,
+        jt808_listen: socket_addr(
+            env,
+            "gateway.jt808_listen",
+            "IOTHUB_JT808_LISTEN",
+            g.jt808_listen,
+        )?,
+        jt808_auth_grace: secs(
+            env,
+            "gateway.jt808_auth_grace_secs",
+            &["IOTHUB_JT808_AUTH_GRACE"],
+            g.jt808_auth_grace_secs,
+        )?,
+        jt808_accept_unknown_auth: pick(
+            env,
+            "gateway.jt808_accept_unknown_auth_codes",
+            &["IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH"],
+            g.jt808_accept_unknown_auth_codes,
         )?
         .value,
     };

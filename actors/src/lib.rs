@@ -10,12 +10,14 @@
 //! - [`registry`]: IMEI -> owning session; newest connection wins, stale deletes are ignored.
 //! - [`publish`]: the Publisher actor: events -> embedded durable log or Kafka.
 //! - [`push`]: the PushDispatcher: log/Kafka -> the customer's `pushURL`, at least once.
+//! - [`auth_codes`]: JT/T 808 authentication codes issued at registration, kept durably.
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
 
 pub mod api;
+pub mod auth_codes;
 pub mod config;
 pub mod gateway;
 pub mod offline;

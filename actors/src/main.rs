@@ -53,6 +53,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         gate_id = %config.gate_id,
         gt06 = %hub.gt06_addr,
+        jt808 = %hub.jt808_addr,
         api = %hub.api_addr,
         metrics = %metrics_addr,
         kafka = config.kafka.enable,

@@ -12,11 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iothub::protocol::Gt06Protocol;
+use iothub::channel::jt808::Jt808ChannelConfig;
+use iothub::codec::jt808::Limits;
+use iothub::protocol::{DetectingProtocol, Gt06Protocol, Jt808Protocol};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiDeps, ApiServer};
+use crate::auth_codes::AuthCodes;
 use crate::config::Config;
 use crate::gateway::listener::{Gateway, GatewayArgs};
 use crate::gateway::session::SessionDeps;
@@ -31,11 +34,13 @@ pub struct Hub {
     root: ActorRef<RootMsg>,
     root_done: tokio::task::JoinHandle<()>,
     gt06: ActorCell,
+    jt808: ActorCell,
     registry: ActorCell,
     api: ApiServer,
     publisher: Publisher,
     push: PushDispatcher,
     pub gt06_addr: SocketAddr,
+    pub jt808_addr: SocketAddr,
     pub api_addr: SocketAddr,
 }
 
@@ -100,28 +105,41 @@ impl Hub {
             registry: registry.clone(),
             publisher: publisher.clone(),
             offline: offline.clone(),
+            auth_codes: AuthCodes::open(storage.clone()),
             write_timeout: config.gateway.write_timeout,
             offline_reply_timeout: config.api.default_timeout,
         };
-        let listener = TcpListener::bind(config.gateway.gt06_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("gt06 listen {}: {e}", config.gateway.gt06_listen))?;
-        let gt06_addr = listener.local_addr()?;
-        let protocol = Arc::new(Gt06Protocol::new(
-            config.gateway.crc_policy,
-            config.gateway.read_timeout,
-            config.gateway.connect_timeout,
-        ));
-        let (gt06, _) = Actor::spawn_linked(
-            Some("gateway-gt06".into()),
-            Gateway::default(),
-            GatewayArgs {
-                protocol,
-                listener,
-                deps,
-                max_connections: config.gateway.max_connections,
+        let g = &config.gateway;
+        let gt06 = Gt06Protocol::new(g.crc_policy, g.read_timeout, g.connect_timeout);
+        let jt808 = Jt808Protocol::new(
+            g.crc_policy,
+            Jt808ChannelConfig {
+                read_timeout: g.read_timeout,
+                login_timeout: g.connect_timeout,
+                auth_grace: g.jt808_auth_grace,
+                new_imei_rule: g.new_imei_rule,
+                accept_unknown_auth_codes: g.jt808_accept_unknown_auth,
+                subpackages: Limits::default(),
+                auth_code_seed: random_seed(),
             },
-            root.get_cell(),
+        );
+        // Both ports take both protocols (the first frame decides); the name is the port's.
+        let (gt06_gateway, gt06_addr) = spawn_gateway(
+            &root,
+            "gt06",
+            g.gt06_listen,
+            DetectingProtocol::new("gt06", gt06.clone(), jt808.clone()),
+            deps.clone(),
+            g.max_connections,
+        )
+        .await?;
+        let (jt808_gateway, jt808_addr) = spawn_gateway(
+            &root,
+            "jt808",
+            g.jt808_listen,
+            DetectingProtocol::new("jt808", gt06, jt808),
+            deps,
+            g.max_connections,
         )
         .await?;
 
@@ -138,12 +156,14 @@ impl Hub {
         Ok(Hub {
             root,
             root_done,
-            gt06: gt06.get_cell(),
+            gt06: gt06_gateway,
+            jt808: jt808_gateway,
             registry: registry_ref.get_cell(),
             api,
             publisher,
             push,
             gt06_addr,
+            jt808_addr,
             api_addr,
         })
     }
@@ -156,10 +176,15 @@ impl Hub {
     /// Graceful stop: devices first (logouts stored), then the API, then storage users.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: closing device connections");
-        self.gt06
-            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
-            .await
-            .ok();
+        let stop = |cell: &ActorCell| {
+            let cell = cell.clone();
+            async move {
+                cell.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
+                    .await
+                    .ok();
+            }
+        };
+        tokio::join!(stop(&self.gt06), stop(&self.jt808));
         self.api.shutdown().await;
         self.registry
             .stop_and_wait(None, Some(Duration::from_secs(5)))
@@ -170,4 +195,41 @@ impl Hub {
         self.root.stop(None);
         tracing::info!("shutdown complete");
     }
+}
+
+/// Binds a device port and starts its gateway under the root.
+async fn spawn_gateway(
+    root: &ActorRef<RootMsg>,
+    name: &'static str,
+    listen: SocketAddr,
+    protocol: DetectingProtocol,
+    deps: SessionDeps,
+    max_connections: usize,
+) -> anyhow::Result<(ActorCell, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name} listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let (gateway, _) = Actor::spawn_linked(
+        Some(format!("gateway-{name}")),
+        Gateway::default(),
+        GatewayArgs {
+            protocol: Arc::new(protocol),
+            listener,
+            deps,
+            max_connections,
+        },
+        root.get_cell(),
+    )
+    .await?;
+    Ok((gateway.get_cell(), addr))
+}
+
+/// A per-process random number (std seeds `RandomState` from the OS), so issued
+/// authentication codes cannot be predicted from the IMEI and the time.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }

@@ -12,7 +12,8 @@
 //! - `meta`: the next offset of each topic (kept explicitly, because delivered entries are
 //!   deleted and the last key alone cannot tell where the log ended) and id counters;
 //! - `cursors`: (topic, consumer) -> next offset that consumer has not yet delivered;
-//! - `offline`: (imei, id) -> queued instruction.
+//! - `offline`: (imei, id) -> queued instruction;
+//! - `jt808_auth_codes`: imei -> JT/T 808 authentication code (see `auth_codes`).
 //!
 //! Every function here blocks on disk I/O; async callers run them in `spawn_blocking`.
 //! redb serializes write transactions, so writers from several threads are safe; the Publisher
@@ -44,6 +45,12 @@ const EVENTS_INSTRUCT: TableDefinition<u64, &[u8]> =
     TableDefinition::new("events_instruct_response");
 const EVENTS_OFFLINE_CB: TableDefinition<u64, &[u8]> =
     TableDefinition::new("events_offline_cmd_callback");
+const EVENTS_RESOURCE_LIST: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("events_resource_list");
+const EVENTS_FTP_UPLOAD: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("events_ftp_file_upload");
+const EVENTS_PASS_THROUGH: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("events_pass_through");
 
 /// Meta key of the offline instruction id counter.
 pub(crate) const OFFLINE_NEXT_ID: &str = "offline.next_id";
@@ -57,6 +64,9 @@ fn events_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
         Topic::Lbs => EVENTS_LBS,
         Topic::InstructResponse => EVENTS_INSTRUCT,
         Topic::OfflineCommandCallback => EVENTS_OFFLINE_CB,
+        Topic::ResourceList => EVENTS_RESOURCE_LIST,
+        Topic::FtpFileUpload => EVENTS_FTP_UPLOAD,
+        Topic::PassThrough => EVENTS_PASS_THROUGH,
     }
 }
 
@@ -69,6 +79,9 @@ fn next_offset_key(topic: Topic) -> &'static str {
         Topic::Lbs => "next.lbs",
         Topic::InstructResponse => "next.instruct_response",
         Topic::OfflineCommandCallback => "next.offline_cmd_callback",
+        Topic::ResourceList => "next.resource_list",
+        Topic::FtpFileUpload => "next.ftp_file_upload",
+        Topic::PassThrough => "next.pass_through",
     }
 }
 
@@ -179,6 +192,7 @@ impl Storage {
             txn.open_table(META_TABLE)?;
             txn.open_table(CURSORS)?;
             txn.open_table(OFFLINE)?;
+            txn.open_table(crate::auth_codes::AUTH_CODES)?;
             for topic in Topic::ALL {
                 txn.open_table(events_table(topic))?;
             }

@@ -9,7 +9,7 @@ use iothub::command::{InstructCode, Instruction, InstructionReply};
 use iothub::imei::Imei;
 use iothub_actors::api::{self, ApiDeps, ApiServer, MSG_CONVERTED};
 use iothub_actors::config::Config;
-use iothub_actors::gateway::control::{SessionControl, SessionRef};
+use iothub_actors::gateway::control::{NotAnswered, SessionControl, SessionRef};
 use iothub_actors::offline::OfflineCommands;
 use iothub_actors::registry::{Registry, RegistryActor};
 use iothub_actors::storage::Storage;
@@ -169,7 +169,7 @@ struct FakeSession;
 struct FakeState {
     behaviour: Behaviour,
     received: Arc<Mutex<Vec<Instruction>>>,
-    held: Vec<oneshot::Sender<Result<InstructionReply, InstructCode>>>,
+    held: Vec<oneshot::Sender<Result<InstructionReply, NotAnswered>>>,
 }
 
 struct FakeDevice {
@@ -218,12 +218,12 @@ impl Actor for FakeSession {
                 }));
             }
             Behaviour::Busy => {
-                let _ = reply.send(Err(InstructCode::Busy));
+                let _ = reply.send(Err(InstructCode::Busy.into()));
             }
             Behaviour::Silent => {
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
-                    let _ = reply.send(Err(InstructCode::Timeout));
+                    let _ = reply.send(Err(InstructCode::Timeout.into()));
                 });
             }
             Behaviour::Wedged => state.held.push(reply),

@@ -39,6 +39,7 @@ fn addr(s: &str) -> SocketAddr {
 fn defaults_listen_addresses() {
     let c = load("", &[]).unwrap();
     assert_eq!(c.gateway.gt06_listen, addr("0.0.0.0:21100"));
+    assert_eq!(c.gateway.jt808_listen, addr("0.0.0.0:21121"));
     assert_eq!(c.api.listen, addr("0.0.0.0:10088"));
     assert_eq!(c.metrics.listen, addr("0.0.0.0:9100"));
 }
@@ -171,6 +172,9 @@ fn iothub_environment_names_override_the_file() {
         "",
         &[
             ("IOTHUB_GT06_LISTEN", "127.0.0.1:0"),
+            ("IOTHUB_JT808_LISTEN", "127.0.0.1:21122"),
+            ("IOTHUB_JT808_AUTH_GRACE", "3"),
+            ("IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH", "false"),
             ("IOTHUB_API_LISTEN", "127.0.0.1:18088"),
             ("IOTHUB_METRICS_LISTEN", "[::1]:9200"),
             ("IOTHUB_DATA_DIR", "/var/lib/iothub"),
@@ -178,6 +182,9 @@ fn iothub_environment_names_override_the_file() {
     )
     .unwrap();
     assert_eq!(c.gateway.gt06_listen, addr("127.0.0.1:0"));
+    assert_eq!(c.gateway.jt808_listen, addr("127.0.0.1:21122"));
+    assert_eq!(c.gateway.jt808_auth_grace, Duration::from_secs(3));
+    assert!(!c.gateway.jt808_accept_unknown_auth);
     assert_eq!(c.api.listen, addr("127.0.0.1:18088"));
     assert_eq!(c.metrics.listen, addr("[::1]:9200"));
     assert_eq!(c.storage.data_dir, Path::new("/var/lib/iothub"));

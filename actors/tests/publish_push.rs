@@ -66,6 +66,7 @@ fn gps(device: Imei, seq: u64) -> Event {
             mnc: None,
             lac: None,
             cell_id: None,
+            extra: Default::default(),
         }),
     }
 }

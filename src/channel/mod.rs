@@ -4,7 +4,9 @@
 //! channel that returns `[Publish(event), Send(ack)]` gets the guarantee that the device is
 //! acknowledged only after its event is durable.
 
+pub mod detect;
 pub mod gt06;
+pub mod jt808;
 
 use chrono::{DateTime, Utc};
 
@@ -13,7 +15,11 @@ use crate::event::Event;
 use crate::imei::Imei;
 
 /// Something the connection driver must do for the channel.
+///
+/// `Publish` is much larger than the other variants; actions live for one handler call in a
+/// short `Vec`, so boxing the event would only add an allocation per event.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Write these bytes to the device.
     Send(Vec<u8>),
@@ -30,6 +36,29 @@ pub enum Action {
     /// travels server to device): nothing was published or answered. The driver logs it and
     /// counts it by protocol number (GT06 protocol number, JT/T 808 message id).
     Unrecognised { protocol: u16 },
+    /// Store the authentication code issued to this device (JT/T 808 0x8100), durably,
+    /// before running the next action (the 0x8100 that hands it to the device).
+    StoreAuthCode { imei: Imei, code: String },
+    /// Look up the code stored for this device and answer with
+    /// [`Channel::handle_auth_verdict`]; the channel's next actions depend on it.
+    VerifyAuthCode { imei: Imei, code: String },
+    /// The first frame of the connection showed which protocol the device speaks (counted
+    /// per gateway, so devices pointed at the other protocol's port are visible).
+    ProtocolDetected { protocol: &'static str },
+}
+
+/// What the hub's store says about an authentication code a device presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The stored code is the one presented.
+    Match,
+    /// Another code is stored for this device.
+    Mismatch,
+    /// No code is stored for this device (it registered with another platform, or the
+    /// store was reset).
+    Unknown,
+    /// The store could not be read: refuse for now, the device will retry.
+    Unavailable,
 }
 
 /// Why a channel closes its connection: the label of the `sessions closed` metric.
@@ -43,6 +72,11 @@ pub enum CloseReason {
     IdentityChanged,
     /// The connection did not log in within the login timeout.
     LoginTimeout,
+    /// The device kept sending messages after being refused for not being authenticated
+    /// (JT/T 808), past the grace period.
+    NotAuthenticated,
+    /// A frame of another protocol arrived on a connection that already spoke one.
+    ProtocolChanged,
 }
 
 impl CloseReason {
@@ -52,6 +86,8 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::IdentityChanged => "identity_changed",
             CloseReason::LoginTimeout => "login_timeout",
+            CloseReason::NotAuthenticated => "not_authenticated",
+            CloseReason::ProtocolChanged => "protocol_changed",
         }
     }
 }
@@ -75,6 +111,12 @@ pub trait Channel: Send + 'static {
     /// The instruction with this server flag got no answer in time: forget it, so the next
     /// one is not refused as busy.
     fn instruction_expired(&mut self, server_flag_id: u32);
+
+    /// The answer to an [`Action::VerifyAuthCode`] this channel returned. Protocols that do
+    /// not authenticate with stored codes never ask, and ignore it.
+    fn handle_auth_verdict(&mut self, _verdict: AuthVerdict, _now: DateTime<Utc>) -> Vec<Action> {
+        Vec::new()
+    }
 
     /// Periodic tick: idle timeout and other timers.
     fn handle_tick(&mut self, now: DateTime<Utc>) -> Vec<Action>;

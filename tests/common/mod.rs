@@ -38,6 +38,7 @@ pub fn free_port() -> u16 {
 pub struct Hub {
     child: Option<Child>,
     pub gt06: SocketAddr,
+    pub jt808: SocketAddr,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
     pub data_dir: PathBuf,
@@ -54,6 +55,7 @@ impl Hub {
         let mut hub = Hub {
             child: None,
             gt06: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            jt808: SocketAddr::from(([127, 0, 0, 1], free_port())),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir,
@@ -70,6 +72,7 @@ impl Hub {
     fn spawn(&mut self) {
         let mut cmd = Command::new(iothubd_bin());
         cmd.env("IOTHUB_GT06_LISTEN", self.gt06.to_string())
+            .env("IOTHUB_JT808_LISTEN", self.jt808.to_string())
             .env("IOTHUB_API_LISTEN", self.api.to_string())
             .env("IOTHUB_METRICS_LISTEN", self.metrics.to_string())
             .env("IOTHUB_DATA_DIR", &self.data_dir)
@@ -103,6 +106,8 @@ impl Hub {
             }
             let ok = std::net::TcpStream::connect_timeout(&self.gt06, Duration::from_millis(200))
                 .is_ok()
+                && std::net::TcpStream::connect_timeout(&self.jt808, Duration::from_millis(200))
+                    .is_ok()
                 && std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200))
                     .is_ok();
             if ok {

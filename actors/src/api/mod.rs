@@ -40,7 +40,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::Config;
-use crate::gateway::control::SessionControl;
+use crate::gateway::control::{NotAnswered, SessionControl};
 use crate::offline::OfflineCommands;
 use crate::registry::Registry;
 
@@ -501,10 +501,15 @@ async fn deliver(state: &State, request: &SendInstruct) -> Answer {
             detail: None,
             reply: Some(reply),
         },
-        Ok(Ok(Err(code @ (InstructCode::Offline | InstructCode::Timeout)))) => {
-            not_delivered(state, request, code).await
-        }
-        Ok(Ok(Err(code))) => Answer::plain(code, code.message()),
+        Ok(Ok(Err(NotAnswered {
+            code: code @ (InstructCode::Offline | InstructCode::Timeout),
+            ..
+        }))) => not_delivered(state, request, code).await,
+        Ok(Ok(Err(NotAnswered {
+            code: InstructCode::BadParameter,
+            detail: Some(detail),
+        }))) => Answer::bad_parameter(detail),
+        Ok(Ok(Err(NotAnswered { code, .. }))) => Answer::plain(code, code.message()),
         // The session dropped the reply sender: it died holding the instruction, which
         // means its connection is gone. Answered as offline (300), not as a timeout.
         Ok(Err(_)) => not_delivered(state, request, InstructCode::Offline).await,

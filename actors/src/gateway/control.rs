@@ -5,9 +5,23 @@ use iothub::command::{InstructCode, Instruction, InstructionReply};
 use ractor::{ActorId, DerivedActorRef};
 use tokio::sync::oneshot;
 
-/// Outcome of an instruction sent to a live session: the device's reply, or the `_code`
-/// that says why there is none.
-pub type InstructOutcome = Result<InstructionReply, InstructCode>;
+/// Outcome of an instruction sent to a live session: the device's reply, or why there is
+/// none.
+pub type InstructOutcome = Result<InstructionReply, NotAnswered>;
+
+/// Why an instruction got no reply: the `_code`, and for a refusal by the device's protocol
+/// (a bad `cmdContent` field) the text naming the field, for `data._msg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAnswered {
+    pub code: InstructCode,
+    pub detail: Option<String>,
+}
+
+impl From<InstructCode> for NotAnswered {
+    fn from(code: InstructCode) -> Self {
+        NotAnswered { code, detail: None }
+    }
+}
 
 pub enum SessionControl {
     /// Send an instruction to the device and answer with its reply. The session answers

@@ -23,6 +23,7 @@ use iothub::event::{
     Record, Topic,
 };
 use iothub::imei::Imei;
+use iothub::protocol::type_label;
 use iothub::protocol::Protocol;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::AsyncWriteExt;
@@ -31,7 +32,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::control::{InstructOutcome, SessionControl, SessionRef};
+use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
+use crate::auth_codes::AuthCodes;
 use crate::offline::{OfflineCommands, QueuedInstruction};
 use crate::publish::Publisher;
 use crate::registry::Registry;
@@ -49,6 +51,7 @@ pub struct SessionDeps {
     pub registry: Registry,
     pub publisher: Publisher,
     pub offline: OfflineCommands,
+    pub auth_codes: AuthCodes,
     pub write_timeout: Duration,
     /// How long a queued offline instruction may wait for the device's answer.
     pub offline_reply_timeout: Duration,
@@ -126,6 +129,8 @@ pub struct SessionState<P: Protocol> {
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
+    /// The protocol the first frame showed (`gt06`, `jt808`), for metric labels.
+    detected: &'static str,
     _connection_permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -152,6 +157,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         let channel = args.protocol.new_channel(Utc::now());
         let reader = tokio::spawn(read_loop(args.protocol.clone(), read_half, myself));
         metrics::gauge!("iothub_connections", "protocol" => args.protocol.name()).increment(1.0);
+        let detected = args.protocol.name();
         Ok(SessionState {
             protocol: args.protocol,
             channel,
@@ -164,6 +170,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             offline_queue: VecDeque::new(),
             closing: false,
             taken_over: false,
+            detected,
             _connection_permit: args.connection_permit,
         })
     }
@@ -177,17 +184,17 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         if state.closing {
             // Answer callers rather than leave them waiting on a closing session.
             if let SessionMsg::Control(SessionControl::Instruct { reply, .. }) = msg {
-                let _ = reply.send(Err(InstructCode::Offline));
+                let _ = reply.send(Err(InstructCode::Offline.into()));
             }
             return Ok(());
         }
         match msg {
             SessionMsg::Inbound(frame, permit) => {
-                let frame_type = state.protocol.frame_type(&frame);
+                let (protocol, frame_type) = state.protocol.frame_label(&frame);
                 metrics::counter!(
                     "iothub_frames_total",
-                    "protocol" => state.protocol.name(),
-                    "type" => frame_type_label(frame_type)
+                    "protocol" => protocol,
+                    "type" => frame_type
                 )
                 .increment(1);
                 let actions = state.channel.handle_frame(frame, Utc::now());
@@ -268,7 +275,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         }
         if let Some(in_flight) = state.in_flight.take() {
             if let Waiter::Api(reply) = in_flight.waiter {
-                let _ = reply.send(Err(InstructCode::Offline));
+                let _ = reply.send(Err(InstructCode::Offline.into()));
             }
         }
         if let Some(imei) = state.imei {
@@ -309,11 +316,42 @@ impl<P: Protocol> SessionState<P> {
                 Action::Unrecognised { protocol } => {
                     metrics::counter!(
                         "iothub_frames_unrecognised_total",
-                        "protocol" => self.protocol.name(),
-                        "type" => frame_type_label(protocol)
+                        "protocol" => self.detected,
+                        "type" => type_label(self.detected, protocol)
                     )
                     .increment(1);
                     tracing::debug!(imei = ?self.imei, message_type = protocol, "message type not handled");
+                    Vec::new()
+                }
+                Action::ProtocolDetected { protocol } => {
+                    self.detected = protocol;
+                    metrics::counter!(
+                        "iothub_protocol_detected_total",
+                        "gateway" => self.protocol.name(),
+                        "protocol" => protocol
+                    )
+                    .increment(1);
+                    Vec::new()
+                }
+                Action::StoreAuthCode { imei, code } => {
+                    if let Err(e) = self.deps.auth_codes.store(imei, code).await {
+                        tracing::error!(%imei, error = %e, "authentication code not stored, closing");
+                        self.close(myself, "store_failed");
+                    }
+                    Vec::new()
+                }
+                Action::VerifyAuthCode { imei, code } => {
+                    let verdict = self.deps.auth_codes.verify(imei, &code).await;
+                    metrics::counter!(
+                        "iothub_auth_checks_total",
+                        "verdict" => verdict_label(verdict)
+                    )
+                    .increment(1);
+                    // The verdict's actions come before anything queued after the check.
+                    let then = self.channel.handle_auth_verdict(verdict, Utc::now());
+                    for action in then.into_iter().rev() {
+                        queue.push_front(action);
+                    }
                     Vec::new()
                 }
                 Action::Close(reason) => {
@@ -424,7 +462,7 @@ impl<P: Protocol> SessionState<P> {
         if self.in_flight.is_some() {
             match waiter {
                 Waiter::Api(reply) => {
-                    let _ = reply.send(Err(InstructCode::Busy));
+                    let _ = reply.send(Err(InstructCode::Busy.into()));
                 }
                 // Delivered after the instruction in flight is answered or expires.
                 Waiter::Offline(queued) => self.offline_queue.push_front(queued),
@@ -435,7 +473,10 @@ impl<P: Protocol> SessionState<P> {
             Err(refusal) => {
                 match waiter {
                     Waiter::Api(reply) => {
-                        let _ = reply.send(Err(refusal.code()));
+                        let _ = reply.send(Err(NotAnswered {
+                            code: refusal.code(),
+                            detail: Some(refusal.to_string()),
+                        }));
                     }
                     Waiter::Offline(queued) => {
                         // It can never be delivered: answer the customer and drop it.
@@ -510,7 +551,7 @@ impl<P: Protocol> SessionState<P> {
         metrics::counter!("iothub_instruction_timeouts_total").increment(1);
         match in_flight.waiter {
             Waiter::Api(tx) => {
-                let _ = tx.send(Err(InstructCode::Timeout));
+                let _ = tx.send(Err(InstructCode::Timeout.into()));
             }
             Waiter::Offline(queued) => {
                 // Stays queued for the next login; do not retry it on this connection, where
@@ -594,15 +635,14 @@ fn reader_end_label(end: &ReaderEnd) -> &'static str {
     }
 }
 
-/// Static labels for message types, so counting a frame allocates nothing.
-fn frame_type_label(t: u16) -> &'static str {
-    static LABELS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let labels = LABELS.get_or_init(|| {
-        (0..=0xFFu16)
-            .map(|i| &*Box::leak(format!("0x{i:02x}").into_boxed_str()))
-            .collect()
-    });
-    labels.get(usize::from(t)).copied().unwrap_or("other")
+fn verdict_label(v: iothub::channel::AuthVerdict) -> &'static str {
+    use iothub::channel::AuthVerdict;
+    match v {
+        AuthVerdict::Match => "match",
+        AuthVerdict::Mismatch => "mismatch",
+        AuthVerdict::Unknown => "unknown",
+        AuthVerdict::Unavailable => "unavailable",
+    }
 }
 
 /// Reads, decodes and forwards frames until the stream ends or fails; also drives the tick.

@@ -27,8 +27,8 @@ use serde::Serialize;
 
 use crate::codec::gt06::{Alarm, Cell, Gps, Heartbeat, LbsReport, Location, WifiAp, WifiReport};
 use crate::event::{
-    jimi_time, AlarmMsg, AlarmRecord, Event, GpsRecord, HeartbeatRecord, LbsRecord, LoginRecord,
-    Record, Topic,
+    jimi_time, AlarmMsg, AlarmRecord, AlertType, Event, GpsExtra, GpsRecord, HeartbeatRecord,
+    LbsRecord, LoginRecord, Record,
 };
 use crate::imei::Imei;
 
@@ -212,6 +212,7 @@ pub fn gps_record_base(imei: Imei, fix: &Fix, now: DateTime<Utc>) -> GpsRecord {
         mnc: None,
         lac: None,
         cell_id: None,
+        extra: GpsExtra::default(),
     }
 }
 
@@ -255,7 +256,7 @@ pub fn gps_record(
 pub fn alarm_record(
     imei: Imei,
     msg_class: u8,
-    alert_type: u32,
+    alert_type: AlertType,
     fix: Option<&Fix>,
     fence_id: Option<u32>,
     now: DateTime<Utc>,
@@ -271,6 +272,17 @@ pub fn alarm_record(
         direction: fix.map(|f| f.course),
         fence_id,
         alert_value: None,
+        standard_alarm_value: None,
+        alarm_serial_no: None,
+        alarm_type: None,
+        alarm_level: None,
+        fatigue_level: None,
+        alarm_id: None,
+        alarm_status: None,
+        alarm_label: None,
+        signal_drop_channel: None,
+        signal_cover_channel: None,
+        storage_fault_channel: None,
     };
     AlarmRecord {
         gate_time: jimi_time(now),
@@ -317,7 +329,7 @@ pub fn gt06_alarm_record(
     Some(alarm_record(
         imei,
         MSG_CLASS_JIMI,
-        u32::from(code),
+        AlertType::Code(u32::from(code)),
         fix.as_ref(),
         fence,
         now,
@@ -419,17 +431,8 @@ pub fn wifi_record(imei: Imei, report: &WifiReport, now: DateTime<Utc>) -> LbsRe
 
 /// Wraps a record into the event of its topic.
 pub fn event(imei: Imei, record: Record) -> Event {
-    let topic = match &record {
-        Record::Login(_) => Topic::Event,
-        Record::Heartbeat(_) => Topic::Heartbeat,
-        Record::Gps(_) => Topic::Gps,
-        Record::Alarm(_) => Topic::Alarm,
-        Record::Lbs(_) => Topic::Lbs,
-        Record::InstructResponse(_) => Topic::InstructResponse,
-        Record::OfflineCommandCallback(_) => Topic::OfflineCommandCallback,
-    };
     Event {
-        topic,
+        topic: record.topic(),
         imei,
         record,
     }
@@ -439,6 +442,7 @@ pub fn event(imei: Imei, record: Record) -> Event {
 mod tests {
     use super::*;
     use crate::codec::gt06::TerminalInfo;
+    use crate::event::Topic;
     use chrono::TimeZone;
 
     fn imei() -> Imei {

@@ -142,6 +142,12 @@ pub fn encode_split(header: &Header, message: &Message, max_body: usize) -> E<Ve
     Ok(out)
 }
 
+/// One packet around a body the caller already wrote (messages the codec has no type for,
+/// such as the 0x8800 multimedia upload answer).
+pub fn encode_raw(header: &Header, body: &[u8]) -> E<Vec<u8>> {
+    packet(header, body)
+}
+
 /// A 0x8001 platform general response to the packet whose header is `to`.
 pub fn encode_general_response(to: &Header, serial: u16, result: u8) -> Vec<u8> {
     let h = Header::reply_to(to, 0x8001, serial);
@@ -482,6 +488,13 @@ fn location(w: &mut W, l: &Location) -> E<()> {
     }
     w.bytes(&l.trailing);
     Ok(())
+}
+
+/// One additional-information item as on the wire: id, length, value.
+pub fn encode_item(i: &LocationItem) -> E<Vec<u8>> {
+    let mut w = W(Vec::with_capacity(16));
+    item(&mut w, i)?;
+    Ok(w.0)
 }
 
 fn item(w: &mut W, i: &LocationItem) -> E<()> {

@@ -19,7 +19,10 @@ pub mod subpackage;
 mod tests;
 
 pub use decode::{decode_body, decode_location};
-pub use encode::{encode, encode_body, encode_general_response, encode_split, EncodeError};
+pub use encode::{
+    encode, encode_body, encode_general_response, encode_item, encode_raw, encode_split,
+    EncodeError,
+};
 pub use frame::{next_frame, RawFrame};
 pub use header::{Header, Package, Phone, Properties, MAX_BODY_LEN};
 pub use message::*;
@@ -181,5 +184,73 @@ pub fn imei_to_phone(imei: &Imei, new_imei_rule: bool) -> Option<String> {
         Some(format!("{s:0>12}"))
     } else {
         Some(format!("{s:0>20}"))
+    }
+}
+
+/// A static label for a message id, for metrics: the ids of the standard, JT/T 1078 and
+/// Su-biao; anything else is `other`, so a device sending random ids cannot create
+/// thousands of metric series.
+pub fn message_label(msg_id: u16) -> &'static str {
+    match msg_id {
+        0x0001 => "0x0001",
+        0x0002 => "0x0002",
+        0x0003 => "0x0003",
+        0x0004 => "0x0004",
+        0x0005 => "0x0005",
+        0x0100 => "0x0100",
+        0x0102 => "0x0102",
+        0x0104 => "0x0104",
+        0x0107 => "0x0107",
+        0x0108 => "0x0108",
+        0x0200 => "0x0200",
+        0x0201 => "0x0201",
+        0x0301 => "0x0301",
+        0x0302 => "0x0302",
+        0x0303 => "0x0303",
+        0x0500 => "0x0500",
+        0x0608 => "0x0608",
+        0x0700 => "0x0700",
+        0x0701 => "0x0701",
+        0x0702 => "0x0702",
+        0x0704 => "0x0704",
+        0x0705 => "0x0705",
+        0x0800 => "0x0800",
+        0x0801 => "0x0801",
+        0x0802 => "0x0802",
+        0x0805 => "0x0805",
+        0x0900 => "0x0900",
+        0x0901 => "0x0901",
+        0x0A00 => "0x0a00",
+        0x1003 => "0x1003",
+        0x1005 => "0x1005",
+        0x1205 => "0x1205",
+        0x1206 => "0x1206",
+        0x1210 => "0x1210",
+        0x1211 => "0x1211",
+        0x1212 => "0x1212",
+        0x8001 => "0x8001",
+        0x8003 => "0x8003",
+        0x8004 => "0x8004",
+        0x8100 => "0x8100",
+        0x8103 => "0x8103",
+        0x8104 => "0x8104",
+        0x8105 => "0x8105",
+        0x8106 => "0x8106",
+        0x8107 => "0x8107",
+        0x8201 => "0x8201",
+        0x8300 => "0x8300",
+        0x8800 => "0x8800",
+        0x8801 => "0x8801",
+        0x9003 => "0x9003",
+        0x9101 => "0x9101",
+        0x9102 => "0x9102",
+        0x9201 => "0x9201",
+        0x9202 => "0x9202",
+        0x9205 => "0x9205",
+        0x9206 => "0x9206",
+        0x9207 => "0x9207",
+        0x9208 => "0x9208",
+        0x9212 => "0x9212",
+        _ => "other",
     }
 }

@@ -1,0 +1,405 @@
+//! System tests of the JT/T 808 path: the real iothubd binary, simulated JT/T 808 terminals
+//! from loadgen (2013 and 2019 headers) over real TCP, a real HTTP push receiver, and curl as
+//! the customer's API client.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use iothub::imei::Imei;
+use iothub_loadgen::jt808_terminal::{
+    AdasEvent, BatchKind, Jt808Version, SimTerminal, SimTerminalConfig, TerminalError,
+};
+use iothub_loadgen::movement::Fix;
+use iothub_loadgen::receiver::PushReceiver;
+use iothub_system_tests::{metric_value, Hub, TOKEN};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// A JC450-style IMEI: under `newImeiRule` its first 14 digits fit the 6 phone bytes.
+const IMEI_2013: &str = "869247060001762";
+const IMEI_2019: &str = "869247060001770";
+
+async fn receiver() -> PushReceiver {
+    PushReceiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start push receiver")
+}
+
+fn hub_pushing_to(receiver: &PushReceiver, extra: &[(&str, &str)]) -> Hub {
+    let url = receiver.url();
+    let mut env: Vec<(&str, &str)> = vec![("pushURL", &url), ("pushToken", "push-secret")];
+    env.extend_from_slice(extra);
+    Hub::start(&env)
+}
+
+fn terminal_config(imei: &str, version: Jt808Version) -> SimTerminalConfig {
+    SimTerminalConfig::new(Imei::parse(imei).unwrap(), version)
+}
+
+fn fix(second: u32) -> Fix {
+    Fix {
+        time: Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, second).unwrap(),
+        latitude: 22.576539,
+        longitude: 113.942885,
+        speed_kmh: 42,
+        course: 155,
+        satellites: 9,
+        odometer_m: 12_300,
+    }
+}
+
+/// curl posting a sendInstruct form, run off the async threads so the simulated terminal
+/// keeps answering meanwhile. `cmdContent` goes through `--data-urlencode` (JSON has `&`,
+/// `=` and quotes).
+async fn curl_send_instruct(hub: &Hub, imei: &str, pro_no: u32, flag: u32, content: &str) -> Value {
+    let url = hub.instruct_url();
+    let args = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "40".into(),
+        "-d".into(),
+        format!("imei={imei}&proNo={pro_no}&serverFlagId={flag}&token={TOKEN}&timeOut=15"),
+        "--data-urlencode".into(),
+        format!("cmdContent={content}"),
+        url,
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl must be installed (apt-get install curl)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sendInstruct answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_2013_reports_reach_the_customer_with_jimi_fields() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .expect("register and authenticate");
+    terminal.send_heartbeat().await.expect("heartbeat acked");
+    // Alarm word bit 0: emergency.
+    terminal
+        .send_location(&fix(0), 1, &[])
+        .await
+        .expect("location acked");
+    terminal
+        .send_batch(&[fix(10), fix(20)], BatchKind::BlindArea)
+        .await
+        .expect("batch acked");
+    let label = terminal
+        .send_adas_alarm(&fix(30), AdasEvent::new(1, 2))
+        .await
+        .expect("ADAS alarm acked");
+    terminal.send_logout().await.expect("logout acked");
+    terminal.close().await;
+
+    let arrived = rx
+        .wait_for(
+            |v| {
+                v.count("/pushevent") >= 2
+                    && v.count("/pushhb") >= 1
+                    && v.count("/pushgps") >= 4
+                    && v.count("/pushalarm") >= 2
+            },
+            WAIT,
+        )
+        .await;
+    assert!(
+        arrived,
+        "pushes missing: event {} hb {} gps {} alarm {}",
+        rx.count("/pushevent"),
+        rx.count("/pushhb"),
+        rx.count("/pushgps"),
+        rx.count("/pushalarm")
+    );
+
+    let events = rx.records("/pushevent");
+    assert_eq!(events[0].record["type"], "LOGIN");
+    assert_eq!(events[0].record["deviceImei"], IMEI_2013);
+    assert_eq!(events[0].record["timezone"], "GMT+08:00");
+    assert_eq!(events[1].record["type"], "LOGOUT");
+    assert_eq!(events.len(), 2, "one LOGOUT only: {events:?}");
+
+    let gps = rx.records("/pushgps");
+    let first = &gps[0].record;
+    assert_eq!(first["deviceImei"], IMEI_2013);
+    assert_eq!(first["gpsTime"], "2026-11-25 10:00:00");
+    assert_eq!(first["lat"], 22.576539);
+    assert_eq!(first["lng"], 113.942885);
+    assert_eq!(first["gpsSpeed"], 42.0);
+    assert_eq!(first["direction"], 155);
+    assert_eq!(first["satelliteNum"], 9);
+    assert_eq!(first["distance"], 12_300);
+    assert_eq!(first["gpsMode"], 0);
+    assert_eq!(
+        gps[1].record["gpsMode"], 1,
+        "blind-area batch is a re-upload"
+    );
+
+    let alarms = rx.records("/pushalarm");
+    let standard = alarms
+        .iter()
+        .find(|a| a.record["msg"]["alertType"] == "256")
+        .expect("alarm word pushed as alertType 256");
+    assert_eq!(standard.record["msgClass"], 1);
+    assert_eq!(standard.record["msg"]["standardAlarmValue"], 1);
+    let adas = alarms
+        .iter()
+        .find(|a| a.record["msg"]["alertType"] == "264")
+        .expect("ADAS alarm pushed as alertType 264");
+    assert_eq!(adas.record["msg"]["alarmType"], 1);
+    assert_eq!(adas.record["msg"]["alarmLevel"], 2);
+    let expected_label: Vec<String> = label
+        .terminal_id
+        .iter()
+        .chain(label.time.0.iter())
+        .chain([label.seq, label.attachments, label.reserved].iter())
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(adas.record["msg"]["alarmLabel"], expected_label.join(","));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_2019_authenticates_and_reports() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2019, Jt808Version::V2019))
+            .await
+            .expect("2019 register and authenticate");
+    terminal
+        .send_location(&fix(5), 0, &[])
+        .await
+        .expect("location acked");
+    assert!(
+        rx.wait_for(|v| v.count("/pushgps") >= 1, WAIT).await,
+        "no /pushgps"
+    );
+    let gps = &rx.records("/pushgps")[0].record;
+    assert_eq!(gps["deviceImei"], IMEI_2019);
+    assert_eq!(gps["gpsTime"], "2026-11-25 10:00:05");
+    assert!(
+        rx.records("/pushalarm").is_empty(),
+        "no alarm without alarm bits"
+    );
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_params_returns_pro_no_260_with_the_parameters() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let answer = curl_send_instruct(&hub, IMEI_2013, 33028, 11, "");
+    let downlink = terminal.next_downlink_of(0x8104, WAIT);
+    let (answer, downlink) = tokio::join!(answer, downlink);
+    assert!(downlink.unwrap().is_some(), "0x8104 not received");
+    let data = &answer["data"];
+    assert_eq!(data["_code"], "100", "{answer}");
+    assert_eq!(data["_proNo"], 260);
+    assert_eq!(data["_serverFlagId"], 11);
+    let content: Value = serde_json::from_str(data["_content"].as_str().unwrap()).unwrap();
+    // The simulated terminal's defaults: heartbeat 30 s (0x0001), location every 10 s
+    // (0x0029 = 41).
+    assert_eq!(content["1"], "30");
+    assert_eq!(content["41"], "10");
+    assert!(content["paramCount"].as_str().is_some(), "{content}");
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_video_request_puts_the_exact_0x9101_on_the_wire() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let content = r#"{"dataType":"0","codeStreamType":"1","channel":"2","videoIP":"10.0.0.5","videoTCPPort":"10002","videoUDPPort":"0"}"#;
+    let answer = curl_send_instruct(&hub, IMEI_2013, 37121, 12, content);
+    let downlink = terminal.next_downlink_of(0x9101, WAIT);
+    let (answer, downlink) = tokio::join!(answer, downlink);
+    let downlink = downlink.unwrap().expect("0x9101 received");
+    assert_eq!(answer["data"]["_code"], "100", "{answer}");
+
+    // Header: id 9101, body length 0x0010, the terminal's phone, the platform serial; body:
+    // IP length 8, "10.0.0.5", TCP 10002, UDP 0, channel 2, data type 0, sub stream 1.
+    let mut packet = hex("91010010");
+    packet.extend_from_slice(terminal.phone().as_bytes());
+    packet.extend_from_slice(&downlink.header.serial.to_be_bytes());
+    packet.extend(hex("0831302e302e302e35271200000200 01"
+        .replace(' ', "")
+        .as_str()));
+    let check = packet.iter().fold(0u8, |x, b| x ^ b);
+    packet.push(check);
+    let mut expected = vec![0x7e];
+    for b in packet {
+        match b {
+            0x7e => expected.extend([0x7d, 0x02]),
+            0x7d => expected.extend([0x7d, 0x01]),
+            b => expected.push(b),
+        }
+    }
+    expected.push(0x7e);
+    assert_eq!(downlink.raw, expected);
+    terminal.close().await;
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_command_goes_out_as_0x8300_and_is_answered() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let answer = curl_send_instruct(&hub, IMEI_2013, 128, 13, "STATUS#");
+    let downlink = terminal.next_downlink_of(0x8300, WAIT);
+    let (answer, downlink) = tokio::join!(answer, downlink);
+    let downlink = downlink.unwrap().expect("0x8300 received");
+    let iothub::codec::jt808::Message::Text(text) = downlink.message else {
+        panic!("0x8300 body did not decode as text: {:?}", downlink.message);
+    };
+    assert_eq!(text.text, "STATUS#");
+    assert_eq!(answer["data"]["_code"], "100", "{answer}");
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cmd_content_gets_code_200_naming_the_field() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let content = r#"{"dataType":"0","codeStreamType":"0","channel":"1","videoIP":"10.0.0.5","videoTCPPort":"not-a-port","videoUDPPort":"0"}"#;
+    let answer = curl_send_instruct(&hub, IMEI_2013, 37121, 14, content).await;
+    assert_eq!(answer["data"]["_code"], "200", "{answer}");
+    assert!(
+        answer.to_string().contains("videoTCPPort"),
+        "the answer must name the field: {answer}"
+    );
+    assert!(
+        terminal
+            .next_downlink_of(0x9101, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing may be sent for a refused instruction"
+    );
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jt808_terminal_on_the_gt06_port_is_detected_and_served() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.gt06, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .expect("a JT/T 808 terminal logs in on the GT06 port");
+    terminal.send_location(&fix(0), 0, &[]).await.unwrap();
+    assert!(rx.wait_for(|v| v.count("/pushgps") >= 1, WAIT).await);
+    let metrics = hub.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "iothub_protocol_detected_total",
+            &["gateway=\"gt06\"", "protocol=\"jt808\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_auth_code_survives_a_restart_and_a_wrong_one_is_refused() {
+    let rx = receiver().await;
+    let mut hub = hub_pushing_to(&rx, &[("IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH", "false")]);
+    let mut terminal =
+        SimTerminal::connect(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let code = terminal.register().await.expect("registered");
+    terminal.close().await;
+
+    hub.stop();
+    hub.restart();
+
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = Some(code);
+    let terminal = SimTerminal::connect_and_login(hub.jt808, config)
+        .await
+        .expect("the code issued before the restart still authenticates");
+    terminal.close().await;
+
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = Some("WRONG".into());
+    match SimTerminal::connect_and_login(hub.jt808, config).await {
+        Err(TerminalError::Rejected { msg_id, result, .. }) => {
+            assert_eq!((msg_id, result), (0x0102, 1));
+        }
+        Err(e) => panic!("expected a refusal with result 1, got {e}"),
+        Ok(t) => {
+            t.close().await;
+            panic!("a wrong authentication code was accepted")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_terminal_is_refused_then_disconnected() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[("IOTHUB_JT808_AUTH_GRACE", "1")]);
+    let mut socket = tokio::net::TcpStream::connect(hub.jt808).await.unwrap();
+    // A heartbeat of terminal 012345678901 (go-jt808's test frame), before any login.
+    socket
+        .write_all(&hex("7e000200000123456789017fff0a7e"))
+        .await
+        .unwrap();
+    let mut reply = [0u8; 20];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut reply))
+        .await
+        .expect("an answer to the heartbeat")
+        .unwrap();
+    // 0x8001 answering serial 7fff / id 0002 with result 1 (failure).
+    assert_eq!(&reply[1..3], &[0x80, 0x01]);
+    assert_eq!(&reply[13..18], &[0x7f, 0xff, 0x00, 0x02, 0x01]);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, socket.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "connection must close after the grace period"
+    );
+    assert_eq!(rx.count("/pushhb"), 0);
+}
