@@ -29,7 +29,12 @@ async fn receiver() -> PushReceiver {
 
 fn hub_pushing_to(receiver: &PushReceiver, extra: &[(&str, &str)]) -> Hub {
     let url = receiver.url();
-    let mut env: Vec<(&str, &str)> = vec![("pushURL", &url), ("pushToken", "push-secret")];
+    let offline_url = receiver.offline_callback_url();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("pushURL", &url),
+        ("pushToken", "push-secret"),
+        ("offlineCmdPushURL", &offline_url),
+    ];
     env.extend_from_slice(extra);
     Hub::start(&env)
 }
@@ -54,13 +59,25 @@ fn fix(second: u32) -> Fix {
 /// keeps answering meanwhile. `cmdContent` goes through `--data-urlencode` (JSON has `&`,
 /// `=` and quotes).
 async fn curl_send_instruct(hub: &Hub, imei: &str, pro_no: u32, flag: u32, content: &str) -> Value {
+    curl_send_instruct_with(hub, imei, pro_no, flag, content, "").await
+}
+
+/// The same with extra plain form fields (`&offlineFlag=1`).
+async fn curl_send_instruct_with(
+    hub: &Hub,
+    imei: &str,
+    pro_no: u32,
+    flag: u32,
+    content: &str,
+    extra: &str,
+) -> Value {
     let url = hub.instruct_url();
     let args = vec![
         "-sS".to_string(),
         "--max-time".into(),
         "40".into(),
         "-d".into(),
-        format!("imei={imei}&proNo={pro_no}&serverFlagId={flag}&token={TOKEN}&timeOut=15"),
+        format!("imei={imei}&proNo={pro_no}&serverFlagId={flag}&token={TOKEN}&timeOut=15{extra}"),
         "--data-urlencode".into(),
         format!("cmdContent={content}"),
         url,
@@ -402,4 +419,87 @@ async fn unauthenticated_terminal_is_refused_then_disconnected() {
         "connection must close after the grace period"
     );
     assert_eq!(rx.count("/pushhb"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_instruction_reaches_the_terminal_at_login_and_its_reply_is_pushed() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let answer = curl_send_instruct_with(&hub, IMEI_2013, 33028, 21, "", "&offlineFlag=1").await;
+    assert_eq!(answer["data"]["_code"], "300", "{answer}");
+
+    let mut terminal =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let query = terminal.next_downlink_of(0x8104, WAIT).await.unwrap();
+    assert!(
+        query.is_some(),
+        "the queued 0x8104 arrives after authentication"
+    );
+    // Keep reading so the terminal's answer goes out and the hub's follow-ups are seen.
+    let _ = terminal.next_downlink(Duration::from_secs(1)).await;
+
+    let pushed = rx
+        .wait_for(
+            |v| v.count("/pushInstructResponse") >= 1 && v.count("/offlineCallback") >= 1,
+            WAIT,
+        )
+        .await;
+    assert!(
+        pushed,
+        "offline reply not pushed (instruct {} callback {})",
+        rx.count("/pushInstructResponse"),
+        rx.count("/offlineCallback")
+    );
+    let item = &rx.records("/pushInstructResponse")[0].record;
+    assert_eq!(item["_imei"], IMEI_2013);
+    assert_eq!(item["_code"], "100");
+    assert_eq!(item["_proNo"], 33028);
+    assert_eq!(item["_serverFlagId"], 21);
+    let content: Value = serde_json::from_str(item["_content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        content["1"], "30",
+        "the parameters are the terminal's: {content}"
+    );
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_connection_of_a_terminal_wins() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut old =
+        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = old.auth_code().map(str::to_string);
+    let mut new = SimTerminal::connect_and_login(hub.jt808, config)
+        .await
+        .expect("the second connection authenticates with the issued code");
+    // The old connection is closed by the hub (after the answers it already holds).
+    let closed = loop {
+        match old.next_downlink(WAIT).await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            closed,
+            Err(TerminalError::Closed) | Err(TerminalError::Io(_))
+        ),
+        "the older connection must be closed: {closed:?}"
+    );
+    new.send_heartbeat()
+        .await
+        .expect("the newer connection keeps working");
+    // Instructions go to the newer connection.
+    let answer = curl_send_instruct(&hub, IMEI_2013, 33028, 22, "");
+    let downlink = new.next_downlink_of(0x8104, WAIT);
+    let (answer, downlink) = tokio::join!(answer, downlink);
+    assert!(downlink.unwrap().is_some());
+    assert_eq!(answer["data"]["_code"], "100", "{answer}");
+    new.close().await;
 }
