@@ -418,6 +418,22 @@ async fn offline_instructions_survive_reopen_in_order() {
 }
 
 #[tokio::test]
+async fn queue_emptied_then_refilled_is_seen_by_the_next_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let store = OfflineCommands::open(Storage::open(&cfg.storage).unwrap());
+    let login_side = store.clone();
+    assert!(login_side.pending(imei(3)).await.unwrap().is_empty());
+    let id = store.enqueue(imei(3), instruction(1)).await.unwrap();
+    store.remove(imei(3), id).await.unwrap();
+    assert!(login_side.pending(imei(3)).await.unwrap().is_empty());
+    store.enqueue(imei(3), instruction(2)).await.unwrap();
+    let pending = login_side.pending(imei(3)).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].instruction, instruction(2));
+}
+
+#[tokio::test]
 async fn offline_queue_is_limited_per_device() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");

@@ -38,6 +38,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::media::{LiveMedia, LiveStream};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
 
@@ -77,10 +78,10 @@ const PLATFORM_ANSWERS: [u16; 5] = [0x8001, 0x8004, 0x8100, 0x8800, 0x9212];
 /// Which header and body layouts the terminal speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Jt808Version {
-    /// 12-byte header with a BCD[6] phone; 2013 register and auth bodies.
+    /// 12-byte header with a BCD\[6\] phone; 2013 register and auth bodies.
     #[default]
     V2013,
-    /// 17-byte header with the version byte and a BCD[10] phone; 2019 bodies.
+    /// 17-byte header with the version byte and a BCD\[10\] phone; 2019 bodies.
     V2019,
 }
 
@@ -202,6 +203,14 @@ pub struct SimTerminalConfig {
     /// Location report period in [`SimTerminal::run_until`]; zero = none. Parameter 0x0029
     /// from the platform changes it.
     pub location_every: Duration,
+    /// Period of alarm reports in [`SimTerminal::run_until`]: a 0x0200 whose alarm word is
+    /// `alarm_word`, counted as [`Kind::Alarm`]; zero = none.
+    pub alarm_every: Duration,
+    /// Alarm word of the periodic alarm reports (bit 0 = emergency).
+    pub alarm_word: u32,
+    /// Told about every live audio/video request (0x9101) and control (0x9102) the
+    /// terminal accepts; `None`: nothing streams (see [`crate::media`]).
+    pub live_media: Option<Arc<dyn LiveMedia>>,
     /// How long to wait for a 0x8001/0x8100 answer.
     pub ack_timeout: Duration,
     pub connect_timeout: Duration,
@@ -280,6 +289,9 @@ impl SimTerminalConfig {
             signal: 25,
             heartbeat_every,
             location_every,
+            alarm_every: Duration::ZERO,
+            alarm_word: 1,
+            live_media: None,
             ack_timeout,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -808,13 +820,14 @@ impl SimTerminal {
         }
     }
 
-    /// Behaves like a terminal until `deadline`: heartbeats and location reports on their
-    /// periods, the first at a random offset so that many terminals do not fire together;
-    /// answers the platform meanwhile; counts missing answers. Returns at `deadline`, or
-    /// with the error that ended the connection.
+    /// Behaves like a terminal until `deadline`: heartbeats and location reports (and alarm
+    /// reports when configured) on their periods, the first at a random offset so that many
+    /// terminals do not fire together; answers the platform meanwhile; counts missing
+    /// answers. Returns at `deadline`, or with the error that ended the connection.
     pub async fn run_until(&mut self, deadline: Instant) -> Result<()> {
         let mut heartbeat = self.ticker(self.config.heartbeat_every);
         let mut location = self.ticker(self.config.location_every);
+        let mut alarm = self.ticker(self.config.alarm_every);
         loop {
             if self.timers_changed {
                 self.timers_changed = false;
@@ -835,6 +848,16 @@ impl SimTerminal {
                     let kind = Some(Kind::Gps);
                     let serial = self.send_message(0x0200, &report, kind).await?;
                     self.expect_answer(0x0200, serial, kind);
+                    self.log_sent(&fix);
+                }
+                _ = tick(&mut alarm) => {
+                    let fix = self.next_fix();
+                    let word = self.config.alarm_word;
+                    let report = Message::Location(self.location(&fix, word, &[])?);
+                    let kind = Some(Kind::Alarm);
+                    let serial = self.send_message(0x0200, &report, kind).await?;
+                    self.expect_answer(0x0200, serial, kind);
+                    // The hub pushes the position of an alarm report too.
                     self.log_sent(&fix);
                 }
                 _ = sleep_until_opt(next_expiry) => self.expire_pending(),
@@ -1220,6 +1243,7 @@ impl SimTerminal {
                     if self.send_reply(&header, reply, subpackaged).await? {
                         counters.commands_answered.fetch_add(1, Ordering::Relaxed);
                     }
+                    self.tell_live_media(command);
                 }
                 Inbound::Other
             }
@@ -1230,6 +1254,23 @@ impl SimTerminal {
             raw,
         });
         Ok(inbound)
+    }
+
+    /// Hands an accepted 0x9101 or 0x9102 to the configured [`LiveMedia`], once its answer
+    /// is on the wire.
+    fn tell_live_media(&self, message: &Message) {
+        let Some(media) = &self.config.live_media else {
+            return;
+        };
+        match message {
+            Message::LiveRequest(request) => media.start(LiveStream {
+                imei: self.config.imei,
+                phone: self.phone,
+                request: request.clone(),
+            }),
+            Message::LiveControl(control) => media.control(self.config.imei, *control),
+            _ => {}
+        }
     }
 
     fn queue_downlink(&mut self, downlink: Downlink) {

@@ -1,21 +1,27 @@
-//! `iothub-loadgen`: run simulated trackers against an iothub gateway, or a standalone push
-//! receiver. Every run is bounded in size and time and ends by itself.
+//! `iothub-loadgen`: run simulated GT06 trackers and JT/T 808 DVRs against an iothub node
+//! (optionally with an instruction load, a push receiver and a Kafka counter, over several
+//! worker processes), or a standalone push receiver. Every run is bounded in size and time
+//! and ends by itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use iothub_loadgen::fleet::{self, FleetConfig};
+use iothub_loadgen::fleet::{self, FleetConfig, Verifiers};
+use iothub_loadgen::instruct::InstructConfig;
+use iothub_loadgen::jt808_terminal::Jt808Version;
+use iothub_loadgen::kafka::{KafkaConfig, KafkaVerifier};
 use iothub_loadgen::receiver::{FailureMode, PushReceiver, ReceiverConfig};
+use iothub_loadgen::workers::{WorkerLaunch, WorkerSpec};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "iothub-loadgen",
     version,
-    about = "Simulated GPS trackers and a push receiver for load-testing iothub"
+    about = "Simulated GPS trackers and dashcams, a push receiver, a Kafka counter and an instruction load for load-testing iothub"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,20 +30,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Connect simulated GT06 trackers to a gateway: login, GPS, heartbeats, alarms, command
-    /// replies; print progress every second and a final table.
-    Trackers(TrackersArgs),
+    /// Connect simulated GT06 trackers and/or JT/T 808 DVRs to the hub: login, GPS,
+    /// heartbeats, alarms, command replies; optionally load the instruction API and verify
+    /// every delivery; print progress every second and a final table.
+    #[command(visible_alias = "run")]
+    Trackers(Box<TrackersArgs>),
     /// Run only the push receiver (answers {"code":0}) and print what arrives every second.
     Receiver(ReceiverArgs),
 }
 
 #[derive(Debug, Args)]
 struct TrackersArgs {
-    /// Gateway address (the hub's GT06/JIMI listener).
+    /// Gateway address of the trackers (the hub's GT06/JIMI listener).
     #[arg(long, default_value = "127.0.0.1:21100")]
     target: SocketAddr,
-    /// Number of simulated trackers.
-    #[arg(long, default_value_t = 100)]
+    /// Number of simulated GT06 trackers (0 for a DVR-only run).
+    #[arg(long, visible_alias = "trackers", default_value_t = 100)]
     count: u32,
     /// IMEI of the first tracker; the others count up from it, same number of digits.
     #[arg(long, default_value = "860000000000000")]
@@ -54,30 +62,113 @@ struct TrackersArgs {
     /// Alarm byte of the periodic alarms (1 SOS, 2 power cut, 3 vibration, ...).
     #[arg(long, default_value_t = 1)]
     alarm_code: u8,
-    /// How long the trackers stay connected; the run then stops by itself.
+
+    /// Number of simulated JT/T 808 DVRs (dashcams).
+    #[arg(long, default_value_t = 0)]
+    dvrs: u32,
+    /// Gateway address of the DVRs (the hub's JT/T 808 listener).
+    #[arg(long, default_value = "127.0.0.1:21121")]
+    dvr_target: SocketAddr,
+    /// JT/T 808 revision the DVRs speak: 2013 (12-byte header) or 2019 (17-byte header).
+    #[arg(long, default_value = "2013", value_parser = parse_version)]
+    dvr_version: Jt808Version,
+    /// First 14 digits of the first DVR IMEI; the others count up, and each gets its Luhn
+    /// check digit (the hub maps header phones to IMEIs with newImeiRule).
+    #[arg(long, default_value = "86510000000000")]
+    dvr_imei_base: String,
+    /// Period of location reports (0x0200) per DVR; 0s = none.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    dvr_location_interval: Duration,
+    /// Period of heartbeats (0x0002) per DVR; 0s = none.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    dvr_heartbeat_interval: Duration,
+    /// Period of alarm reports (0x0200 with an alarm word) per DVR; 0s = none.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    dvr_alarm_interval: Duration,
+    /// Alarm word of the periodic DVR alarm reports (bit 0 = emergency).
+    #[arg(long, default_value_t = 1)]
+    dvr_alarm_word: u32,
+
+    /// Extra devices that reuse the IMEI of another device of the run on purpose, spread
+    /// evenly over the fleet: the hub's "newest connection wins" makes each pair take the
+    /// connection from each other; those takeovers are counted, not reported as errors.
+    #[arg(long, default_value_t = 0)]
+    duplicate_imeis: u32,
+
+    /// How long the devices stay connected; the run then stops by itself.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// New connections per second (first connects and reconnects); 0 = as fast as possible.
+    /// New connections per second (first connects and reconnects) of the whole run, shared
+    /// among --workers; 0 = as fast as possible (a connect storm).
     #[arg(long, default_value_t = 500.0)]
     connect_rate: f64,
     /// Local source addresses, round-robin: a range 127.0.1.1-127.0.1.50, an address, or a
-    /// comma-separated list. Each source address allows about 28,000 connections to one port.
+    /// comma-separated list. Each source address allows about 28,000 connections to one
+    /// port; with --workers each worker takes its own part of the list.
     #[arg(long)]
     source_ips: Option<String>,
-    /// How long a tracker waits for an acknowledgement (devices wait 5 s).
+    /// How long a device waits for an acknowledgement (devices wait 5 s).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     ack_timeout: Duration,
-    /// Pause before a tracker whose connection dropped reconnects.
+    /// Pause before a device whose connection dropped reconnects...
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reconnect_delay: Duration,
+    /// ...plus a random part up to this, so that devices cut off together come back spread.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reconnect_jitter: Duration,
+
     /// Run a push receiver here (the hub's pushURL must point at it) and account for every
     /// delivery: sent / acked / delivered / lost / duplicated per kind, GPS push latency.
     /// The command exits non-zero when anything was lost.
     #[arg(long)]
     push_listen: Option<SocketAddr>,
+    /// Count the hub's Kafka records too (or instead): brokers host:port[,host:port]. A
+    /// consumer group of its own reads {prefix}.gps/.hb/.alarm/.event from their end at the
+    /// start of the run. The command exits non-zero when anything was lost.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// The hub's topicPrefix.
+    #[arg(long, default_value = "iothub")]
+    kafka_topic_prefix: String,
+    /// Consumer group of the Kafka counter (default: a new one per run).
+    #[arg(long)]
+    kafka_group: Option<String>,
     /// After the run, how long to wait for outstanding deliveries.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+
+    /// sendInstruct requests per second during the run (0 = none), round-robin over the
+    /// online devices: proNo 128 STATUS# to trackers, proNo 33028 to DVRs. Open-loop: a
+    /// request is never delayed by slow answers; one due while --instruct-max-in-flight
+    /// are out, or while no device is free, is skipped and counted.
+    #[arg(long, default_value_t = 0.0)]
+    instruct_rate: f64,
+    /// Base URL of the hub's instruction API.
+    #[arg(long, default_value = "http://127.0.0.1:10088")]
+    api: String,
+    /// The hub's apiToken (required with --instruct-rate).
+    #[arg(long, env = "IOTHUB_LOADGEN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// timeOut of each sendInstruct (whole seconds, 1..=120).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    instruct_timeout: Duration,
+    /// Most sendInstruct requests waiting for an answer at once.
+    #[arg(long, default_value_t = 256)]
+    instruct_max_in_flight: usize,
+    /// No sendInstruct starts this long before the end of the run, so the last ones are
+    /// answered while the devices are still connected.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    instruct_settle: Duration,
+
+    /// Run the devices in this many worker processes (this binary, started again), each
+    /// with its own slice of devices and source addresses and under 20,000 open files; the
+    /// push receiver, Kafka counter, instruction load, progress and report stay here.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Internal: run as worker i of K, writing JSON lines for the parent.
+    #[arg(long, hide = true)]
+    worker: Option<WorkerSpec>,
+
     /// Write the final report as JSON to this file.
     #[arg(long)]
     report_json: Option<PathBuf>,
@@ -116,7 +207,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trackers(args) => trackers(args).await,
+            Command::Trackers(args) => trackers(*args).await,
             Command::Receiver(args) => receiver(args).await,
         }
     });
@@ -129,25 +220,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// Each tracker is a socket: raise the soft open-files limit to the hard limit.
-fn raise_nofile(wanted: u64) {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < wanted => eprintln!(
-            "warning: open-files limit is {limit}, fewer than the {wanted} this run needs; raise `ulimit -n`"
-        ),
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
+fn parse_version(s: &str) -> Result<Jt808Version, String> {
+    match s.trim() {
+        "2013" => Ok(Jt808Version::V2013),
+        "2019" => Ok(Jt808Version::V2019),
+        other => Err(format!("{other:?}: expected 2013 or 2019")),
     }
 }
 
-async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
-    raise_nofile(u64::from(args.count) + 256);
+/// Each device is a socket: raise the soft open-files limit to the hard limit. Whether the
+/// run then fits is checked before anything connects.
+fn raise_nofile() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
+}
+
+fn fleet_config(args: &TrackersArgs) -> anyhow::Result<FleetConfig> {
     let mut config = FleetConfig::new(args.target, args.count);
-    config.imei_base = args.imei_base;
+    config.imei_base = args.imei_base.clone();
     config.gps_interval = args.gps_interval;
     config.heartbeat_interval = args.heartbeat_interval;
     config.alarm_interval = args.alarm_interval;
     config.alarm_code = args.alarm_code;
+    config.dvrs = args.dvrs;
+    config.dvr_target = args.dvr_target;
+    config.dvr_version = args.dvr_version;
+    config.dvr_imei_base = args.dvr_imei_base.clone();
+    config.dvr_location_interval = args.dvr_location_interval;
+    config.dvr_heartbeat_interval = args.dvr_heartbeat_interval;
+    config.dvr_alarm_interval = args.dvr_alarm_interval;
+    config.dvr_alarm_word = args.dvr_alarm_word;
+    config.duplicate_imeis = args.duplicate_imeis;
     config.duration = args.duration;
     config.connect_rate = args.connect_rate;
     config.source_ips = match &args.source_ips {
@@ -156,8 +260,45 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
     };
     config.ack_timeout = args.ack_timeout;
     config.reconnect_delay = args.reconnect_delay;
+    config.reconnect_jitter = args.reconnect_jitter;
     config.drain_timeout = args.drain_timeout;
     config.progress = !args.quiet;
+    Ok(config)
+}
+
+async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
+    raise_nofile();
+    let mut config = fleet_config(&args)?;
+    if let Some(spec) = args.worker {
+        // A worker runs devices only: the parent receives, counts, instructs and reports.
+        fleet::run_worker(config, spec).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.instruct_rate > 0.0 {
+        let Some(token) = args.api_token.clone() else {
+            bail!("--api-token is required with --instruct-rate");
+        };
+        let mut instruct = InstructConfig::new(args.api.clone(), token, args.instruct_rate);
+        instruct.timeout = args.instruct_timeout;
+        instruct.max_in_flight = args.instruct_max_in_flight;
+        instruct.settle = args.instruct_settle;
+        config.instruct = Some(instruct);
+    } else if args.instruct_rate < 0.0 || !args.instruct_rate.is_finite() {
+        bail!("--instruct-rate must be a number >= 0");
+    }
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if args.workers > 1 {
+        config.workers = Some(WorkerLaunch {
+            exe: std::env::current_exe().context("--workers: cannot find this program")?,
+            args: std::env::args_os().skip(1).collect(),
+            count: args.workers,
+        });
+    }
+    // Refuse bad flags before a receiver or a consumer starts.
+    config.roster()?;
+    config.validate()?;
 
     let receiver = match args.push_listen {
         Some(addr) => {
@@ -172,21 +313,40 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let report = fleet::run(config, receiver.as_ref()).await?;
+    let kafka = match &args.kafka_brokers {
+        Some(brokers) => {
+            let mut kc = KafkaConfig::new(brokers.clone(), args.kafka_topic_prefix.clone());
+            kc.group = args.kafka_group.clone();
+            let k = KafkaVerifier::start(kc).await?;
+            println!(
+                "counting Kafka records of {} on {}",
+                k.topics().join(", "),
+                k.brokers()
+            );
+            Some(k)
+        }
+        None => None,
+    };
+    let verifiers = Verifiers {
+        push: receiver.as_ref(),
+        kafka: kafka.as_ref(),
+    };
+    let report = fleet::run(config, verifiers).await;
+    if let Some(k) = kafka {
+        k.stop().await;
+    }
+    let report = report?;
     print!("{}", report.table());
     if let Some(path) = &args.report_json {
         let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json).with_context(|| format!("--report-json {}", path.display()))?;
     }
     if report.counters.connects_established == 0 {
-        eprintln!(
-            "iothub-loadgen: no tracker could connect to {}",
-            report.target
-        );
+        eprintln!("iothub-loadgen: no device could connect");
         return Ok(ExitCode::FAILURE);
     }
     let lost = report.lost();
-    if receiver.is_some() && lost > 0 {
+    if lost > 0 {
         eprintln!("iothub-loadgen: {lost} records were not delivered");
         return Ok(ExitCode::FAILURE);
     }

@@ -1,16 +1,19 @@
-//! Counters shared by every simulated tracker of a run. Atomics rather than a mutex: ten
-//! thousand trackers bump them from every worker thread and the progress printer reads them
+//! Counters shared by every simulated device of a run. Atomics rather than a mutex: ten
+//! thousand devices bump them from every worker thread and the progress printer reads them
 //! once a second; no count needs to be consistent with another at the same instant.
+//!
+//! A [`Snapshot`] is what leaves the process: worker processes print theirs as JSON lines
+//! and the parent adds them up with [`Snapshot::merge`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// The kinds of uplink frame a simulated tracker sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// The kinds of uplink frame a simulated device sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Login,
@@ -85,6 +88,12 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Bytes written.
     pub bytes_sent: AtomicU64,
+    /// Connections that ended before the end of the run with an error (counted by the fleet;
+    /// takeovers are not among them).
+    pub disconnects: AtomicU64,
+    /// Connections closed because another device with the same IMEI logged in (the hub's
+    /// "newest connection wins"), expected with duplicate IMEIs.
+    pub takeovers: AtomicU64,
 }
 
 impl Counters {
@@ -134,12 +143,15 @@ impl Counters {
             unexpected_frames: get(&self.unexpected_frames),
             errors: get(&self.errors),
             bytes_sent: get(&self.bytes_sent),
+            disconnects: get(&self.disconnects),
+            takeovers: get(&self.takeovers),
         }
     }
 }
 
-/// A copy of [`Counters`] at one instant, serializable for the JSON report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A copy of [`Counters`] at one instant, serializable for the JSON report and the worker
+/// lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub sent: Vec<(Kind, u64)>,
     pub acked: Vec<(Kind, u64)>,
@@ -154,6 +166,14 @@ pub struct Snapshot {
     pub unexpected_frames: u64,
     pub errors: u64,
     pub bytes_sent: u64,
+    pub disconnects: u64,
+    pub takeovers: u64,
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Counters::new().snapshot()
+    }
 }
 
 impl Snapshot {
@@ -169,6 +189,49 @@ impl Snapshot {
             .iter()
             .find(|(k, _)| *k == kind)
             .map_or(0, |(_, n)| *n)
+    }
+
+    /// All frames sent, of every kind.
+    pub fn frames_sent(&self) -> u64 {
+        self.sent.iter().map(|(_, n)| n).sum()
+    }
+
+    /// All acknowledgements received, of every kind.
+    pub fn acks_received(&self) -> u64 {
+        self.acked.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds `other` to this snapshot: the counts of two sets of devices (two groups, two
+    /// worker processes) as one. Saturating, so a corrupt worker line cannot wrap a total.
+    pub fn merge(&mut self, other: &Snapshot) {
+        let add_kinds = |mine: &mut Vec<(Kind, u64)>, theirs: &[(Kind, u64)]| {
+            for &(kind, n) in theirs {
+                match mine.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, m)) => *m = m.saturating_add(n),
+                    None => mine.push((kind, n)),
+                }
+            }
+        };
+        add_kinds(&mut self.sent, &other.sent);
+        add_kinds(&mut self.acked, &other.acked);
+        let fields = [
+            (&mut self.connects_attempted, other.connects_attempted),
+            (&mut self.connects_established, other.connects_established),
+            (&mut self.connects_failed, other.connects_failed),
+            (&mut self.online, other.online),
+            (&mut self.commands_received, other.commands_received),
+            (&mut self.commands_answered, other.commands_answered),
+            (&mut self.time_replies, other.time_replies),
+            (&mut self.ack_timeouts, other.ack_timeouts),
+            (&mut self.unexpected_frames, other.unexpected_frames),
+            (&mut self.errors, other.errors),
+            (&mut self.bytes_sent, other.bytes_sent),
+            (&mut self.disconnects, other.disconnects),
+            (&mut self.takeovers, other.takeovers),
+        ];
+        for (mine, theirs) in fields {
+            *mine = mine.saturating_add(theirs);
+        }
     }
 }
 
@@ -274,6 +337,36 @@ mod tests {
         assert_eq!(Kind::from_protocol(0x13), Some(Kind::Heartbeat));
         assert_eq!(Kind::from_protocol(0x26), Some(Kind::Alarm));
         assert_eq!(Kind::from_protocol(0x99), None);
+    }
+
+    #[test]
+    fn merged_snapshots_add_every_count() {
+        let a = Counters::new();
+        a.add_sent(Kind::Gps);
+        a.add_acked(Kind::Login);
+        a.takeovers.fetch_add(2, Ordering::Relaxed);
+        let b = Counters::new();
+        b.add_sent(Kind::Gps);
+        b.add_sent(Kind::Gps);
+        b.online.fetch_add(3, Ordering::Relaxed);
+        let mut total = a.snapshot();
+        total.merge(&b.snapshot());
+        assert_eq!(total.sent(Kind::Gps), 3);
+        assert_eq!(total.acked(Kind::Login), 1);
+        assert_eq!(total.takeovers, 2);
+        assert_eq!(total.online, 3);
+        assert_eq!(total.frames_sent(), 3);
+    }
+
+    #[test]
+    fn snapshot_survives_a_json_round_trip() {
+        let c = Counters::new();
+        c.add_sent(Kind::Heartbeat);
+        c.disconnects.fetch_add(1, Ordering::Relaxed);
+        let s = c.snapshot();
+        let text = serde_json::to_string(&s).unwrap_or_default();
+        let back: Option<Snapshot> = serde_json::from_str(&text).ok();
+        assert_eq!(back, Some(s));
     }
 
     #[test]

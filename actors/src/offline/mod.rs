@@ -6,8 +6,14 @@
 //! over one IMEI returns its instructions oldest first. A device may hold at most
 //! [`MAX_PENDING_PER_DEVICE`] instructions: the queue is for a few commands waiting for a
 //! login, not a mailbox that grows without bound.
+//!
+//! Every login asks for its device's queue, and almost every answer is "nothing". An
+//! in-memory index of the IMEIs that have something queued (loaded from the table at start,
+//! kept in step by `enqueue` and `remove`) answers those logins without a database read,
+//! which matters when thousands of devices log in at once after a network outage.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use iothub::command::Instruction;
 use iothub::imei::Imei;
@@ -54,23 +60,62 @@ struct StoredInstruction {
 #[derive(Clone)]
 pub struct OfflineCommands {
     storage: Arc<Storage>,
+    /// IMEIs with at least one queued instruction; `None` when the table could not be read
+    /// at start, and then every lookup goes to the store.
+    queued: Arc<Mutex<Option<HashSet<Imei>>>>,
 }
 
 impl OfflineCommands {
     /// The offline store inside the node's embedded database.
     pub fn open(storage: Arc<Storage>) -> OfflineCommands {
-        OfflineCommands { storage }
+        let queued = match queued_imeis(&storage) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                tracing::warn!(error = %e, "offline instruction index not loaded; every login will read the store");
+                None
+            }
+        };
+        OfflineCommands {
+            storage,
+            queued: Arc::new(Mutex::new(queued)),
+        }
+    }
+
+    /// False only when the index knows the device has nothing queued.
+    fn may_have_queued(&self, imei: Imei) -> bool {
+        match self.queued.lock() {
+            Ok(guard) => guard.as_ref().is_none_or(|set| set.contains(&imei)),
+            Err(_) => true,
+        }
+    }
+
+    fn mark(&self, imei: Imei, has_queued: bool) {
+        if let Ok(mut guard) = self.queued.lock() {
+            if let Some(set) = guard.as_mut() {
+                if has_queued {
+                    set.insert(imei);
+                } else {
+                    set.remove(&imei);
+                }
+            }
+        }
     }
 
     /// Durably queues an instruction; returns its id.
     pub async fn enqueue(&self, imei: Imei, instruction: Instruction) -> Result<u64, OfflineError> {
         let storage = self.storage.clone();
         let queued_at_ms = chrono::Utc::now().timestamp_millis();
-        blocking(move || enqueue_blocking(&storage, imei, instruction, queued_at_ms)).await
+        let id =
+            blocking(move || enqueue_blocking(&storage, imei, instruction, queued_at_ms)).await?;
+        self.mark(imei, true);
+        Ok(id)
     }
 
     /// Queued instructions of a device, oldest first.
     pub async fn pending(&self, imei: Imei) -> Result<Vec<QueuedInstruction>, OfflineError> {
+        if !self.may_have_queued(imei) {
+            return Ok(Vec::new());
+        }
         let storage = self.storage.clone();
         blocking(move || pending_blocking(&storage, imei)).await
     }
@@ -79,19 +124,43 @@ impl OfflineCommands {
     /// Removing an id that is not queued is not an error (it may have been removed already).
     pub async fn remove(&self, imei: Imei, id: u64) -> Result<(), OfflineError> {
         let storage = self.storage.clone();
-        blocking(move || {
+        let left = blocking(move || {
             let txn = storage.db().begin_write().map_err(StoreError::from)?;
-            {
+            let left = {
                 let mut table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
                 table
                     .remove((imei.as_str(), id))
                     .map_err(StoreError::from)?;
-            }
+                let key = imei.as_str();
+                let left = table
+                    .range((key, 0)..=(key, u64::MAX))
+                    .map_err(StoreError::from)?
+                    .next()
+                    .is_some();
+                left
+            };
             txn.commit().map_err(StoreError::from)?;
-            Ok(())
+            Ok(left)
         })
-        .await
+        .await?;
+        self.mark(imei, left);
+        Ok(())
     }
+}
+
+/// Every IMEI with a queued instruction (read once, at start).
+fn queued_imeis(storage: &Storage) -> Result<HashSet<Imei>, OfflineError> {
+    let txn = storage.db().begin_read().map_err(StoreError::from)?;
+    let table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
+    let mut set = HashSet::new();
+    for entry in table.iter().map_err(StoreError::from)? {
+        let (k, _) = entry.map_err(StoreError::from)?;
+        let (imei, _) = k.value();
+        if let Ok(imei) = Imei::parse(imei) {
+            set.insert(imei);
+        }
+    }
+    Ok(set)
 }
 
 /// Runs a store operation off the async threads (redb blocks on disk I/O and fsync).
