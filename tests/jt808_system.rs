@@ -43,6 +43,13 @@ fn terminal_config(imei: &str, version: Jt808Version) -> SimTerminalConfig {
     SimTerminalConfig::new(Imei::parse(imei).unwrap(), version)
 }
 
+/// A 2013 terminal (`IMEI_2013`) registered and authenticated on the JT/T 808 port.
+async fn terminal_2013(hub: &Hub) -> SimTerminal {
+    SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+        .await
+        .expect("register and authenticate")
+}
+
 fn fix(second: u32) -> Fix {
     Fix {
         time: Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, second).unwrap(),
@@ -224,10 +231,7 @@ async fn terminal_2019_authenticates_and_reports() {
 async fn query_params_returns_pro_no_260_with_the_parameters() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
-    let mut terminal =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut terminal = terminal_2013(&hub).await;
     let answer = curl_send_instruct(&hub, IMEI_2013, 33028, 11, "");
     let downlink = terminal.next_downlink_of(0x8104, WAIT);
     let (answer, downlink) = tokio::join!(answer, downlink);
@@ -249,10 +253,7 @@ async fn query_params_returns_pro_no_260_with_the_parameters() {
 async fn live_video_request_puts_the_exact_0x9101_on_the_wire() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
-    let mut terminal =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut terminal = terminal_2013(&hub).await;
     let content = r#"{"dataType":"0","codeStreamType":"1","channel":"2","videoIP":"10.0.0.5","videoTCPPort":"10002","videoUDPPort":"0"}"#;
     let answer = curl_send_instruct(&hub, IMEI_2013, 37121, 12, content);
     let downlink = terminal.next_downlink_of(0x9101, WAIT);
@@ -294,10 +295,7 @@ fn hex(s: &str) -> Vec<u8> {
 async fn text_command_goes_out_as_0x8300_and_is_answered() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
-    let mut terminal =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut terminal = terminal_2013(&hub).await;
     let answer = curl_send_instruct(&hub, IMEI_2013, 128, 13, "STATUS#");
     let downlink = terminal.next_downlink_of(0x8300, WAIT);
     let (answer, downlink) = tokio::join!(answer, downlink);
@@ -314,10 +312,7 @@ async fn text_command_goes_out_as_0x8300_and_is_answered() {
 async fn bad_cmd_content_gets_code_200_naming_the_field() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
-    let mut terminal =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut terminal = terminal_2013(&hub).await;
     let content = r#"{"dataType":"0","codeStreamType":"0","channel":"1","videoIP":"10.0.0.5","videoTCPPort":"not-a-port","videoUDPPort":"0"}"#;
     let answer = curl_send_instruct(&hub, IMEI_2013, 37121, 14, content).await;
     assert_eq!(answer["data"]["_code"], "200", "{answer}");
@@ -428,10 +423,7 @@ async fn offline_instruction_reaches_the_terminal_at_login_and_its_reply_is_push
     let answer = curl_send_instruct_with(&hub, IMEI_2013, 33028, 21, "", "&offlineFlag=1").await;
     assert_eq!(answer["data"]["_code"], "300", "{answer}");
 
-    let mut terminal =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut terminal = terminal_2013(&hub).await;
     let query = terminal.next_downlink_of(0x8104, WAIT).await.unwrap();
     assert!(
         query.is_some(),
@@ -469,10 +461,7 @@ async fn offline_instruction_reaches_the_terminal_at_login_and_its_reply_is_push
 async fn newest_connection_of_a_terminal_wins() {
     let rx = receiver().await;
     let hub = hub_pushing_to(&rx, &[]);
-    let mut old =
-        SimTerminal::connect_and_login(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
-            .await
-            .unwrap();
+    let mut old = terminal_2013(&hub).await;
     let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
     config.auth_code = old.auth_code().map(str::to_string);
     let mut new = SimTerminal::connect_and_login(hub.jt808, config)

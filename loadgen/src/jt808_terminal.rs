@@ -38,6 +38,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::awaiting::{sleep_until_opt, tick, Awaiting};
 use crate::media::{LiveMedia, LiveStream};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
@@ -46,10 +47,6 @@ use crate::stats::{Counters, Kind, SentLog};
 /// cutter refuses more garbage than `MAX_GARBAGE` and frames longer than `MAX_FRAME_LEN`,
 /// so a healthy stream never needs more.
 const MAX_BUFFERED: usize = MAX_GARBAGE + MAX_FRAME_LEN;
-
-/// Answers awaited at once in [`SimTerminal::run_until`]; past this the oldest counts as
-/// missed.
-const MAX_PENDING_ACKS: usize = 256;
 
 /// The protocol-version byte of a 2019 header: 1 for the first 2019 revision, what the
 /// reference peers write.
@@ -409,12 +406,12 @@ enum Inbound {
     Other,
 }
 
+/// An uplink awaiting its 0x8001: message id, serial, and the kind it counts as.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     msg_id: u16,
     serial: u16,
     kind: Option<Kind>,
-    deadline: Instant,
 }
 
 /// The frames of the last uplink that went out in packages, kept for a 0x8003 request.
@@ -453,7 +450,7 @@ pub struct SimTerminal {
     next_serial: u16,
     mover: Mover,
     rng: SmallRng,
-    pending: VecDeque<Pending>,
+    pending: Awaiting<Pending>,
     downlinks: VecDeque<Downlink>,
     downlinks_dropped: u64,
     reassembler: Reassembler,
@@ -522,7 +519,7 @@ impl SimTerminal {
             next_serial: 0,
             mover,
             rng,
-            pending: VecDeque::new(),
+            pending: Awaiting::default(),
             downlinks: VecDeque::new(),
             downlinks_dropped: 0,
             reassembler: Reassembler::new(reassembly_limits()),
@@ -834,7 +831,7 @@ impl SimTerminal {
                 heartbeat = self.ticker(self.config.heartbeat_every);
                 location = self.ticker(self.config.location_every);
             }
-            let next_expiry = self.pending.front().map(|p| p.deadline);
+            let next_expiry = self.pending.next_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(()),
                 _ = tick(&mut heartbeat) => {
@@ -973,7 +970,7 @@ impl SimTerminal {
                 Some(_) => continue,
                 None => {
                     self.pending
-                        .retain(|p| !(p.msg_id == msg_id && p.serial == serial));
+                        .forget(|p| p.msg_id == msg_id && p.serial == serial);
                     self.config
                         .counters
                         .ack_timeouts
@@ -1033,46 +1030,29 @@ impl SimTerminal {
     }
 
     fn expect_answer(&mut self, msg_id: u16, serial: u16, kind: Option<Kind>) {
-        if self.pending.len() >= MAX_PENDING_ACKS {
-            self.pending.pop_front();
-            self.config
-                .counters
-                .ack_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.pending.push_back(Pending {
+        let deadline = Instant::now() + self.config.ack_timeout;
+        let pending = Pending {
             msg_id,
             serial,
             kind,
-            deadline: Instant::now() + self.config.ack_timeout,
-        });
+        };
+        self.pending.push(pending, deadline, &self.config.counters);
     }
 
     fn expire_pending(&mut self) {
-        let now = Instant::now();
-        while let Some(p) = self.pending.front() {
-            if p.deadline > now {
-                break;
-            }
-            self.pending.pop_front();
-            self.config
-                .counters
-                .ack_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.pending.expire(Instant::now(), &self.config.counters);
     }
 
     /// A 0x8001 arrived: the uplink it answers is no longer pending.
     fn settle(&mut self, g: &GeneralResponse) {
-        let Some(at) = self
+        let Some(answered) = self
             .pending
-            .iter()
-            .position(|p| p.msg_id == g.reply_id && p.serial == g.reply_serial)
+            .take(|p| p.msg_id == g.reply_id && p.serial == g.reply_serial)
         else {
             // An answer to a package of a split uplink, or one that came after its timeout.
             return;
         };
-        let kind = self.pending.remove(at).and_then(|p| p.kind);
+        let kind = answered.kind;
         let counters = &self.config.counters;
         if accepted(g.reply_id, g.result) {
             if let Some(kind) = kind {
@@ -1629,22 +1609,6 @@ fn playback_resources(p: &PlaybackRequest, now: DateTime<Utc>) -> Vec<AvResource
         storage: p.storage,
     };
     query_resources(&query, now)
-}
-
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! - [`stats`], [`rate`]: shared counters and connection pacing.
 #![forbid(unsafe_code)]
 
+pub mod awaiting;
 pub mod fleet;
 pub mod frames;
 pub mod instruct;

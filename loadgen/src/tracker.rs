@@ -28,6 +28,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::awaiting::{sleep_until_opt, tick, Awaiting};
 use crate::frames::{self, proto};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
@@ -39,9 +40,6 @@ const MAX_BUFFERED: usize = 4 * MAX_FRAME_LEN;
 
 /// Commands kept for [`SimTracker::commands`]; older ones are forgotten.
 const MAX_REMEMBERED_COMMANDS: usize = 64;
-
-/// Acks awaited at once in [`SimTracker::run_until`]; past this the oldest counts as missed.
-const MAX_PENDING_ACKS: usize = 256;
 
 /// What the tracker answers to a 0x80 online command (in a 0x21 reply).
 #[derive(Clone, Default)]
@@ -170,11 +168,11 @@ enum Inbound {
     Other,
 }
 
+/// An uplink awaiting its acknowledgement: protocol number and serial.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     protocol: u8,
     serial: u16,
-    deadline: Instant,
 }
 
 /// A connected simulated tracker.
@@ -188,7 +186,7 @@ pub struct SimTracker {
     next_serial: u16,
     mover: Mover,
     rng: SmallRng,
-    pending: VecDeque<Pending>,
+    pending: Awaiting<Pending>,
     commands: VecDeque<OnlineCommand>,
     logged_in: bool,
 }
@@ -234,7 +232,7 @@ impl SimTracker {
             next_serial: 1,
             mover,
             rng,
-            pending: VecDeque::new(),
+            pending: Awaiting::default(),
             commands: VecDeque::new(),
             logged_in: false,
         })
@@ -400,7 +398,7 @@ impl SimTracker {
         let mut gps = self.ticker(self.config.gps_every);
         let mut alarm = self.ticker(self.config.alarm_every);
         loop {
-            let next_expiry = self.pending.front().map(|p| p.deadline);
+            let next_expiry = self.pending.next_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(()),
                 _ = tick(&mut heartbeat) => {
@@ -460,32 +458,16 @@ impl SimTracker {
     }
 
     fn expect_ack(&mut self, protocol: u8, serial: u16) {
-        if self.pending.len() >= MAX_PENDING_ACKS {
-            self.pending.pop_front();
-            self.config
-                .counters
-                .ack_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.pending.push_back(Pending {
-            protocol,
-            serial,
-            deadline: Instant::now() + self.config.ack_timeout,
-        });
+        let deadline = Instant::now() + self.config.ack_timeout;
+        self.pending.push(
+            Pending { protocol, serial },
+            deadline,
+            &self.config.counters,
+        );
     }
 
     fn expire_pending(&mut self) {
-        let now = Instant::now();
-        while let Some(p) = self.pending.front() {
-            if p.deadline > now {
-                break;
-            }
-            self.pending.pop_front();
-            self.config
-                .counters
-                .ack_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.pending.expire(Instant::now(), &self.config.counters);
     }
 
     async fn await_ack(&mut self, protocol: u8, serial: u16) -> Result<()> {
@@ -564,7 +546,7 @@ impl SimTracker {
                 }
                 if let Some(serial) = frame.serial {
                     self.pending
-                        .retain(|p| !(p.protocol == frame.protocol && p.serial == serial));
+                        .forget(|p| p.protocol == frame.protocol && p.serial == serial);
                 }
                 Ok(Inbound::Ack {
                     protocol: frame.protocol,
@@ -588,7 +570,7 @@ impl SimTracker {
             Message::TimeReply(time) => {
                 counters.time_replies.fetch_add(1, Ordering::Relaxed);
                 counters.add_acked(Kind::TimeRequest);
-                self.pending.retain(|p| p.protocol != proto::TIME);
+                self.pending.forget(|p| p.protocol == proto::TIME);
                 Ok(Inbound::Time(time))
             }
             _ => {
@@ -604,22 +586,6 @@ impl Drop for SimTracker {
         if self.logged_in {
             self.config.counters.online.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
