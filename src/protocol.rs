@@ -33,6 +33,18 @@ pub struct Cut<F> {
     pub checksum_failed: bool,
 }
 
+impl<F> Cut<F> {
+    /// The same cut around another frame type (a protocol wrapping another's frames).
+    pub fn map<G>(self, wrap: impl FnOnce(F) -> G) -> Cut<G> {
+        Cut {
+            frame: wrap(self.frame),
+            consumed: self.consumed,
+            skipped: self.skipped,
+            checksum_failed: self.checksum_failed,
+        }
+    }
+}
+
 pub trait Protocol: Send + Sync + 'static {
     type Frame: Send + 'static;
     type Channel: Channel<Frame = Self::Frame>;
@@ -219,18 +231,8 @@ impl Protocol for DetectingProtocol {
 
     fn decode(&self, buf: &[u8]) -> Result<Option<Cut<AnyFrame>>, DecodeFailure> {
         match first_marker(buf) {
-            Some(true) => Ok(self.jt808.decode(buf)?.map(|c| Cut {
-                frame: AnyFrame::Jt808(c.frame),
-                consumed: c.consumed,
-                skipped: c.skipped,
-                checksum_failed: c.checksum_failed,
-            })),
-            Some(false) => Ok(self.gt06.decode(buf)?.map(|c| Cut {
-                frame: AnyFrame::Gt06(c.frame),
-                consumed: c.consumed,
-                skipped: c.skipped,
-                checksum_failed: c.checksum_failed,
-            })),
+            Some(true) => Ok(self.jt808.decode(buf)?.map(|c| c.map(AnyFrame::Jt808))),
+            Some(false) => Ok(self.gt06.decode(buf)?.map(|c| c.map(AnyFrame::Gt06))),
             None if buf.len() > MAX_UNFRAMED => Err(DecodeFailure {
                 kind: "no_start",
                 detail: format!("no GT06 or JT/T 808 frame start in {} bytes", buf.len()),
