@@ -735,10 +735,8 @@ async fn read_loop<P: Protocol>(
         if buf.len() > MAX_READ_BUFFER {
             break ReaderEnd::BufferOverflow;
         }
-        if buf.is_empty() {
-            // Every byte read was a whole frame (the usual case): give the buffer back until
-            // the next read. A tracker talks every few seconds at most, so keeping 1 KB per
-            // idle connection would cost more memory than the allocation costs time.
+        if buf.is_empty() && buf.capacity() > 4096 {
+            // A burst grew the buffer; give the memory back while the device is idle.
             buf = BytesMut::new();
         }
     };
