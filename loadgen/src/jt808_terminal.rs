@@ -35,10 +35,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::awaiting::{sleep_until_opt, tick, Awaiting};
+use crate::dial::{dial, DialError};
 use crate::media::{LiveMedia, LiveStream};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
@@ -1484,21 +1484,12 @@ impl Drop for SimTerminal {
 }
 
 async fn open(addr: SocketAddr, config: &SimTerminalConfig) -> Result<tokio::net::TcpStream> {
-    let connect_err = |source| TerminalError::Connect { addr, source };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(connect_err)?;
-    if let Some(ip) = config.source_ip {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
-    }
-    match tokio::time::timeout(config.connect_timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(TerminalError::Connect { addr, source }),
-        Err(_) => Err(TerminalError::ConnectTimeout(addr)),
-    }
+    dial(addr, config.source_ip, config.connect_timeout)
+        .await
+        .map_err(|e| match e {
+            DialError::Io(source) => TerminalError::Connect { addr, source },
+            DialError::TimedOut => TerminalError::ConnectTimeout(addr),
+        })
 }
 
 /// Adds the server address (0x0013) and, in 2013, the TCP port (0x0018) the terminal

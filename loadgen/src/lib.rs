@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod awaiting;
+pub mod dial;
 pub mod fleet;
 pub mod frames;
 pub mod instruct;

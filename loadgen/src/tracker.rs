@@ -25,10 +25,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::awaiting::{sleep_until_opt, tick, Awaiting};
+use crate::dial::{dial, DialError};
 use crate::frames::{self, proto};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
@@ -239,21 +239,12 @@ impl SimTracker {
     }
 
     async fn open(addr: SocketAddr, config: &SimTrackerConfig) -> Result<tokio::net::TcpStream> {
-        let connect_err = |source| TrackerError::Connect { addr, source };
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(connect_err)?;
-        if let Some(ip) = config.source_ip {
-            socket.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
-        }
-        match tokio::time::timeout(config.connect_timeout, socket.connect(addr)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(source)) => Err(TrackerError::Connect { addr, source }),
-            Err(_) => Err(TrackerError::ConnectTimeout(addr)),
-        }
+        dial(addr, config.source_ip, config.connect_timeout)
+            .await
+            .map_err(|e| match e {
+                DialError::Io(source) => TrackerError::Connect { addr, source },
+                DialError::TimedOut => TrackerError::ConnectTimeout(addr),
+            })
     }
 
     /// Connects and logs in.
