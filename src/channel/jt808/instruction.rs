@@ -488,23 +488,6 @@ fn quoted(s: &str) -> String {
     }
 }
 
-/// Even-length hex digits as bytes.
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    let pairs = s.as_bytes().chunks_exact(2);
-    if !pairs.remainder().is_empty() {
-        return None;
-    }
-    pairs
-        .map(|pair| Some((hex_digit(pair[0])? << 4) | hex_digit(pair[1])?))
-        .collect()
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    char::from(c)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
-}
-
 fn check_text(field: &'static str, text: &str) -> R<()> {
     if text.is_empty() {
         return Err(bad(field, "must not be empty"));
@@ -609,7 +592,8 @@ fn param_value(key: &str, id: u32, value: &Value) -> R<ParamValue> {
     let refuse = |reason: String| bad(CMD_CONTENT, format!("parameter {}: {reason}", quoted(key)));
     if let Value::String(s) = value {
         if let Some(hex) = s.trim().strip_prefix(HEX_PREFIX) {
-            let bytes = hex_bytes(hex)
+            let bytes = hex::decode(hex)
+                .ok()
                 .ok_or_else(|| refuse("\"hex:\" must be followed by hex byte pairs".into()))?;
             if bytes.len() > MAX_SHORT_TEXT {
                 return Err(refuse(format!(
@@ -868,7 +852,7 @@ fn alarm_label(text: &str) -> R<AlarmLabel> {
             })
             .collect::<Option<Vec<u8>>>()
     } else {
-        hex_bytes(text)
+        hex::decode(text).ok()
     };
     let bytes = bytes.ok_or_else(|| {
         bad(
@@ -1015,7 +999,7 @@ fn param_text(value: &ParamValue) -> String {
         ParamValue::Word(v) => v.to_string(),
         ParamValue::Dword(v) => v.to_string(),
         ParamValue::Text(s) => s.clone(),
-        ParamValue::Bytes(b) => b.iter().map(|byte| format!("{byte:02X}")).collect(),
+        ParamValue::Bytes(b) => hex::encode_upper(b),
     }
 }
 

@@ -84,15 +84,6 @@ pub fn jt808_login_record(imei: Imei, kind: &str, now: DateTime<Utc>) -> LoginRe
     login_record(imei, kind, Some(JT808_ZONE_MINUTES), now)
 }
 
-fn hex_upper(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02X}");
-    }
-    s
-}
-
 /// The `/pushgps` record of one location (0x0200, 0x0201, or an item of 0x0704).
 pub fn gps_record(
     imei: Imei,
@@ -144,7 +135,7 @@ pub fn gps_record(
         }
     }
     if !undecoded.is_empty() {
-        extra.undecoded_gps_add_info = Some(hex_upper(&undecoded));
+        extra.undecoded_gps_add_info = Some(hex::encode_upper(&undecoded));
     }
     let acc = basic.status.acc_on();
     GpsRecord {
@@ -450,6 +441,6 @@ pub fn pass_through_record(
         device_imei: imei,
         gate_time: jimi_time(now),
         pass_through_type: kind,
-        data: hex_upper(data),
+        data: hex::encode_upper(data),
     }
 }
