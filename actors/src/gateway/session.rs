@@ -131,7 +131,8 @@ pub struct SessionState<P: Protocol> {
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
-    /// The protocol the first frame showed (`gt06`, `jt808`), for metric labels.
+    /// The protocol the first frame showed (`gt06`, `jt808`; the gateway's name before it),
+    /// for the frame, decode-error and unrecognised-type metric labels.
     detected: &'static str,
     _connection_permit: Option<OwnedSemaphorePermit>,
 }
@@ -263,7 +264,7 @@ async fn handle_message<P: Protocol>(
                 ReaderEnd::Decode { kind, detail } => {
                     metrics::counter!(
                         "iothub_decode_errors_total",
-                        "protocol" => state.protocol.name(),
+                        "protocol" => state.detected,
                         "kind" => *kind
                     )
                     .increment(1);
@@ -272,7 +273,7 @@ async fn handle_message<P: Protocol>(
                 ReaderEnd::BufferOverflow => {
                     metrics::counter!(
                         "iothub_decode_errors_total",
-                        "protocol" => state.protocol.name(),
+                        "protocol" => state.detected,
                         "kind" => "buffer_overflow"
                     )
                     .increment(1);
