@@ -121,7 +121,11 @@ pub struct Jt808ChannelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Session {
     Unauthenticated,
-    Authenticated { imei: Imei },
+    Authenticated {
+        imei: Imei,
+        /// Header of the terminal's last packet: phone and layout of downlinks.
+        last_header: Header,
+    },
 }
 
 /// The instruction on the wire, awaiting its answer.
@@ -149,8 +153,6 @@ pub struct Jt808Channel {
     opened_at: DateTime<Utc>,
     last_received: DateTime<Utc>,
     session: Session,
-    /// Header of the authenticated terminal's last packet: phone and layout of downlinks.
-    template: Option<Header>,
     pending_auth: Option<PendingAuth>,
     /// When the first unauthenticated message was refused.
     refused_since: Option<DateTime<Utc>>,
@@ -203,7 +205,6 @@ impl Jt808Channel {
             opened_at: now,
             last_received: now,
             session: Session::Unauthenticated,
-            template: None,
             pending_auth: None,
             refused_since: None,
             closed: false,
@@ -246,7 +247,7 @@ impl Jt808Channel {
             self.refused_since.get_or_insert(now);
             return self.register_response(header, REGISTER_TERMINAL_UNKNOWN, None);
         };
-        if let Session::Authenticated { imei: current } = self.session {
+        if let Session::Authenticated { imei: current, .. } = self.session {
             if current != imei {
                 return self.close(CloseReason::IdentityChanged);
             }
@@ -283,7 +284,7 @@ impl Jt808Channel {
         let Some(imei) = self.imei_of(header) else {
             return self.refuse(header, now);
         };
-        if let Session::Authenticated { imei: current } = self.session {
+        if let Session::Authenticated { imei: current, .. } = self.session {
             if current != imei {
                 return self.close(CloseReason::IdentityChanged);
             }
@@ -475,12 +476,15 @@ impl Jt808Channel {
             Message::Auth(auth) => self.authenticate(&header, auth.auth_code, now),
             message => match self.session {
                 Session::Unauthenticated => self.refuse(&header, now),
-                Session::Authenticated { imei } => {
-                    let same_phone = self.template.is_some_and(|t| t.phone == header.phone);
+                Session::Authenticated { imei, last_header } => {
+                    let same_phone = last_header.phone == header.phone;
                     if !same_phone && self.imei_of(&header) != Some(imei) {
                         return self.close(CloseReason::IdentityChanged);
                     }
-                    self.template = Some(header);
+                    self.session = Session::Authenticated {
+                        imei,
+                        last_header: header,
+                    };
                     self.authenticated(imei, &header, message, now)
                 }
             },
@@ -561,14 +565,16 @@ impl Channel for Jt808Channel {
                 code: pending.code,
             });
         }
-        if self.session != (Session::Authenticated { imei: pending.imei }) {
-            self.session = Session::Authenticated { imei: pending.imei };
+        if self.imei() != Some(pending.imei) {
             self.refused_since = None;
             let login = records::jt808_login_record(pending.imei, LOGIN, now);
             actions.push(Action::Publish(event(pending.imei, Record::Login(login))));
             actions.push(Action::LoggedIn { imei: pending.imei });
         }
-        self.template = Some(pending.header);
+        self.session = Session::Authenticated {
+            imei: pending.imei,
+            last_header: pending.header,
+        };
         actions.push(self.ack(&pending.header, RESULT_OK));
         actions
     }
@@ -578,11 +584,13 @@ impl Channel for Jt808Channel {
         instruction: &Instruction,
         _now: DateTime<Utc>,
     ) -> Result<Vec<Action>, InstructionRefusal> {
-        let v2019 = self.template.is_some_and(|h| h.is_2019());
+        let last_header = match self.session {
+            Session::Authenticated { last_header, .. } => Some(last_header),
+            Session::Unauthenticated => None,
+        };
+        let v2019 = last_header.is_some_and(|h| h.is_2019());
         let downlink = instruction::downlink(instruction, v2019)?;
-        let (Session::Authenticated { .. }, Some(template), false) =
-            (self.session, self.template, self.closed)
-        else {
+        let (Some(template), false) = (last_header, self.closed) else {
             return Err(InstructionRefusal::NotLoggedIn);
         };
         if self.outstanding.is_some() {
@@ -645,7 +653,7 @@ impl Channel for Jt808Channel {
     fn handle_close(&mut self, now: DateTime<Utc>) -> Vec<Action> {
         self.closed = true;
         match self.session {
-            Session::Authenticated { imei } if !self.logged_out => {
+            Session::Authenticated { imei, .. } if !self.logged_out => {
                 self.logged_out = true;
                 let r = records::jt808_login_record(imei, LOGOUT, now);
                 vec![Action::Publish(event(imei, Record::Login(r)))]
@@ -656,7 +664,7 @@ impl Channel for Jt808Channel {
 
     fn imei(&self) -> Option<Imei> {
         match self.session {
-            Session::Authenticated { imei } => Some(imei),
+            Session::Authenticated { imei, .. } => Some(imei),
             Session::Unauthenticated => None,
         }
     }
