@@ -8,6 +8,8 @@
 #     (and stopped again at exit if this script started it);
 #   - a Kafka-protocol broker: tansu, installed once with cargo (about 15 minutes on
 #     2 cores); the tests start their own broker processes from $TANSU_BIN;
+#   - nginx with its stream module (Debian's nginx + libnginx-mod-stream): the cluster
+#     tests run it as the layer-4 balancer in front of several iothubd nodes;
 #   - the iothubd binary: built here in release mode; $IOTHUBD_BIN points at it.
 #
 # Environment it reads: TANSU_BIN (use this tansu binary), CARGO_TARGET_DIR.
@@ -60,10 +62,18 @@ command -v curl >/dev/null || missing+=(curl)
 # librdkafka (vendored by rdkafka) and tansu's libsql are built from C sources.
 command -v cc >/dev/null || missing+=(gcc g++ libc6-dev)
 command -v make >/dev/null || missing+=(make)
+# The cluster tests put a real nginx stream balancer in front of the nodes.
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+if [ ! -x "$NGINX" ]; then
+    missing+=(nginx libnginx-mod-stream)
+elif [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ] \
+    && ! "$NGINX" -V 2>&1 | grep -qE -- '--with-stream( |$)'; then
+    missing+=(libnginx-mod-stream)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    step "Debian packages: redis-server, curl, a C compiler and make are present"
+    step "Debian packages: redis-server, curl, nginx (stream), a C compiler and make are present"
 fi
 
 # --- Rust components -----------------------------------------------------------------------

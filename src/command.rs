@@ -17,6 +17,9 @@ pub enum InstructCode {
     NoRoute,
     /// 302: the previous instruction to this device has not been answered yet.
     Busy,
+    /// 400: the route to the device broke mid-request (cluster mode: the owning node went
+    /// away), so whether the device received the instruction is unknown.
+    NetworkError,
     /// 500: the hub failed while handling the request.
     InternalError,
     /// 600: the device did not answer within `timeOut`.
@@ -32,6 +35,7 @@ impl InstructCode {
             InstructCode::Offline => "300",
             InstructCode::NoRoute => "301",
             InstructCode::Busy => "302",
+            InstructCode::NetworkError => "400",
             InstructCode::InternalError => "500",
             InstructCode::Timeout => "600",
         }
@@ -45,6 +49,7 @@ impl InstructCode {
             InstructCode::Offline => "Device not online",
             InstructCode::NoRoute => "Device not registered with route table",
             InstructCode::Busy => "Device busy (previous command has not returned)",
+            InstructCode::NetworkError => "Network error",
             InstructCode::InternalError => "Code execution exception",
             InstructCode::Timeout => "request timeout",
         }

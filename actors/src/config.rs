@@ -12,14 +12,15 @@
 //! `gateId`, `readTimeOut`, `writeTimeOut`, `connectTimeout`, `newImeiRule`, `apiToken`,
 //! `kafkaEnable`, `kafkaHost`, `topicPrefix`, `kafkaConsumerGroup`, `kafkaAuthSwitch`,
 //! `kafkaAuthUserName`, `kafkaAuthPassword`, `redisHost`, `redisPort`, `redisPassword` /
-//! `redisPasswd` / `redisPass`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
+//! `redisPasswd` / `redisPass`, `redisDb`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
 //! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_JT808_LISTEN`,
 //! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
-//! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
+//! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
-//! `IOTHUB_PUSH_REQUEST_TIMEOUT`.
+//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
+//! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub push: PushConfig,
     pub redis: RedisConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +117,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// `kafkaAuthSwitch`, `kafkaAuthUserName`, `kafkaAuthPassword`: SASL/PLAIN when set.
     pub auth: Option<(String, String)>,
+    /// Most events kept in the local spool while Kafka is unreachable (at least 1).
+    pub spool_max_events: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +153,30 @@ pub struct RedisConfig {
     pub port: u16,
     /// `redisPassword` (or `redisPasswd`, `redisPass`); `None` = no AUTH.
     pub password: Option<String>,
+    /// `redisDb`: the logical database index.
+    pub db: i64,
+    /// Every key iothub writes starts with `{key_prefix}:`, so several hubs can share a Redis.
+    pub key_prefix: String,
+    /// How long a device route or a node's identity outlives its last renewal. Renewed every
+    /// third of it, so a dead node's routes expire within one lease.
+    pub lease: Duration,
+}
+
+impl RedisConfig {
+    /// Cluster mode: Redis holds the routes, offline instructions and auth codes.
+    pub fn cluster_mode(&self) -> bool {
+        self.host.is_some()
+    }
+}
+
+/// How the gateway nodes of a cluster reach each other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Node-to-node listener (instructions routed to the device's owner, takeover notices).
+    /// Started only in cluster mode. Default 0.0.0.0:10089.
+    pub internal_listen: SocketAddr,
+    /// `host:port` other nodes use to reach `internal_listen`; published in Redis.
+    pub internal_advertise: String,
 }
 
 /// Why the configuration cannot be used. Every variant names the key at fault.
@@ -287,12 +315,21 @@ section!(KafkaFile {
     auth: bool,
     auth_user: String,
     auth_password: String,
+    spool_max_events: u64,
 });
 
 section!(RedisFile {
     host: String,
     port: u64,
     password: String,
+    db: u64,
+    key_prefix: String,
+    lease_secs: u64,
+});
+
+section!(ClusterFile {
+    internal_listen: String,
+    internal_advertise: String,
 });
 
 section!(PushFile {
@@ -326,6 +363,8 @@ struct FileConfig {
     #[serde(default)]
     redis: RedisFile,
     #[serde(default)]
+    cluster: ClusterFile,
+    #[serde(default)]
     push: PushFile,
 }
 
@@ -339,6 +378,7 @@ impl FileConfig {
             storage: self.storage.overlay(base.storage),
             kafka: self.kafka.overlay(base.kafka),
             redis: self.redis.overlay(base.redis),
+            cluster: self.cluster.overlay(base.cluster),
             push: self.push.overlay(base.push),
         }
     }
@@ -700,6 +740,11 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
     if enable && hosts.value.trim().is_empty() {
         return Err(hosts.invalid("must list host:port bootstrap servers when kafka is enabled"));
     }
+    if enable {
+        if let Some(problem) = kafka_hosts_problem(&hosts.value) {
+            return Err(hosts.invalid(problem));
+        }
+    }
     let topic_prefix = pick(env, "kafka.topic_prefix", &["topicPrefix"], k.topic_prefix)?;
     if !topic_prefix
         .value
@@ -757,6 +802,13 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         consumer_group: consumer_group.value,
         partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
         auth,
+        spool_max_events: integer_in(
+            env,
+            "kafka.spool_max_events",
+            &["IOTHUB_KAFKA_SPOOL_MAX"],
+            k.spool_max_events,
+            1..=u64::MAX,
+        )?,
     };
 
     let r = f.redis;
@@ -772,7 +824,94 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             .try_into()
             .unwrap_or(6379),
         password: non_empty(Some(redis_password)),
+        db: i64::try_from(integer_in(
+            env,
+            "redis.db",
+            &["redisDb", "IOTHUB_REDIS_DB"],
+            r.db,
+            0..=65_535,
+        )?)
+        .unwrap_or(0),
+        key_prefix: {
+            let v = pick(
+                env,
+                "redis.key_prefix",
+                &["IOTHUB_REDIS_PREFIX"],
+                r.key_prefix,
+            )?;
+            if v.value.is_empty()
+                || !v
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+            {
+                return Err(v.invalid("must be non-empty ASCII letters, digits, '.', '_' and '-'"));
+            }
+            v.value
+        },
+        lease: Duration::from_secs(integer_in(
+            env,
+            "redis.lease_secs",
+            &["IOTHUB_REDIS_LEASE"],
+            r.lease_secs,
+            3..=3600,
+        )?),
     };
+
+    let c = f.cluster;
+    let internal_listen = socket_addr(
+        env,
+        "cluster.internal_listen",
+        "IOTHUB_INTERNAL_LISTEN",
+        c.internal_listen,
+    )?;
+    let advertise = pick(
+        env,
+        "cluster.internal_advertise",
+        &["IOTHUB_INTERNAL_ADVERTISE"],
+        c.internal_advertise,
+    )?;
+    let internal_advertise = match advertise.value.trim() {
+        "" if redis.cluster_mode() && internal_listen.ip().is_unspecified() => {
+            // Listening on every interface: other nodes reach this one by its host name,
+            // which is what container networks (compose service names) resolve.
+            match env.get("HOSTNAME").or_else(host_name).map(|h| h.trim().to_string()) {
+                Some(host) if !host.is_empty() => format!("{host}:{}", internal_listen.port()),
+                _ => {
+                    return Err(ConfigError::Missing {
+                        key: "cluster.internal_advertise".to_string(),
+                        hint: format!(
+                            "cluster mode (redis.host is set), cluster.internal_listen is {internal_listen} \
+                             and the host name is unknown: set the host:port other nodes reach this node at \
+                             (IOTHUB_INTERNAL_ADVERTISE)"
+                        ),
+                    })
+                }
+            }
+        }
+        "" => internal_listen.to_string(),
+        given => {
+            let ok = given.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(advertise.invalid("is not host:port (e.g. gateway-1:10089)"));
+            }
+            given.to_string()
+        }
+    };
+    let cluster = ClusterConfig {
+        internal_listen,
+        internal_advertise,
+    };
+    if redis.cluster_mode() && api.token_generated {
+        return Err(ConfigError::Missing {
+            key: "api.token".to_string(),
+            hint: "cluster mode (redis.host is set): every node needs the same apiToken, which \
+                   also authenticates the calls between nodes"
+                .to_string(),
+        });
+    }
 
     let p = f.push;
     let min_backoff = secs(
@@ -854,7 +993,44 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         kafka,
         push,
         redis,
+        cluster,
     })
+}
+
+/// Why `kafka.hosts` is not a bootstrap server list (`host[:port][,host[:port]]`, each
+/// optionally `scheme://`-prefixed as librdkafka accepts), or `None` when it is one. librdkafka
+/// itself only logs a bad entry and retries forever, which would look like an outage.
+fn kafka_hosts_problem(hosts: &str) -> Option<String> {
+    for server in hosts.split(',').map(str::trim) {
+        let address = server.split_once("://").map_or(server, |(_, rest)| rest);
+        // `[v6]:port`, `host:port`, or a bare host (librdkafka's default port).
+        let (host, port) = match address.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((host, "")) => (host, None),
+                Some((host, rest)) => match rest.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Some(format!("`{server}` is not [address]:port")),
+                },
+                None => return Some(format!("`{server}` lacks the closing `]`")),
+            },
+            None => match address.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (address, None),
+            },
+        };
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Some(format!("`{server}` does not name a host"));
+        }
+        if port.is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) {
+            return Some(format!("`{server}` does not end in a port 1..=65535"));
+        }
+    }
+    None
+}
+
+/// The kernel's host name (Linux), when the environment does not give `HOSTNAME`.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
 }
 
 /// The Jimi services spell the Redis password three ways; two different values set at once
@@ -921,5 +1097,83 @@ mod tests {
         assert_eq!(parse_bool("TRUE"), Some(true));
         assert_eq!(parse_bool("0"), Some(false));
         assert_eq!(parse_bool("maybe"), None);
+    }
+
+    fn cluster_env(
+        extra: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<String> {
+        move |name: &str| {
+            extra
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn cluster_mode_advertises_the_host_name_when_listening_everywhere() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "10.0.0.5"),
+            ("HOSTNAME", "gateway-3"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.cluster.internal_advertise, "gateway-3:10089");
+    }
+
+    #[test]
+    fn cluster_mode_takes_the_advertised_address() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "10.0.0.5"),
+            ("IOTHUB_INTERNAL_ADVERTISE", "gateway-2:10089"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.cluster.internal_advertise, "gateway-2:10089");
+    }
+
+    #[test]
+    fn a_specific_internal_listen_address_is_its_own_advertised_address() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "127.0.0.1"),
+            ("IOTHUB_INTERNAL_LISTEN", "127.0.0.1:7001"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.cluster.internal_advertise, "127.0.0.1:7001");
+    }
+
+    #[test]
+    fn cluster_mode_refuses_a_generated_api_token() {
+        let env = cluster_env(&[
+            ("redisHost", "127.0.0.1"),
+            ("IOTHUB_INTERNAL_LISTEN", "127.0.0.1:7001"),
+        ]);
+        let err = Config::from_toml_str("", &env).unwrap_err().to_string();
+        assert!(err.contains("api.token"), "{err}");
+    }
+
+    #[test]
+    fn an_advertised_address_without_a_port_is_refused() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "127.0.0.1"),
+            ("IOTHUB_INTERNAL_ADVERTISE", "gateway-2"),
+        ]);
+        let err = Config::from_toml_str("", &env).unwrap_err().to_string();
+        assert!(err.contains("IOTHUB_INTERNAL_ADVERTISE"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_under_three_seconds_is_refused() {
+        let env = cluster_env(&[("apiToken", "secret"), ("IOTHUB_REDIS_LEASE", "2")]);
+        let err = Config::from_toml_str("", &env).unwrap_err().to_string();
+        assert!(err.contains("IOTHUB_REDIS_LEASE"), "{err}");
+    }
+
+    #[test]
+    fn redis_db_is_read_from_the_jimi_name() {
+        let env = cluster_env(&[("apiToken", "secret"), ("redisDb", "3")]);
+        assert_eq!(Config::from_toml_str("", &env).unwrap().redis.db, 3);
     }
 }

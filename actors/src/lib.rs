@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth_codes;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod offline;

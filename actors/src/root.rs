@@ -17,9 +17,12 @@ use iothub::codec::jt808::Limits;
 use iothub::protocol::{DetectingProtocol, Gt06Protocol, Jt808Protocol};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api::{self, ApiDeps, ApiServer};
 use crate::auth_codes::AuthCodes;
+use crate::cluster::internal::{self, InternalServer};
+use crate::cluster::{Cluster, IdentityLost};
 use crate::config::Config;
 use crate::gateway::listener::{Gateway, GatewayArgs};
 use crate::gateway::session::SessionDeps;
@@ -37,6 +40,7 @@ pub struct Hub {
     jt808: ActorCell,
     registry: ActorCell,
     api: ApiServer,
+    cluster: Option<ClusterRuntime>,
     publisher: Publisher,
     push: PushDispatcher,
     pub gt06_addr: SocketAddr,
@@ -45,6 +49,14 @@ pub struct Hub {
 }
 
 pub enum RootMsg {}
+
+/// What cluster mode adds to a running node.
+struct ClusterRuntime {
+    cluster: Arc<Cluster>,
+    internal: InternalServer,
+    renewal: tokio::task::JoinHandle<()>,
+    identity_lost: watch::Receiver<Option<IdentityLost>>,
+}
 
 struct Root;
 
@@ -88,24 +100,72 @@ impl Actor for Root {
 
 impl Hub {
     pub async fn start(config: &Config) -> anyhow::Result<Hub> {
+        // First of all, so a node whose gateId is taken stops before it touches anything.
+        let cluster = if config.redis.cluster_mode() {
+            let cluster = Cluster::join(config).await?;
+            tracing::info!(gate_id = %cluster.gate_id, instance = %cluster.instance, advertise = %cluster.advertise, "joined the cluster");
+            Some(cluster)
+        } else {
+            None
+        };
         let storage = Storage::open(&config.storage)?;
         let publisher = Publisher::start(config, storage.clone()).await?;
-        let push = PushDispatcher::start(config, storage.clone()).await?;
-        let offline = OfflineCommands::open(storage.clone());
+        let (departures, rejoin) = watch::channel(0u64);
+        let push = PushDispatcher::start(config, storage.clone(), rejoin).await?;
+        let (offline, auth_codes) = match &cluster {
+            Some(c) => (
+                OfflineCommands::redis(c.pool.clone(), c.keys.clone()),
+                AuthCodes::redis(c.pool.clone(), c.keys.clone()),
+            ),
+            None => (
+                OfflineCommands::open(storage.clone()),
+                AuthCodes::open(storage.clone()),
+            ),
+        };
 
         let (root, root_done) = Actor::spawn(Some("root".into()), Root, ()).await?;
-        let (registry_ref, _) =
-            Actor::spawn_linked(Some("registry".into()), RegistryActor, (), root.get_cell())
-                .await?;
+        let (registry_ref, _) = Actor::spawn_linked(
+            Some("registry".into()),
+            RegistryActor,
+            cluster.clone(),
+            root.get_cell(),
+        )
+        .await?;
         let registry = Registry {
             actor: registry_ref.clone(),
+            cluster: cluster.clone(),
+        };
+        let cluster = match cluster {
+            Some(cluster) => {
+                let internal = internal::start(
+                    config.cluster.internal_listen,
+                    cluster.clone(),
+                    registry.clone(),
+                    api::REPLY_MARGIN,
+                )
+                .await?;
+                let (lost_tx, identity_lost) = watch::channel(None);
+                let renewal = tokio::spawn(crate::cluster::renew_loop(
+                    cluster.clone(),
+                    registry.clone(),
+                    lost_tx,
+                    departures,
+                ));
+                Some(ClusterRuntime {
+                    cluster,
+                    internal,
+                    renewal,
+                    identity_lost,
+                })
+            }
+            None => None,
         };
 
         let deps = SessionDeps {
             registry: registry.clone(),
             publisher: publisher.clone(),
             offline: offline.clone(),
-            auth_codes: AuthCodes::open(storage.clone()),
+            auth_codes,
             write_timeout: config.gateway.write_timeout,
             offline_reply_timeout: config.api.default_timeout,
         };
@@ -160,6 +220,7 @@ impl Hub {
             jt808: jt808_gateway,
             registry: registry_ref.get_cell(),
             api,
+            cluster,
             publisher,
             push,
             gt06_addr,
@@ -168,9 +229,21 @@ impl Hub {
         })
     }
 
-    /// Resolves when the root stops on its own (a core actor failed).
+    /// Resolves when the root stops on its own (a core actor failed), or in cluster mode
+    /// when another process took this node's gateId.
     pub async fn failed(&mut self) {
-        let _ = (&mut self.root_done).await;
+        let identity_lost = async {
+            match self.cluster.as_mut() {
+                Some(c) => {
+                    let _ = c.identity_lost.wait_for(Option::is_some).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut self.root_done => {}
+            _ = identity_lost => {}
+        }
     }
 
     /// Graceful stop: devices first (logouts stored), then the API, then storage users.
@@ -186,6 +259,11 @@ impl Hub {
         };
         tokio::join!(stop(&self.gt06), stop(&self.jt808));
         self.api.shutdown().await;
+        if let Some(c) = self.cluster {
+            c.internal.shutdown().await;
+            c.renewal.abort();
+            c.cluster.leave().await;
+        }
         self.registry
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await

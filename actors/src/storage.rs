@@ -13,7 +13,10 @@
 //!   deleted and the last key alone cannot tell where the log ended) and id counters;
 //! - `cursors`: (topic, consumer) -> next offset that consumer has not yet delivered;
 //! - `offline`: (imei, id) -> queued instruction;
-//! - `jt808_auth_codes`: imei -> JT/T 808 authentication code (see `auth_codes`).
+//! - `jt808_auth_codes`: imei -> JT/T 808 authentication code (see `auth_codes`);
+//! - `kafka_spool`: sequence (u64, increasing) -> event the Kafka sink could not produce while
+//!   the brokers were unreachable, waiting to be drained (see `publish::spool`); its next
+//!   sequence is kept in `meta`.
 //!
 //! Every function here blocks on disk I/O; async callers run them in `spawn_blocking`.
 //! redb serializes write transactions, so writers from several threads are safe; the Publisher
@@ -54,6 +57,12 @@ const EVENTS_PASS_THROUGH: TableDefinition<u64, &[u8]> =
 
 /// Meta key of the offline instruction id counter.
 pub(crate) const OFFLINE_NEXT_ID: &str = "offline.next_id";
+
+/// Events the Kafka sink spooled during an outage, by sequence (see `publish::spool`).
+pub(crate) const KAFKA_SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("kafka_spool");
+/// Meta key of the next sequence of [`KAFKA_SPOOL`]: kept explicitly, because drained entries
+/// are deleted and an empty table cannot tell where the sequence ended.
+pub(crate) const KAFKA_SPOOL_NEXT_SEQ: &str = "kafka_spool.next_seq";
 
 fn events_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
     match topic {
@@ -193,6 +202,7 @@ impl Storage {
             txn.open_table(CURSORS)?;
             txn.open_table(OFFLINE)?;
             txn.open_table(crate::auth_codes::AUTH_CODES)?;
+            txn.open_table(KAFKA_SPOOL)?;
             for topic in Topic::ALL {
                 txn.open_table(events_table(topic))?;
             }

@@ -187,4 +187,129 @@ pub fn describe_metrics() {
         "iothub_log_corrupt_entries_total",
         "Embedded log entries that could not be decoded"
     );
+    describe_counter!(
+        "iothub_frames_unrecognised_total",
+        "Well-formed frames of a message type the hub does not handle, by protocol and type"
+    );
+    describe_counter!(
+        "iothub_checksum_mismatches_total",
+        "Frames whose checksum did not match, by protocol"
+    );
+    describe_counter!(
+        "iothub_protocol_detected_total",
+        "Connections by the protocol their first frame showed, per port"
+    );
+    describe_counter!(
+        "iothub_auth_checks_total",
+        "JT/T 808 authentication checks, by verdict"
+    );
+    describe_counter!(
+        "iothub_push_requests_total",
+        "Push requests to the customer, by topic and outcome"
+    );
+    describe_counter!(
+        "iothub_push_records_total",
+        "Records the customer accepted, by topic"
+    );
+    describe_counter!(
+        "iothub_push_retries_total",
+        "Push requests that failed and will be retried, by topic"
+    );
+    describe_histogram!(
+        "iothub_push_latency_seconds",
+        Unit::Seconds,
+        "From an event being made durable to the customer accepting it"
+    );
+    describe_gauge!(
+        "iothub_push_backlog",
+        "Events in the embedded log not yet pushed, by topic"
+    );
+    describe_counter!(
+        "iothub_push_dropped_total",
+        "Events given up undelivered, by topic and reason (retention, max_age)"
+    );
+    describe_counter!(
+        "iothub_push_commit_failures_total",
+        "Push positions that could not be stored (the batch may be pushed again)"
+    );
+    describe_counter!(
+        "iothub_push_consume_errors_total",
+        "Errors reading the push topics from Kafka"
+    );
+    describe_counter!(
+        "iothub_push_loop_restarts_total",
+        "Push delivery loops restarted after a panic"
+    );
+    describe_counter!(
+        "iothub_push_rejoins_total",
+        "Push consumers that left and rejoined their Kafka group after a node left the cluster"
+    );
+    describe_gauge!(
+        "iothub_kafka_up",
+        "1 while events are produced to Kafka directly, 0 while they go to the local spool"
+    );
+    describe_gauge!(
+        "iothub_kafka_spool_events",
+        "Events waiting in the local spool for Kafka"
+    );
+    describe_counter!(
+        "iothub_kafka_spooled_total",
+        "Events written to the local spool because Kafka was unreachable"
+    );
+    describe_counter!(
+        "iothub_kafka_spool_drained_total",
+        "Spooled events produced to Kafka once it returned"
+    );
+    describe_counter!(
+        "iothub_kafka_spool_full_total",
+        "Publish calls refused because the spool was full (the device was not acknowledged)"
+    );
+    describe_counter!(
+        "iothub_kafka_spool_rejected_total",
+        "Spooled events Kafka refused for good (too large, invalid), dropped"
+    );
+    describe_counter!(
+        "iothub_kafka_spool_corrupt_total",
+        "Spool entries that could not be decoded"
+    );
+    describe_gauge!(
+        "iothub_redis_up",
+        "Cluster mode: 1 while the last route renewal reached Redis, 0 while it fails"
+    );
+    describe_counter!(
+        "iothub_redis_errors_total",
+        "Cluster mode: failed Redis operations, by operation"
+    );
+    describe_gauge!(
+        "iothub_cluster_nodes",
+        "Cluster mode: nodes whose identity lease is current"
+    );
+    describe_gauge!(
+        "iothub_cluster_routes_owned",
+        "Cluster mode: device routes this node renews"
+    );
+    describe_counter!(
+        "iothub_cluster_routes_reclaimed_total",
+        "Cluster mode: routes Redis had lost (restart, expiry) and this node claimed again"
+    );
+    describe_counter!(
+        "iothub_cluster_routes_lost_total",
+        "Cluster mode: routes another node's session took; the local session was closed"
+    );
+    describe_counter!(
+        "iothub_cluster_takeovers_total",
+        "Cluster mode: logins that took a device over from another node"
+    );
+    describe_counter!(
+        "iothub_cluster_forwarded_out_total",
+        "Cluster mode: instructions handed to the node that owns the device"
+    );
+    describe_counter!(
+        "iothub_cluster_forwarded_in_total",
+        "Cluster mode: instructions received from other nodes for local devices"
+    );
+    describe_counter!(
+        "iothub_api_route_errors_total",
+        "Cluster mode: instructions that found no way to the device's node, by reason"
+    );
 }

@@ -40,9 +40,10 @@ async fn start_hub() -> Hub {
     };
     let mut config = Config::from_toml_str("", &env).unwrap();
     config.storage.data_dir = dir.path().to_path_buf();
-    let (registry_ref, _) = Actor::spawn(None, RegistryActor, ()).await.unwrap();
+    let (registry_ref, _) = Actor::spawn(None, RegistryActor, None).await.unwrap();
     let registry = Registry {
         actor: registry_ref,
+        cluster: None,
     };
     let offline = OfflineCommands::open(Storage::open(&config.storage).unwrap());
     let server = api::start(

@@ -142,6 +142,7 @@ fn jimi_environment_names_override_the_file() {
             ("redisPort", "6380"),
             ("redisPasswd", "jimi@123"),
             ("newImeiRule", "false"),
+            ("apiToken", "api-secret"),
         ],
     )
     .unwrap();

@@ -132,7 +132,9 @@ async fn published_events_are_pushed_in_order_with_token_and_path() {
     cfg.push.offline_cmd_token = "offline-token".into();
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
 
     let sent = publish_gps(&publisher, 0, 25, 4).await;
     let replies = vec![instruct_response(imei(1), 7), instruct_response(imei(1), 8)];
@@ -206,7 +208,9 @@ async fn failing_endpoint_gets_the_same_batch_until_it_accepts() {
     let cfg = config(dir.path(), &receiver.url());
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
 
     let sent = publish_gps(&publisher, 0, 10, 5).await;
     receiver
@@ -245,7 +249,9 @@ async fn undelivered_events_survive_a_restart() {
     let sent = {
         let storage = Storage::open(&cfg.storage).unwrap();
         let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-        let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+        let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+            .await
+            .unwrap();
         let sent = publish_gps(&publisher, 0, 4, 5).await;
         // Let the dispatcher fail against the dead endpoint a few times.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -257,7 +263,9 @@ async fn undelivered_events_survive_a_restart() {
     let receiver = Receiver::start(0).await;
     let cfg = config(dir.path(), &receiver.url());
     let storage = Storage::open(&cfg.storage).expect("database reopens once every user stopped");
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
     receiver
         .wait_for(WAIT, "records stored before the restart", |r| {
             r.accepted_records("/pushgps").len() >= sent.len()
@@ -276,7 +284,9 @@ async fn delivered_events_are_not_pushed_again_after_a_restart() {
     let first = {
         let storage = Storage::open(&cfg.storage).unwrap();
         let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-        let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+        let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+            .await
+            .unwrap();
         let sent = publish_gps(&publisher, 0, 3, 5).await;
         receiver
             .wait_for(WAIT, "first run", |r| {
@@ -289,7 +299,9 @@ async fn delivered_events_are_not_pushed_again_after_a_restart() {
     };
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
     let second = publish_gps(&publisher, 100, 3, 5).await;
     receiver
         .wait_for(WAIT, "second run", |r| {
@@ -316,7 +328,9 @@ async fn records_older_than_max_age_are_dropped_not_retried_forever() {
     cfg.push.max_age = Duration::from_millis(300);
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
     publish_gps(&publisher, 0, 1, 5).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     receiver.set_failures(0);
@@ -499,7 +513,9 @@ async fn bench_publish_and_push_throughput() {
     );
 
     let started = Instant::now();
-    let push = PushDispatcher::start(&cfg, storage.clone()).await.unwrap();
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
     receiver
         .wait_for(Duration::from_secs(600), "all pushed", |r| {
             r.accepted_record_count() >= total as usize
@@ -513,4 +529,9 @@ async fn bench_publish_and_push_throughput() {
     );
     push.stop().await;
     publisher.stop().await;
+}
+
+/// The push dispatcher's rejoin signal, for a node that never sees another node leave.
+fn no_rejoin() -> tokio::sync::watch::Receiver<u64> {
+    tokio::sync::watch::channel(0).1
 }

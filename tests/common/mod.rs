@@ -192,26 +192,59 @@ pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A real Kafka-protocol broker (`tansu`) on a free loopback port, in memory, stopped on drop.
+/// A real Kafka-protocol broker (`tansu`) on a free loopback port, stopped on drop. In memory
+/// ([`Tansu::start`]), or durable ([`Tansu::start_durable`]): then its SQLite database outlives
+/// [`Tansu::stop`], and [`Tansu::restart`] brings the same broker back, on the same port, with
+/// what it stored (topics, messages).
 pub struct Tansu {
-    child: Child,
+    child: Option<Child>,
     pub addr: SocketAddr,
+    /// Directory of the durable broker's database; `None` for the in-memory one.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
+        Tansu::launch(None)
+    }
+
+    /// A broker that keeps its data in SQLite, in a temporary directory it removes on drop.
+    pub fn start_durable() -> Tansu {
+        Tansu::launch(Some(tempfile::tempdir().expect("temp dir for tansu")))
+    }
+
+    fn launch(data: Option<tempfile::TempDir>) -> Tansu {
+        let mut broker = Tansu {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
         let bin = tansu_bin();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let url = format!("tcp://{addr}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+        let url = format!("tcp://{}", self.addr);
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        match &self.data {
+            // tansu resolves the SQLite path against its working directory.
+            Some(dir) => {
+                cmd.current_dir(dir.path())
+                    .args(["--storage-engine", "sqlite://tansu.db"]);
+            }
+            None => {
+                cmd.args(["--storage-engine", "memory://tansu/"]);
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
@@ -221,22 +254,41 @@ impl Tansu {
             })
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.child = Some(child);
+        let addr = self.addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("tansu exited with {status} before listening on {addr} (run with IOTHUB_TEST_LOGS=1 to see its log)");
+            }
             assert!(
                 Instant::now() < deadline,
                 "tansu did not listen on {addr} within 30 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Tansu { child, addr }
+    }
+
+    /// Kills the broker (an outage as the hub sees it) and waits for it to exit. A durable
+    /// broker keeps its data for [`Tansu::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port: with the same data when durable, empty when
+    /// in memory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -259,3 +311,4 @@ pub fn tansu_bin() -> PathBuf {
         ),
     }
 }
+pub mod cluster;

@@ -12,11 +12,18 @@
 //! 600 itself when the device is silent for `timeOut`; the API adds its own deadline of
 //! `timeOut` + 2 s on top so a wedged session can never hold a request forever.
 //!
+//! In cluster mode a device that is not on this node is looked up in Redis and the
+//! instruction is handed to the node that owns it ([`crate::cluster`]); the owner's answer
+//! comes back with the owner's `_gateId`. No route: `_code` 301. Redis unreachable: 301
+//! with a `_msg` that says so. The owner cannot be reached: 300 (the instruction never left
+//! this node). The owner went away mid-request: 400, and the instruction is not queued,
+//! since the device may have received it.
+//!
 //! When the instruction cannot reach a device (not registered, session gone before it took
-//! the instruction, or it died holding it: `_code` 300; no reply in time: `_code` 600) and the
-//! request set `offlineFlag`, the instruction is queued in [`OfflineCommands`] for the next
-//! login, and only then does the answer say it "is converted to an offline command". A queued
-//! instruction after a 600 or a session death may reach the device twice (it may have
+//! the instruction, or it died holding it: `_code` 300; no route: 301; no reply in time:
+//! `_code` 600) and the request set `offlineFlag`, the instruction is queued in
+//! [`OfflineCommands`] for the next login, and only then does the answer say it "is
+//! converted to an offline command". A queued instruction after a 600 or a session death may reach the device twice (it may have
 //! received the first copy): delivery is at least once, as in the Jimi hub.
 
 pub mod request;
@@ -39,10 +46,11 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::cluster::internal::{self, ForwardAnswer, ForwardError};
 use crate::config::Config;
-use crate::gateway::control::{NotAnswered, SessionControl};
+use crate::gateway::control::{self, Delivery, NotAnswered};
 use crate::offline::OfflineCommands;
-use crate::registry::Registry;
+use crate::registry::{Registry, RouteError, Target};
 
 use request::{Echo, Fields, Limits, SendInstruct};
 
@@ -355,6 +363,8 @@ struct Answer {
     /// `data._msg` when it is not the code's standard text.
     detail: Option<String>,
     reply: Option<InstructionReply>,
+    /// `_gateId` when the device is on another node than the one answering.
+    gate: Option<String>,
 }
 
 impl Answer {
@@ -364,6 +374,7 @@ impl Answer {
             msg: InstructCode::BadParameter.message().to_string(),
             detail: Some(detail),
             reply: None,
+            gate: None,
         }
     }
 
@@ -373,6 +384,7 @@ impl Answer {
             msg: msg.into(),
             detail: None,
             reply: None,
+            gate: None,
         }
     }
 
@@ -412,7 +424,7 @@ impl Answer {
                 kind: request.map_or_else(|| echo.cmd_type.clone(), |r| r.cmd_type.clone()),
                 language: request.map_or_else(|| echo.language.clone(), |r| r.language.clone()),
                 time_out: request.map(|r| r.timeout.as_secs()),
-                gate_id: state.deps.gate_id.clone(),
+                gate_id: self.gate.unwrap_or_else(|| state.deps.gate_id.clone()),
                 route_client_time: received_ms,
                 route_server_time: now_ms(),
             },
@@ -471,53 +483,115 @@ struct Data {
     route_server_time: i64,
 }
 
-/// Looks the device up and hands it the instruction; never waits longer than
-/// `timeOut` + [`REPLY_MARGIN`].
+/// Finds the device (this node, or in cluster mode the node its route names) and hands it
+/// the instruction; never waits longer than `timeOut` + 2 × [`REPLY_MARGIN`].
 async fn deliver(state: &State, request: &SendInstruct) -> Answer {
-    let session = match state.deps.registry.lookup(request.imei).await {
-        Ok(s) => s,
-        Err(e) => {
+    let target = match state.deps.registry.target(request.imei).await {
+        Ok(t) => t,
+        Err(RouteError::RegistryDown(e)) => {
             tracing::error!(error = %e, "sendInstruct: registry lookup failed");
             return Answer::plain(InstructCode::InternalError, e.to_string());
         }
+        Err(RouteError::Redis(e)) => {
+            tracing::warn!(imei = %request.imei, error = %e, "sendInstruct: no route, Redis unreachable");
+            metrics::counter!("iothub_api_route_errors_total", "reason" => "redis").increment(1);
+            let text = format!(
+                "The device is not connected to this node and the route table (Redis) cannot be reached: {e}; the command was not stored"
+            );
+            return Answer {
+                detail: Some(text.clone()),
+                ..Answer::plain(InstructCode::NoRoute, text)
+            };
+        }
     };
-    let Some(session) = session else {
-        return not_delivered(state, request, InstructCode::Offline).await;
-    };
-    let (reply, answer) = oneshot::channel();
-    let sent = session.send(SessionControl::Instruct {
-        instruction: request.instruction.clone(),
-        timeout: request.timeout,
-        reply,
-    });
-    if !sent {
-        // The session stopped between the lookup and now: the device is gone.
-        return not_delivered(state, request, InstructCode::Offline).await;
+    let timeout = request.timeout;
+    let instruction = request.instruction.clone();
+    match target {
+        Target::Local(session) => {
+            let delivery = control::instruct(&session, instruction, timeout, REPLY_MARGIN).await;
+            answer_delivery(state, request, delivery, None).await
+        }
+        Target::Remote { gate, addr } => {
+            let Some(cluster) = state.deps.registry.cluster.as_deref() else {
+                return Answer::plain(InstructCode::InternalError, "remote route without cluster");
+            };
+            metrics::counter!("iothub_cluster_forwarded_out_total").increment(1);
+            let forwarded = internal::forward(
+                cluster,
+                &gate,
+                &addr,
+                request.imei,
+                instruction,
+                timeout,
+                REPLY_MARGIN,
+            )
+            .await;
+            match forwarded {
+                Ok(ForwardAnswer::Delivered(delivery)) => {
+                    answer_delivery(state, request, delivery, Some(gate)).await
+                }
+                Ok(ForwardAnswer::NotHere) => {
+                    not_delivered(state, request, InstructCode::Offline).await
+                }
+                Err(e @ ForwardError::Unreachable { .. }) => {
+                    tracing::warn!(imei = %request.imei, error = %e, "sendInstruct: owning node unreachable");
+                    metrics::counter!("iothub_api_route_errors_total", "reason" => "node_unreachable")
+                        .increment(1);
+                    not_delivered(state, request, InstructCode::Offline).await
+                }
+                Err(e @ ForwardError::Broken { .. }) => {
+                    tracing::warn!(imei = %request.imei, error = %e, "sendInstruct: owning node went away");
+                    metrics::counter!("iothub_api_route_errors_total", "reason" => "node_lost")
+                        .increment(1);
+                    let text = format!(
+                        "{e}; the device may or may not have received the command, which was not stored"
+                    );
+                    Answer {
+                        detail: Some(text.clone()),
+                        ..Answer::plain(InstructCode::NetworkError, text)
+                    }
+                }
+            }
+        }
+        Target::NoRoute => not_delivered(state, request, InstructCode::NoRoute).await,
+        Target::Offline => not_delivered(state, request, InstructCode::Offline).await,
     }
-    match tokio::time::timeout(request.timeout + REPLY_MARGIN, answer).await {
-        Ok(Ok(Ok(reply))) => Answer {
+}
+
+/// The answer for what a session (local, or on the owning node) made of the instruction;
+/// `gate` names the owning node when it is not this one.
+async fn answer_delivery(
+    state: &State,
+    request: &SendInstruct,
+    delivery: Delivery,
+    gate: Option<String>,
+) -> Answer {
+    let answer = match delivery {
+        Delivery::Answered(Ok(reply)) => Answer {
             code: InstructCode::Ok,
             msg: "success".to_string(),
             detail: None,
             reply: Some(reply),
+            gate: None,
         },
-        Ok(Ok(Err(NotAnswered {
+        Delivery::Answered(Err(NotAnswered {
             code: code @ (InstructCode::Offline | InstructCode::Timeout),
             ..
-        }))) => not_delivered(state, request, code).await,
-        Ok(Ok(Err(NotAnswered {
+        })) => not_delivered(state, request, code).await,
+        Delivery::Answered(Err(NotAnswered {
             code: InstructCode::BadParameter,
             detail: Some(detail),
-        }))) => Answer::bad_parameter(detail),
-        Ok(Ok(Err(NotAnswered { code, .. }))) => Answer::plain(code, code.message()),
-        // The session dropped the reply sender: it died holding the instruction, which
-        // means its connection is gone. Answered as offline (300), not as a timeout.
-        Ok(Err(_)) => not_delivered(state, request, InstructCode::Offline).await,
-        Err(_) => {
+        })) => Answer::bad_parameter(detail),
+        Delivery::Answered(Err(NotAnswered { code, .. })) => Answer::plain(code, code.message()),
+        // The session dropped the instruction: it died holding it, which means its
+        // connection is gone. Answered as offline (300), not as a timeout.
+        Delivery::SessionGone => not_delivered(state, request, InstructCode::Offline).await,
+        Delivery::NoAnswer => {
             tracing::warn!(imei = %request.imei, "sendInstruct: session did not answer by its own deadline");
             not_delivered(state, request, InstructCode::Timeout).await
         }
-    }
+    };
+    Answer { gate, ..answer }
 }
 
 /// 300 or 600: queue the instruction when the request asked for it, and say honestly
@@ -527,6 +601,9 @@ async fn not_delivered(state: &State, request: &SendInstruct, code: InstructCode
         let msg = match code {
             InstructCode::Timeout => {
                 "The device did not answer in time; the command was not stored (offlineFlag is not set)"
+            }
+            InstructCode::NoRoute => {
+                "No gateway node holds the device (no route in Redis); the command was not stored (offlineFlag is not set)"
             }
             _ => "The device is offline; the command was not stored (offlineFlag is not set)",
         };

@@ -1,8 +1,11 @@
 //! Messages any device session accepts whatever its protocol: what the registry and the API
 //! hold a [`SessionRef`] for.
 
+use std::time::Duration;
+
 use iothub::command::{InstructCode, Instruction, InstructionReply};
 use ractor::{ActorId, DerivedActorRef};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 /// Outcome of an instruction sent to a live session: the device's reply, or why there is
@@ -11,7 +14,7 @@ pub type InstructOutcome = Result<InstructionReply, NotAnswered>;
 
 /// Why an instruction got no reply: the `_code`, and for a refusal by the device's protocol
 /// (a bad `cmdContent` field) the text naming the field, for `data._msg`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotAnswered {
     pub code: InstructCode,
     pub detail: Option<String>,
@@ -45,5 +48,41 @@ pub struct SessionRef {
 impl SessionRef {
     pub fn send(&self, msg: SessionControl) -> bool {
         self.control.send_message(msg).is_ok()
+    }
+}
+
+/// What became of an instruction handed to a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The session answered: the device's reply, or why there is none.
+    Answered(InstructOutcome),
+    /// The session was gone before it took the instruction, or died holding it: the
+    /// device's connection is gone.
+    SessionGone,
+    /// The session did not answer by its own deadline plus `margin` (a wedged session).
+    NoAnswer,
+}
+
+/// Hands `instruction` to `session` and waits at most `timeout` + `margin` for the outcome.
+pub async fn instruct(
+    session: &SessionRef,
+    instruction: Instruction,
+    timeout: Duration,
+    margin: Duration,
+) -> Delivery {
+    let (reply, answer) = oneshot::channel();
+    let sent = session.send(SessionControl::Instruct {
+        instruction,
+        timeout,
+        reply,
+    });
+    if !sent {
+        return Delivery::SessionGone;
+    }
+    match tokio::time::timeout(timeout + margin, answer).await {
+        Ok(Ok(outcome)) => Delivery::Answered(outcome),
+        Ok(Err(_)) => Delivery::SessionGone,
+        Err(_) => Delivery::NoAnswer,
     }
 }

@@ -5,30 +5,67 @@
 //! duplicated by the broker. A call returns after the delivery reports of all its events; the
 //! events are handed to librdkafka with `send_result` (which enqueues at once) and their
 //! delivery futures are awaited together, so a call costs one round trip, not one per event.
-//! If the brokers cannot be reached the delivery reports fail after [`DELIVERY_TIMEOUT`] and
-//! the caller gets the error (the device is then not acknowledged).
+//!
+//! When Kafka cannot be reached (delivery timeouts, transport errors, all brokers down) the
+//! events go to the outage spool ([`super::spool`]) in the node's redb database instead, and
+//! the call returns `Ok` once they are committed there: devices stay acknowledged through an
+//! outage, and what they were acknowledged for reaches Kafka later, at least once. A permanent
+//! refusal (a message too large, say) is still returned to the caller, as is a full spool.
+//!
+//! The sink is in one of two modes (gauge `iothub_kafka_up`):
+//! - direct: each call is produced;
+//! - spooling: each call is appended to the spool, while the drain task waits for the brokers
+//!   (a metadata request, retried with backoff from 1 s doubling to 30 s), creates the topics
+//!   if that never succeeded, then produces the spool in sequence order in batches, deletes
+//!   each batch once its delivery reports succeeded, and switches back to direct when the spool
+//!   is empty.
+//!
+//! The first call whose delivery fails as unreachable, or librdkafka reporting all brokers
+//! down, switches to spooling at once, so later calls do not each wait [`DELIVERY_TIMEOUT`].
+//! A call produced directly never overtakes an earlier spooled one: spooling calls queue their
+//! append while holding the mode lock, and the drain switches back to direct under that same
+//! lock only after the spool thread has committed everything queued and the spool is empty.
+//!
+//! At start-up an unreachable Kafka is not an error: the sink starts spooling and creates the
+//! topics when the brokers answer. Whatever an earlier run left in the spool (after a graceful
+//! stop or a crash) is drained before anything is produced directly.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use iothub::event::{Event, Topic};
 use ractor::RpcReplyPort;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
+use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, SpoolWriter};
 use super::PublishError;
 use crate::config::Config;
+use crate::storage::Storage;
 
-/// Calls whose delivery reports are awaited at the same time; one more waits.
+/// Calls whose delivery reports (or spool commits) are awaited at the same time; one more
+/// waits.
 pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
-/// How long librdkafka may try to deliver an event before the call fails.
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Metadata and admin requests at start-up.
+/// How long librdkafka may try to deliver an event before the call gives up on Kafka and
+/// spools it. Devices wait 5 s for an acknowledgement; librdkafka notices an expired message
+/// within a second after this, and the spool commit takes milliseconds, so a call caught by an
+/// outage (its events sent before the brokers were known down) is still answered in time.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Admin requests (topic creation).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// The metadata request that tells whether the brokers answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Spooled events produced per drain round.
+pub const DRAIN_BATCH: usize = 1000;
+/// First pause of the drain after Kafka failed it; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The Kafka topic of an event kind.
 pub fn topic_name(prefix: &str, topic: Topic) -> String {
@@ -53,12 +90,30 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Why the topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// The settings cannot make a client at all.
+    #[error("kafka.hosts: cannot create admin client: {0}")]
+    Client(KafkaError),
+    /// The brokers did not answer (in time): try again later.
+    #[error("kafka.hosts: cannot create topics on {hosts}: {error}")]
+    Unreachable { hosts: String, error: String },
+    /// The brokers answered no (authorization, partition count, policy): a configuration
+    /// problem that retrying does not fix.
+    #[error("kafka: cannot create topic {topic}: {code}")]
+    Refused {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
 /// Creates the topics of every event kind that do not exist yet. Brokers like tansu do not
 /// create topics on first use, and a production cluster should not rely on it either.
-pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
+pub async fn ensure_topics(config: &Config) -> Result<(), TopicsError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
-        .map_err(|e| anyhow::anyhow!("kafka.hosts: cannot create admin client: {e}"))?;
+        .map_err(TopicsError::Client)?;
     let names: Vec<String> = Topic::ALL
         .iter()
         .map(|t| topic_name(&config.kafka.topic_prefix, *t))
@@ -68,52 +123,282 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
         // -1 = the broker's default replication factor (KIP-464), right for any cluster size.
         .map(|n| NewTopic::new(n, config.kafka.partitions, TopicReplication::Fixed(-1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin.create_topics(&new, &opts).await.map_err(|e| {
-        anyhow::anyhow!(
-            "kafka.hosts: cannot create topics on {}: {e}",
-            config.kafka.hosts
-        )
-    })?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
+    let unreachable = |error: String| TopicsError::Unreachable {
+        hosts: config.kafka.hosts.clone(),
+        error,
+    };
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "kafka topic created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("kafka: cannot create topic {name}: {code}"),
+            Err((name, code)) if classify_code(code) == Failure::Unreachable => {
+                return Err(unreachable(format!("{name}: {code}")))
+            }
+            Err((topic, code)) => return Err(TopicsError::Refused { topic, code }),
         }
     }
     Ok(())
 }
 
-pub struct KafkaSink {
-    producer: FutureProducer,
+/// How a failed delivery is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Kafka cannot take the event now (down, unreachable, no leader, slow): spool it.
+    Unreachable,
+    /// Kafka will never take this event (too large, malformed): retrying cannot help.
+    Rejected,
+    /// Anything else (authorization, configuration): the caller gets the error.
+    Other,
+}
+
+fn classify(error: &KafkaError) -> Failure {
+    match error {
+        // The delivery future was dropped with the producer (replaced or shutting down).
+        KafkaError::Canceled => Failure::Unreachable,
+        _ => error
+            .rdkafka_error_code()
+            .map_or(Failure::Other, classify_code),
+    }
+}
+
+fn classify_code(code: RDKafkaErrorCode) -> Failure {
+    use RDKafkaErrorCode as C;
+    match code {
+        // Local: the brokers cannot be reached or did not answer in time.
+        C::BrokerTransportFailure
+        | C::Resolve
+        | C::MessageTimedOut
+        | C::AllBrokersDown
+        | C::OperationTimedOut
+        | C::TimedOutQueue
+        | C::QueueFull
+        | C::Retry
+        | C::PurgeQueue
+        | C::PurgeInflight
+        | C::WaitCache
+        | C::UnknownPartition
+        | C::UnknownTopic
+        // The producer's idempotence state broke (typically across a broker restart); the
+        // drain replaces a producer in this state.
+        | C::Fatal
+        // Broker side: the cluster is (re)starting, electing, or short of replicas.
+        | C::UnknownTopicOrPartition
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::RequestTimedOut
+        | C::BrokerNotAvailable
+        | C::ReplicaNotAvailable
+        | C::NetworkException
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::KafkaStorageError
+        | C::NotController
+        | C::OutOfOrderSequenceNumber
+        | C::UnknownProducerId
+        | C::InvalidProducerEpoch => Failure::Unreachable,
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::BadMessage
+        | C::MessageBatchTooLarge
+        | C::InvalidRecord
+        | C::InvalidTimestamp => Failure::Rejected,
+        _ => Failure::Other,
+    }
+}
+
+/// librdkafka's global errors: logged, and "all brokers down" wakes the sink so it spools new
+/// calls at once instead of letting each wait for its delivery timeout.
+struct ProducerEvents {
+    all_brokers_down: Arc<Notify>,
+}
+
+impl ClientContext for ProducerEvents {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.notify_one();
+        }
+        // librdkafka's own log lines already report every failed connection; the sink logs
+        // the outage itself once, when it starts spooling.
+        tracing::debug!(error = %error, reason, "kafka producer");
+    }
+}
+
+type SinkProducer = FutureProducer<ProducerEvents>;
+
+fn create_producer(config: &Config, all_brokers_down: Arc<Notify>) -> anyhow::Result<SinkProducer> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        .create_with_context(ProducerEvents { all_brokers_down })
+        .map_err(|e| anyhow::anyhow!("kafka: cannot create producer: {e}"))
+}
+
+/// Whether the brokers answer a metadata request.
+async fn probe(producer: SinkProducer) -> Result<(), String> {
+    match tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, PROBE_TIMEOUT))
+        .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    Spooling,
+}
+
+/// What the call handlers, the drain task and the broker watch share.
+struct Shared {
+    config: Config,
     prefix: Arc<str>,
+    /// Replaced by the drain when librdkafka reports a fatal error.
+    producer: RwLock<SinkProducer>,
+    all_brokers_down: Arc<Notify>,
+    mode: tokio::sync::Mutex<Mode>,
+    spool: SpoolHandle,
+    /// Signalled when the sink starts spooling.
+    drain_wake: Notify,
+    /// The topics were created (or found) since this process started.
+    topics_ready: AtomicBool,
+}
+
+impl Shared {
+    fn producer(&self) -> SinkProducer {
+        match self.producer.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Switches to spooling (the caller holds the mode lock) and wakes the drain.
+    fn start_spooling(&self, mode: &mut Mode, reason: &str) {
+        if *mode == Mode::Direct {
+            *mode = Mode::Spooling;
+            metrics::gauge!("iothub_kafka_up").set(0.0);
+            tracing::warn!(
+                hosts = %self.config.kafka.hosts,
+                reason,
+                "kafka unreachable: spooling events on disk until it answers"
+            );
+        }
+        self.drain_wake.notify_one();
+    }
+
+    /// A producer in librdkafka's fatal state fails every send; a new one starts clean.
+    fn renew_producer_if_fatal(&self) {
+        let Some((code, reason)) = self.producer().client().fatal_error() else {
+            return;
+        };
+        match create_producer(&self.config, self.all_brokers_down.clone()) {
+            Ok(fresh) => {
+                tracing::error!(%code, reason, "kafka producer failed fatally; replaced");
+                match self.producer.write() {
+                    Ok(mut p) => *p = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "kafka producer failed fatally; cannot replace it")
+            }
+        }
+    }
+}
+
+pub struct KafkaSink {
+    shared: Arc<Shared>,
     in_flight: Arc<Semaphore>,
+    writer: SpoolWriter,
+    stop: watch::Sender<bool>,
+    drain: Option<JoinHandle<()>>,
+    watch: Option<JoinHandle<()>>,
 }
 
 impl KafkaSink {
-    /// Creates the producer and any missing topics.
-    pub async fn start(config: &Config) -> anyhow::Result<KafkaSink> {
-        ensure_topics(config).await?;
-        let producer: FutureProducer = client_config(config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .create()
-            .map_err(|e| anyhow::anyhow!("kafka: cannot create producer: {e}"))?;
-        Ok(KafkaSink {
-            producer,
+    /// Creates the producer, opens the spool and, if the brokers answer, any missing topics.
+    /// Fails on settings that cannot work (a producer librdkafka refuses, topics the brokers
+    /// refuse to create); an unreachable Kafka only starts the sink in spooling mode.
+    pub async fn start(config: &Config, storage: Arc<Storage>) -> anyhow::Result<KafkaSink> {
+        let all_brokers_down = Arc::new(Notify::new());
+        let producer = create_producer(config, all_brokers_down.clone())?;
+        let max = config.kafka.spool_max_events;
+        let spool = tokio::task::spawn_blocking(move || Spool::open(storage, max))
+            .await?
+            .map_err(|e| anyhow::anyhow!("kafka spool: {e}"))?;
+        let waiting = spool.len();
+        let writer = SpoolWriter::start(spool)?;
+
+        let reachable = match probe(producer.clone()).await {
+            Ok(()) => match ensure_topics(config).await {
+                Ok(()) => true,
+                Err(e @ TopicsError::Unreachable { .. }) => {
+                    tracing::warn!(error = %e, "kafka did not create its topics at start-up");
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    hosts = %config.kafka.hosts,
+                    error = %e,
+                    "kafka.hosts unreachable at start-up: events are spooled on disk until it answers"
+                );
+                false
+            }
+        };
+        if waiting > 0 {
+            tracing::info!(
+                events = waiting,
+                "kafka spool holds events from an earlier run; they are produced first"
+            );
+        }
+        let mode = if reachable && waiting == 0 {
+            Mode::Direct
+        } else {
+            Mode::Spooling
+        };
+        metrics::gauge!("iothub_kafka_up").set(if mode == Mode::Direct { 1.0 } else { 0.0 });
+
+        let shared = Arc::new(Shared {
+            config: config.clone(),
             prefix: config.kafka.topic_prefix.as_str().into(),
+            producer: RwLock::new(producer),
+            all_brokers_down,
+            mode: tokio::sync::Mutex::new(mode),
+            spool: writer.handle(),
+            drain_wake: Notify::new(),
+            topics_ready: AtomicBool::new(reachable),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let drain = tokio::spawn(drain_spool(shared.clone(), stopped.clone()));
+        let watch = tokio::spawn(watch_brokers(shared.clone(), stopped));
+        Ok(KafkaSink {
+            shared,
             in_flight: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            writer,
+            stop,
+            drain: Some(drain),
+            watch: Some(watch),
         })
     }
 
-    /// Produces the events of one call in a task that answers `reply`; waits while
-    /// [`MAX_CALLS_IN_FLIGHT`] calls are already waiting for their delivery reports.
+    /// Produces (or, while spooling, spools) the events of one call in a task that answers
+    /// `reply`; waits while [`MAX_CALLS_IN_FLIGHT`] calls are already waiting.
     pub async fn submit(
         &mut self,
         events: Vec<Event>,
@@ -123,35 +408,49 @@ impl KafkaSink {
             let _ = reply.send(Err(PublishError::Stopped));
             return;
         };
-        let producer = self.producer.clone();
-        let prefix = self.prefix.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let n = events.len();
-            let result = produce_all(&producer, &prefix, &events).await;
-            metrics::histogram!("iothub_publish_batch_seconds", "sink" => "kafka")
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("iothub_publish_batch_size", "sink" => "kafka").record(n as f64);
-            match &result {
-                Ok(()) => {
-                    for e in &events {
-                        metrics::counter!("iothub_events_published_total", "topic" => e.topic.name())
+        let accepted_ms = chrono::Utc::now().timestamp_millis();
+        let entries: Vec<SpoolEntry> = events
+            .iter()
+            .map(|e| SpoolEntry {
+                topic: e.topic,
+                imei: e.imei,
+                json: e.to_json(),
+                accepted_ms,
+            })
+            .collect();
+        let shared = self.shared.clone();
+        let mode = shared.mode.lock().await;
+        match *mode {
+            Mode::Direct => {
+                drop(mode);
+                tokio::spawn(produce_call(shared, entries, reply, permit));
+            }
+            Mode::Spooling => {
+                let started = Instant::now();
+                let counts = topic_counts(&entries);
+                let pending = shared.spool.append(entries).await;
+                drop(mode);
+                tokio::spawn(async move {
+                    let answer = spool_answer(pending).await;
+                    metrics::histogram!("iothub_publish_batch_seconds", "sink" => "kafka_spool")
+                        .record(started.elapsed().as_secs_f64());
+                    if answer.is_ok() {
+                        record_published(&counts);
+                    } else {
+                        metrics::counter!("iothub_publish_failures_total", "sink" => "kafka")
                             .increment(1);
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, events = n, "kafka publish failed");
-                    metrics::counter!("iothub_publish_failures_total", "sink" => "kafka")
-                        .increment(1);
-                }
+                    let _ = reply.send(answer);
+                    drop(permit);
+                });
             }
-            let _ = reply.send(result);
-            drop(permit);
-        });
+        }
     }
 
-    /// Waits for the calls in flight, then flushes the producer.
+    /// Finishes the calls in flight (produced, or committed to the spool), stops the drain
+    /// (whatever is still spooled stays on disk for the next start), then flushes the producer.
     pub async fn close(&mut self) {
+        let _ = self.stop.send(true);
         let all = u32::try_from(MAX_CALLS_IN_FLIGHT).unwrap_or(u32::MAX);
         let waited = tokio::time::timeout(
             DELIVERY_TIMEOUT + Duration::from_secs(5),
@@ -162,30 +461,145 @@ impl KafkaSink {
             tracing::warn!("kafka publish calls still in flight at shutdown");
         }
         self.in_flight.close();
-        let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(DELIVERY_TIMEOUT)).await;
-        if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("kafka producer flush did not complete");
+        for task in [self.drain.take(), self.watch.take()].into_iter().flatten() {
+            // A drain batch in flight when Kafka is down would wait for its delivery timeout;
+            // cut it short then: its events are still in the spool and go out at the next start.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(DELIVERY_TIMEOUT, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Ok(left) = self.shared.spool.waiting().await {
+            if left > 0 {
+                tracing::warn!(
+                    events = left,
+                    "kafka spool not empty at shutdown; it drains at the next start"
+                );
+            }
+        }
+        self.writer.stop().await;
+        if *self.shared.mode.lock().await == Mode::Direct {
+            let producer = self.shared.producer();
+            let flushed =
+                tokio::task::spawn_blocking(move || producer.flush(DELIVERY_TIMEOUT)).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::warn!("kafka producer flush did not complete");
+            }
         }
     }
 }
 
-async fn produce_all(
-    producer: &FutureProducer,
+fn topic_counts(entries: &[SpoolEntry]) -> [u64; Topic::ALL.len()] {
+    let mut counts = [0u64; Topic::ALL.len()];
+    for e in entries {
+        if let Some(i) = Topic::ALL.iter().position(|t| *t == e.topic) {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
+fn record_published(counts: &[u64; Topic::ALL.len()]) {
+    for (i, n) in counts.iter().enumerate() {
+        if *n > 0 {
+            metrics::counter!("iothub_events_published_total", "topic" => Topic::ALL[i].name())
+                .increment(*n);
+        }
+    }
+}
+
+async fn spool_answer(pending: PendingAppend) -> Result<(), PublishError> {
+    match pending.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PublishError::Store(e.to_string())),
+        Err(_) => Err(PublishError::Store(SpoolError::Stopped.to_string())),
+    }
+}
+
+/// One call in direct mode: produced, or spooled from its first undelivered event on when
+/// Kafka turns out unreachable.
+async fn produce_call(
+    shared: Arc<Shared>,
+    mut entries: Vec<SpoolEntry>,
+    reply: RpcReplyPort<Result<(), PublishError>>,
+    permit: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let n = entries.len();
+    let counts = topic_counts(&entries);
+    let results = produce(&shared.producer(), &shared.prefix, &entries, false).await;
+    metrics::histogram!("iothub_publish_batch_size", "sink" => "kafka").record(n as f64);
+    let first_failed = results.iter().position(Result::is_err);
+    let refusal = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|e| classify(e) != Failure::Unreachable);
+    let answer = match (first_failed, refusal) {
+        (None, _) => Ok(()),
+        (Some(_), Some(refusal)) => {
+            tracing::warn!(error = %refusal, events = n, "kafka publish failed");
+            Err(PublishError::Store(format!("kafka: {refusal}")))
+        }
+        (Some(from), None) => {
+            // Events before `from` were delivered; the rest are spooled in call order, so
+            // this device's events keep their order in each partition.
+            let reason = results[from]
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let rest = entries.split_off(from);
+            let pending = {
+                let mut mode = shared.mode.lock().await;
+                shared.start_spooling(&mut mode, &reason);
+                shared.spool.append(rest).await
+            };
+            spool_answer(pending).await
+        }
+    };
+    metrics::histogram!("iothub_publish_batch_seconds", "sink" => "kafka")
+        .record(started.elapsed().as_secs_f64());
+    match &answer {
+        Ok(()) => record_published(&counts),
+        Err(_) => {
+            metrics::counter!("iothub_publish_failures_total", "sink" => "kafka").increment(1)
+        }
+    }
+    let _ = reply.send(answer);
+    drop(permit);
+}
+
+/// Hands the events to librdkafka in order and awaits all their delivery reports: one result
+/// per event. `stamp` produces each with its accepted time as the message timestamp (spooled
+/// events), else librdkafka stamps them now. Once an event cannot even be enqueued for a
+/// reason other than its own content, the events after it are not enqueued either (they fail
+/// with the same error), so none of them gets ahead of it in its partition.
+async fn produce(
+    producer: &SinkProducer,
     prefix: &str,
-    events: &[Event],
-) -> Result<(), PublishError> {
-    let mut deliveries = Vec::with_capacity(events.len());
-    for e in events {
+    entries: &[SpoolEntry],
+    stamp: bool,
+) -> Vec<Result<(), KafkaError>> {
+    let mut results: Vec<Result<(), KafkaError>> = (0..entries.len()).map(|_| Ok(())).collect();
+    let mut deliveries = Vec::with_capacity(entries.len());
+    let mut abandoned: Option<KafkaError> = None;
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(err) = &abandoned {
+            results[i] = Err(err.clone());
+            continue;
+        }
         let topic = topic_name(prefix, e.topic);
-        let key = e.imei.as_str().to_owned();
-        let payload = e.to_json();
         let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
         loop {
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            let mut record = FutureRecord::to(&topic)
+                .key(e.imei.as_str())
+                .payload(&e.json);
+            if stamp {
+                record = record.timestamp(e.accepted_ms);
+            }
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    deliveries.push(delivery);
+                    deliveries.push((i, delivery));
                     break;
                 }
                 // librdkafka's local queue is full: wait for it to drain, within the deadline.
@@ -194,16 +608,289 @@ async fn produce_all(
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((err, _)) => return Err(PublishError::Store(format!("kafka: {err}"))),
+                Err((err, _)) => {
+                    if classify(&err) != Failure::Rejected {
+                        abandoned = Some(err.clone());
+                    }
+                    results[i] = Err(err);
+                    break;
+                }
             }
         }
     }
-    for result in futures::future::join_all(deliveries).await {
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err((err, _))) => return Err(PublishError::Store(format!("kafka: {err}"))),
-            Err(_) => return Err(PublishError::Store("kafka: producer closed".into())),
+    let (indices, futures): (Vec<usize>, Vec<_>) = deliveries.into_iter().unzip();
+    for (i, delivered) in indices
+        .into_iter()
+        .zip(futures::future::join_all(futures).await)
+    {
+        results[i] = match delivered {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((err, _))) => Err(err),
+            Err(_) => Err(KafkaError::Canceled),
+        };
+    }
+    results
+}
+
+/// Switches to spooling as soon as librdkafka reports every broker down.
+async fn watch_brokers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shared.all_brokers_down.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let mut mode = shared.mode.lock().await;
+        shared.start_spooling(&mut mode, "all brokers down");
+    }
+}
+
+/// What one drain round achieved.
+enum Round {
+    /// A batch was produced and deleted.
+    Progress,
+    /// The spool is empty and the sink produces directly again.
+    Finished,
+    /// Kafka (or the spool) failed; wait and try again.
+    Retry(String),
+}
+
+/// The drain task: while spooling, produces the spool to Kafka in order and switches back to
+/// direct when it is empty.
+async fn drain_spool(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut probed = false;
+    // Spooled events carry their accepted time; a broker that refuses old timestamps gets
+    // them stamped at production instead.
+    let mut stamp = true;
+    loop {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if *shared.mode.lock().await == Mode::Spooling {
+                break;
+            }
+            tokio::select! {
+                _ = shared.drain_wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+        match drain_round(&shared, &mut probed, &mut stamp).await {
+            Round::Progress => backoff = MIN_BACKOFF,
+            Round::Finished => {
+                backoff = MIN_BACKOFF;
+                probed = false;
+            }
+            Round::Retry(why) => {
+                probed = false;
+                tracing::warn!(
+                    hosts = %shared.config.kafka.hosts,
+                    error = %why,
+                    retry_in = ?backoff,
+                    "kafka spool cannot drain yet"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
-    Ok(())
+}
+
+async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Round {
+    if !*probed {
+        shared.renew_producer_if_fatal();
+        if let Err(e) = probe(shared.producer()).await {
+            return Round::Retry(e);
+        }
+        if !shared.topics_ready.load(Ordering::Acquire) {
+            match ensure_topics(&shared.config).await {
+                Ok(()) => shared.topics_ready.store(true, Ordering::Release),
+                Err(e @ TopicsError::Refused { .. }) => {
+                    // Topics created by an operator may exist all the same; producing tells.
+                    tracing::error!(error = %e, "kafka refused to create the topics");
+                    shared.topics_ready.store(true, Ordering::Release);
+                }
+                Err(e) => return Round::Retry(e.to_string()),
+            }
+        }
+        *probed = true;
+    }
+    let batch = match shared.spool.read(DRAIN_BATCH).await {
+        Ok(batch) => batch,
+        Err(e) => return Round::Retry(e.to_string()),
+    };
+    let Some(last_seq) = batch.last_seq else {
+        return finish_drain(shared).await;
+    };
+    let (seqs, entries): (Vec<u64>, Vec<SpoolEntry>) =
+        batch.entries.into_iter().map(|s| (s.seq, s.entry)).unzip();
+    let results = produce(&shared.producer(), &shared.prefix, &entries, *stamp).await;
+
+    let mut produced = 0u64;
+    let mut done_through = None;
+    let mut failure = None;
+    for ((seq, entry), result) in seqs.iter().zip(&entries).zip(results) {
+        match result {
+            Ok(()) => {
+                produced += 1;
+                done_through = Some(*seq);
+            }
+            Err(e)
+                if classify(&e) == Failure::Rejected
+                    && e.rdkafka_error_code() != Some(RDKafkaErrorCode::InvalidTimestamp) =>
+            {
+                // Kafka will never take this one; keeping it would stall every device behind it.
+                tracing::error!(
+                    topic = entry.topic.name(),
+                    imei = %entry.imei,
+                    error = %e,
+                    "kafka refused a spooled event; dropped"
+                );
+                metrics::counter!("iothub_kafka_spool_rejected_total").increment(1);
+                done_through = Some(*seq);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        done_through = Some(last_seq);
+    }
+    if let Some(seq) = done_through {
+        if let Err(e) = shared.spool.delete_through(seq).await {
+            return Round::Retry(e.to_string());
+        }
+    }
+    metrics::counter!("iothub_kafka_spool_drained_total").increment(produced);
+    match failure {
+        None => Round::Progress,
+        Some(e) => {
+            match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::InvalidTimestamp) => {
+                    tracing::warn!(
+                        "kafka refuses the accepted time of spooled events; stamping them now"
+                    );
+                    *stamp = false;
+                }
+                Some(
+                    RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition,
+                ) => {
+                    shared.topics_ready.store(false, Ordering::Release);
+                }
+                _ => {}
+            }
+            Round::Retry(e.to_string())
+        }
+    }
+}
+
+/// The spool read empty: switch to direct, under the mode lock, once the spool thread has
+/// committed every append queued before (spooling calls queue theirs under that lock).
+async fn finish_drain(shared: &Shared) -> Round {
+    let mut mode = shared.mode.lock().await;
+    match shared.spool.waiting().await {
+        Ok(0) => {
+            *mode = Mode::Direct;
+            metrics::gauge!("iothub_kafka_up").set(1.0);
+            tracing::info!(
+                hosts = %shared.config.kafka.hosts,
+                "kafka spool drained; producing directly again"
+            );
+            Round::Finished
+        }
+        Ok(_) => Round::Progress,
+        Err(e) => Round::Retry(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    /// The configuration with Kafka enabled and these environment variables.
+    fn kafka_config(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut all = vec![("kafkaEnable", "true"), ("apiToken", "token")];
+        all.extend_from_slice(env);
+        Config::from_toml_str("", &|name| {
+            all.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_string())
+        })
+    }
+
+    #[test]
+    fn publish_spool_bound_defaults_to_a_million_and_must_be_positive() {
+        let config = kafka_config(&[]).expect("defaults");
+        assert_eq!(config.kafka.spool_max_events, 1_000_000);
+        let config = kafka_config(&[("IOTHUB_KAFKA_SPOOL_MAX", "5")]).expect("5 events");
+        assert_eq!(config.kafka.spool_max_events, 5);
+        match kafka_config(&[("IOTHUB_KAFKA_SPOOL_MAX", "0")]) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "IOTHUB_KAFKA_SPOOL_MAX"),
+            other => panic!("a spool of 0 events must be refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_kafka_hosts_must_be_bootstrap_servers_to_start() {
+        for good in [
+            "127.0.0.1:9092",
+            "kafka-1:9092, kafka-2:9093",
+            "[::1]:9092",
+            "kafka",
+            "PLAINTEXT://kafka:9092",
+        ] {
+            let config = kafka_config(&[("kafkaHost", good)]);
+            assert!(config.is_ok(), "{good}: {config:?}");
+        }
+        for bad in [
+            "kafka:notaport",
+            "kafka:0",
+            "kafka:70000",
+            "a:9092,,b:9092",
+            ":9092",
+            "kafka one:9092",
+            "[::1:9092",
+        ] {
+            match kafka_config(&[("kafkaHost", bad)]) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "kafkaHost", "{bad}"),
+                other => panic!("{bad} must stop start-up: {other:?}"),
+            }
+        }
+        // Not checked while Kafka is off: the key is unused then.
+        let off = Config::from_toml_str("", &|name| match name {
+            "kafkaHost" => Some("kafka:notaport".into()),
+            "apiToken" => Some("token".into()),
+            _ => None,
+        });
+        assert!(off.is_ok(), "{off:?}");
+    }
+
+    #[test]
+    fn publish_failures_are_classified_by_what_retrying_can_fix() {
+        let produce_err = |c| KafkaError::MessageProduction(c);
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert_eq!(classify(&produce_err(c)), Failure::Unreachable, "{c:?}");
+        }
+        assert_eq!(classify(&KafkaError::Canceled), Failure::Unreachable);
+        assert_eq!(
+            classify(&produce_err(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Failure::Rejected
+        );
+        assert_eq!(
+            classify(&produce_err(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Failure::Other
+        );
+    }
 }

@@ -5,14 +5,19 @@
 //! - embedded ([`embedded`]): a bounded queue in front of one writer thread that commits
 //!   everything queued in one redb transaction (group commit: one fsync for many sessions);
 //! - Kafka ([`kafka`]): an idempotent `acks=all` producer; the call returns after the delivery
-//!   reports of all its events.
+//!   reports of all its events. While the brokers cannot be reached, the events go to a
+//!   bounded spool in the node's redb database instead ([`spool`]) and the call returns once
+//!   they are committed there; a drain task produces the spool, in order, when Kafka answers
+//!   again, also after a restart.
 //!
 //! Both sinks bound the work in flight, so callers wait (back-pressure) instead of memory
-//! growing when the disk or the brokers are slow. A sink failure is returned to the caller,
-//! who then does not acknowledge the device; the device resends.
+//! growing when the disk or the brokers are slow. A sink failure (a commit that failed, a
+//! message Kafka refuses for good, a full spool) is returned to the caller, who then does not
+//! acknowledge the device; the device resends.
 
 pub mod embedded;
 pub mod kafka;
+pub mod spool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,10 +52,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Publisher {
     /// Starts the Publisher actor with the sink the configuration selects: Kafka when
-    /// `kafka.enable` (missing topics are created first), else the embedded log in `storage`.
+    /// `kafka.enable` (missing topics are created if the brokers answer; its spool lives in
+    /// `storage`), else the embedded log in `storage`.
     pub async fn start(config: &Config, storage: Arc<Storage>) -> anyhow::Result<Publisher> {
         let sink = if config.kafka.enable {
-            Sink::Kafka(kafka::KafkaSink::start(config).await?)
+            Sink::Kafka(kafka::KafkaSink::start(config, storage).await?)
         } else {
             Sink::Embedded(embedded::EmbeddedSink::start(
                 storage,
@@ -61,8 +67,9 @@ impl Publisher {
         Ok(Publisher { actor })
     }
 
-    /// Returns once every event is durable (embedded log fsynced, or acked by Kafka with
-    /// acks=all). Only then may the device be acknowledged.
+    /// Returns once every event is durable (embedded log fsynced, acked by Kafka with
+    /// acks=all, or fsynced in the Kafka outage spool). Only then may the device be
+    /// acknowledged.
     pub async fn publish(&self, events: Vec<Event>) -> Result<(), PublishError> {
         if events.is_empty() {
             return Ok(());
@@ -78,7 +85,8 @@ impl Publisher {
     }
 
     /// Graceful shutdown: stops taking new calls, finishes every call already received (their
-    /// events are committed or produced and the callers answered), then stops the actor.
+    /// events are committed, produced or spooled, and the callers answered), then stops the
+    /// actor. Events still in the Kafka spool stay on disk and drain at the next start.
     pub async fn stop(&self) {
         if let Err(e) = self.actor.drain_and_wait(Some(STOP_TIMEOUT)).await {
             tracing::warn!(error = %e, "publisher did not drain in time");
@@ -86,8 +94,7 @@ impl Publisher {
     }
 }
 
-/// Where the actor sends events. The Kafka sink is the seam for a later spool-to-disk
-/// fallback while the brokers are unreachable.
+/// Where the actor sends events: the embedded log, or Kafka with its outage spool.
 pub enum Sink {
     Embedded(embedded::EmbeddedSink),
     Kafka(kafka::KafkaSink),

@@ -68,7 +68,16 @@ struct LoopContext {
 impl PushDispatcher {
     /// Starts one delivery loop per destination, reading Kafka when `kafka.enable`, else the
     /// embedded log in `storage`.
-    pub async fn start(config: &Config, storage: Arc<Storage>) -> anyhow::Result<PushDispatcher> {
+    ///
+    /// Each change of `rejoin` makes the Kafka consumers leave and rejoin their group (cluster
+    /// mode: a node left the cluster). A broker reassigns a dead member's partitions once its
+    /// session times out; a rejoin makes that happen on every broker, including those that
+    /// only rebalance when a member joins.
+    pub async fn start(
+        config: &Config,
+        storage: Arc<Storage>,
+        rejoin: watch::Receiver<u64>,
+    ) -> anyhow::Result<PushDispatcher> {
         let client = http::client(config.push.request_timeout)?;
         let (stop, _) = watch::channel(false);
         let mut loops = Vec::new();
@@ -90,7 +99,12 @@ impl PushDispatcher {
                 push: config.push.clone(),
             });
             tracing::info!(topic = topic.name(), url = %ctx.dest.url, "push delivery loop started");
-            loops.push(tokio::spawn(supervise(ctx, make_source, stop.subscribe())));
+            loops.push(tokio::spawn(supervise(
+                ctx,
+                make_source,
+                stop.subscribe(),
+                rejoin.clone(),
+            )));
         }
         Ok(PushDispatcher { stop, loops })
     }
@@ -110,6 +124,7 @@ async fn supervise(
     ctx: Arc<LoopContext>,
     make_source: Box<dyn Fn() -> anyhow::Result<Source> + Send + Sync>,
     stop: watch::Receiver<bool>,
+    rejoin: watch::Receiver<u64>,
 ) {
     let topic = ctx.dest.topic.name();
     loop {
@@ -124,7 +139,7 @@ async fn supervise(
                 continue;
             }
         };
-        let handle = tokio::spawn(run(ctx.clone(), source, stop.clone()));
+        let handle = tokio::spawn(run(ctx.clone(), source, stop.clone(), rejoin.clone()));
         match handle.await {
             Ok(()) => return,
             Err(e) => {
@@ -141,12 +156,20 @@ enum Delivery {
     Stopped,
 }
 
-async fn run(ctx: Arc<LoopContext>, mut source: Source, mut stop: watch::Receiver<bool>) {
+async fn run(
+    ctx: Arc<LoopContext>,
+    mut source: Source,
+    mut stop: watch::Receiver<bool>,
+    mut rejoin: watch::Receiver<u64>,
+) {
     let max = match ctx.dest.format {
         Format::Form { .. } => ctx.push.batch_size.max(1),
         // The callback format carries one record per request.
         Format::JsonObject => 1,
     };
+    // A second rejoin once the group has surely expired the dead node's members: a group
+    // that rebalanced while they still counted may have given them partitions again.
+    let mut rejoin_again: Option<tokio::time::Instant> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -154,12 +177,32 @@ async fn run(ctx: Arc<LoopContext>, mut source: Source, mut stop: watch::Receive
         let batch = tokio::select! {
             b = source.next_batch(max, ctx.push.batch_delay) => b,
             _ = stop.changed() => return,
+            Ok(()) = rejoin.changed() => {
+                source.rejoin();
+                rejoin_again = Some(tokio::time::Instant::now() + REJOIN_AGAIN_AFTER);
+                continue;
+            }
+            _ = sleep_until_some(rejoin_again) => {
+                source.rejoin();
+                rejoin_again = None;
+                continue;
+            }
         };
         let position = batch.position.clone();
         match deliver(&ctx, batch, &mut stop).await {
             Delivery::Done => source.commit(position).await,
             Delivery::Stopped => return,
         }
+    }
+}
+
+/// Past the group's session timeout, with a margin.
+const REJOIN_AGAIN_AFTER: Duration = Duration::from_secs(source::SESSION_TIMEOUT.as_secs() + 2);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

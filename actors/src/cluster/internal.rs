@@ -1,0 +1,272 @@
+//! The node-to-node listener of cluster mode, and the client side of its calls.
+//!
+//! - `POST /internal/v1/instruct`: another node's API received a sendInstruct for a device
+//!   this node owns; this node hands it to the local session and answers with the
+//!   [`Delivery`], exactly what its own API would have used.
+//! - `POST /internal/v1/takeover`: the device logged in at another node; close the local
+//!   session if it is still the one named.
+//! - `GET /internal/v1/identity`: the gateId and instance of this process, so a node starting
+//!   with the same gateId can tell a live holder from a dead one.
+//!
+//! Every call carries the api token in [`TOKEN_HEADER`](super::TOKEN_HEADER); the listener
+//! belongs on a private network all the same.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use iothub::command::Instruction;
+use iothub::imei::Imei;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use super::{Cluster, Identity, TOKEN_HEADER};
+use crate::gateway::control::{self, Delivery};
+use crate::registry::Registry;
+
+/// Largest accepted body; an instruction is a few hundred bytes.
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// An instruction forwarded to the node that owns the device.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedInstruction {
+    pub imei: Imei,
+    pub instruction: Instruction,
+    pub timeout_ms: u64,
+}
+
+/// The owner's answer to a forwarded instruction.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardAnswer {
+    Delivered(Delivery),
+    /// The device has no session on this node (it left, or the route was stale).
+    NotHere,
+}
+
+/// "The device logged in elsewhere: close the session that owned it as `owner`."
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TakeoverNotice {
+    pub imei: Imei,
+    pub owner: String,
+}
+
+/// Why a forwarded instruction has no answer from the owner.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The owner could not be reached: the instruction never left this node.
+    #[error("gateway {gate} at {addr} cannot be reached: {reason}")]
+    Unreachable {
+        gate: String,
+        addr: String,
+        reason: String,
+    },
+    /// The owner took the request but the exchange broke or timed out: whether the device
+    /// got the instruction is unknown.
+    #[error("gateway {gate} at {addr} went away mid-request: {reason}")]
+    Broken {
+        gate: String,
+        addr: String,
+        reason: String,
+    },
+}
+
+/// Hands an instruction to the owning node and waits for its answer, at most
+/// `timeout` + 2 × `margin` (the owner itself gives up after `timeout` + `margin`).
+pub async fn forward(
+    cluster: &Cluster,
+    gate: &str,
+    addr: &str,
+    imei: Imei,
+    instruction: Instruction,
+    timeout: Duration,
+    margin: Duration,
+) -> Result<ForwardAnswer, ForwardError> {
+    let body = ForwardedInstruction {
+        imei,
+        instruction,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let broken = |reason: String| ForwardError::Broken {
+        gate: gate.to_string(),
+        addr: addr.to_string(),
+        reason,
+    };
+    let response = cluster
+        .client
+        .post(format!("http://{addr}/internal/v1/instruct"))
+        .header(TOKEN_HEADER, &cluster.token)
+        .timeout(timeout + margin * 2)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                ForwardError::Unreachable {
+                    gate: gate.to_string(),
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            } else {
+                broken(e.to_string())
+            }
+        })?;
+    if !response.status().is_success() {
+        return Err(broken(format!("answered HTTP {}", response.status())));
+    }
+    response
+        .json::<ForwardAnswer>()
+        .await
+        .map_err(|e| broken(format!("unreadable answer: {e}")))
+}
+
+/// The running internal listener.
+pub struct InternalServer {
+    pub local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl InternalServer {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+struct Shared {
+    cluster: Arc<Cluster>,
+    registry: Registry,
+    /// Added to a forwarded instruction's timeout, as the API does for its own.
+    margin: Duration,
+}
+
+/// Binds `listen` and serves the node-to-node calls.
+pub async fn start(
+    listen: SocketAddr,
+    cluster: Arc<Cluster>,
+    registry: Registry,
+    margin: Duration,
+) -> anyhow::Result<InternalServer> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cluster.internal_listen: cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        cluster,
+        registry,
+        margin,
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = warp::serve(routes(shared))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stopped.await;
+        });
+    let task = tokio::spawn(server.run());
+    tracing::info!(addr = %local_addr, "cluster internal listener ready");
+    Ok(InternalServer {
+        local_addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let with = {
+        let shared = shared.clone();
+        warp::any().map(move || shared.clone())
+    };
+    let authorized = with
+        .clone()
+        .and(warp::header::optional::<String>(TOKEN_HEADER))
+        .and_then(|shared: Arc<Shared>, token: Option<String>| async move {
+            let ok = token
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(shared.cluster.token.as_bytes())));
+            if ok {
+                Ok(shared)
+            } else {
+                Err(warp::reject::custom(Unauthorized))
+            }
+        });
+    let identity = warp::path!("internal" / "v1" / "identity")
+        .and(warp::get())
+        .and(authorized.clone())
+        .map(|shared: Arc<Shared>| {
+            warp::reply::json(&Identity {
+                gate_id: shared.cluster.gate_id.clone(),
+                instance: shared.cluster.instance.clone(),
+            })
+            .into_response()
+        });
+    let instruct = warp::path!("internal" / "v1" / "instruct")
+        .and(warp::post())
+        .and(authorized.clone())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::json())
+        .then(
+            |shared: Arc<Shared>, request: ForwardedInstruction| async move {
+                metrics::counter!("iothub_cluster_forwarded_in_total").increment(1);
+                let answer = instruct_local(&shared, request).await;
+                warp::reply::json(&answer).into_response()
+            },
+        );
+    let takeover = warp::path!("internal" / "v1" / "takeover")
+        .and(warp::post())
+        .and(authorized)
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::json())
+        .map(|shared: Arc<Shared>, notice: TakeoverNotice| {
+            if let Some(pid) = shared.cluster.local_pid(&notice.owner) {
+                shared.registry.evict(notice.imei, pid);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        });
+    identity
+        .or(instruct)
+        .unify()
+        .or(takeover)
+        .unify()
+        .recover(|r: warp::Rejection| async move {
+            let status = if r.find::<Unauthorized>().is_some() {
+                StatusCode::UNAUTHORIZED
+            } else if r.is_not_found() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Ok::<_, Infallible>(status.into_response())
+        })
+        .unify()
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+async fn instruct_local(shared: &Shared, request: ForwardedInstruction) -> ForwardAnswer {
+    let session = match shared.registry.lookup(request.imei).await {
+        Ok(Some(session)) => session,
+        Ok(None) | Err(_) => return ForwardAnswer::NotHere,
+    };
+    let timeout = Duration::from_millis(request.timeout_ms);
+    ForwardAnswer::Delivered(
+        control::instruct(&session, request.instruction, timeout, shared.margin).await,
+    )
+}
