@@ -9,7 +9,8 @@
 #
 # Knobs (environment): NODES (6), DEVICES (100000), GPS_INTERVAL (10s), RATE (500 req/s in
 # all), DURATION (180s), FAILOVER_NODES (3), FAILOVER_DEVICES (15000), KILL_AFTER (60),
-# LEASE (30), RECONNECT_JITTER (10s), OUT (a new temp dir; logs and JSON reports go there).
+# LEASE (30), RECONNECT_JITTER (10s), CONNECT_RATE (1000 per node in scale), WARMUP (60s before the
+# instruction load starts), OUT (a new temp dir; logs and JSON reports go there).
 # Needs release binaries (cargo build --release --workspace), redis-server and, for
 # failover, nginx with the stream module. Every process it starts is stopped at exit;
 # every phase is bounded in time.
@@ -107,9 +108,9 @@ scale() {
         "$LOADGEN" trackers --quiet --target "127.0.0.1:$(node_port "$n" gt06)" \
             --count "$per" --imei-base $((860000000000000 + n * 1000000)) \
             --gps-interval "${GPS_INTERVAL:-10s}" --heartbeat-interval 60s \
-            --duration "$duration" --connect-rate 2000 \
+            --duration "$duration" --connect-rate "${CONNECT_RATE:-1000}" \
             --source-ips "127.0.$n.1-127.0.$n.4" \
-            --instruct-rate $((rate / nodes)) --api "http://127.0.0.1:$(node_port "$via" api)" \
+            --instruct-rate $((rate / nodes)) --instruct-warmup "${WARMUP:-60s}" --api "http://127.0.0.1:$(node_port "$via" api)" \
             --api-token "$TOKEN" --report-json "$OUT/loadgen-$n.json" \
             >"$OUT/loadgen-$n.txt" 2>&1 &
         lg+=($!)
@@ -144,7 +145,7 @@ failover() {
     done
     {
         echo "$module"
-        echo "worker_processes 4; worker_rlimit_nofile 19000; pid $OUT/nginx.pid; error_log $OUT/nginx.log warn;"
+        echo "worker_processes 8; worker_rlimit_nofile 19000; pid $OUT/nginx.pid; error_log $OUT/nginx.log warn;"
         echo "events { worker_connections 9000; }"
         echo "stream { upstream gt06 { least_conn;"
         for n in $(seq 1 "$nodes"); do

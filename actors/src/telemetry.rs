@@ -272,6 +272,10 @@ pub fn describe_metrics() {
         "iothub_kafka_spool_corrupt_total",
         "Spool entries that could not be decoded"
     );
+    describe_counter!(
+        "iothub_offline_read_failures_total",
+        "Logins whose offline instructions could not be read (read again at the next tick)"
+    );
     describe_gauge!(
         "iothub_redis_up",
         "Cluster mode: 1 while the last route renewal reached Redis, 0 while it fails"

@@ -75,11 +75,14 @@ pub struct InstructConfig {
     /// No request is started this long before the end of the run, so the last answers
     /// arrive while the devices are still connected.
     pub settle: Duration,
+    /// No request starts before this much of the run has passed, so the latency measured
+    /// is that of a fleet already connected, not of a login storm.
+    pub warmup: Duration,
 }
 
 impl InstructConfig {
     /// `rate` requests per second against `api` with `token`; `timeOut` 10 s, at most 256 in
-    /// flight, 2 s settle.
+    /// flight, 2 s settle, no warm-up.
     pub fn new(api: impl Into<String>, token: impl Into<String>, rate: f64) -> InstructConfig {
         InstructConfig {
             rate,
@@ -88,6 +91,7 @@ impl InstructConfig {
             timeout: Duration::from_secs(10),
             max_in_flight: 256,
             settle: Duration::from_secs(2),
+            warmup: Duration::ZERO,
         }
     }
 
@@ -605,7 +609,7 @@ async fn issue(
     stats: Arc<InstructStats>,
     stop_at: Instant,
 ) {
-    let start = Instant::now();
+    let start = Instant::now() + config.warmup;
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
     let mut requests = JoinSet::new();
     let mut server_flag_id: u32 = 0;

@@ -159,6 +159,10 @@ struct TrackersArgs {
     /// answered while the devices are still connected.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     instruct_settle: Duration,
+    /// No sendInstruct starts before this much of the run has passed, so the latency is
+    /// measured on a connected fleet rather than during its login storm.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    instruct_warmup: Duration,
 
     /// Run the devices in this many worker processes (this binary, started again), each
     /// with its own slice of devices and source addresses and under 20,000 open files; the
@@ -282,6 +286,7 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
         instruct.timeout = args.instruct_timeout;
         instruct.max_in_flight = args.instruct_max_in_flight;
         instruct.settle = args.instruct_settle;
+        instruct.warmup = args.instruct_warmup;
         config.instruct = Some(instruct);
     } else if args.instruct_rate < 0.0 || !args.instruct_rate.is_finite() {
         bail!("--instruct-rate must be a number >= 0");

@@ -11,8 +11,9 @@ use deadpool_redis::{
 use crate::config::RedisConfig;
 use iothub::imei::Imei;
 
-/// Most Redis connections one node holds; callers beyond wait for a free one.
-const POOL_SIZE: usize = 32;
+/// Most Redis connections one node holds; callers beyond wait for a free one. Sized for
+/// a login storm: every login claims its route and reads its offline queue.
+const POOL_SIZE: usize = 128;
 
 /// The pool of connections to the configured Redis. Connections are opened lazily, so this
 /// succeeds while Redis is down; the first command says why it cannot reach it.
@@ -33,7 +34,7 @@ pub fn pool(config: &RedisConfig) -> anyhow::Result<Pool> {
     let mut limits = deadpool_redis::PoolConfig::new(POOL_SIZE);
     // A pool wait or a connect that hangs must not hold an API request or a login for long:
     // Redis on the same network answers in a millisecond or not at all.
-    limits.timeouts.wait = Some(std::time::Duration::from_secs(2));
+    limits.timeouts.wait = Some(std::time::Duration::from_secs(3));
     limits.timeouts.create = Some(std::time::Duration::from_secs(2));
     limits.timeouts.recycle = Some(std::time::Duration::from_secs(2));
     pool_config.pool = Some(limits);

@@ -131,6 +131,9 @@ pub struct SessionState<P: Protocol> {
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
+    /// The device's offline instructions could not be read at login (store unreachable):
+    /// read them again at the next tick, so none waits for the next login.
+    offline_unread: bool,
     /// The protocol the first frame showed (`gt06`, `jt808`; the gateway's name before it),
     /// for the frame, decode-error and unrecognised-type metric labels.
     detected: &'static str,
@@ -173,6 +176,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             offline_queue: VecDeque::new(),
             closing: false,
             taken_over: false,
+            offline_unread: false,
             detected,
             _connection_permit: args.connection_permit,
         })
@@ -254,6 +258,10 @@ async fn handle_message<P: Protocol>(
         SessionMsg::Tick => {
             let actions = state.channel.handle_tick(Utc::now());
             state.run(&myself, actions).await;
+            if state.offline_unread {
+                let actions = state.read_offline(&myself).await;
+                state.run(&myself, actions).await;
+            }
         }
         SessionMsg::ReaderDone(end) => {
             match &end {
@@ -434,13 +442,38 @@ impl<P: Protocol> SessionState<P> {
             return Vec::new();
         }
         metrics::counter!("iothub_logins_total", "protocol" => self.protocol.name()).increment(1);
+        self.read_offline(myself).await
+    }
+
+    /// Reads the device's queued offline instructions and starts delivering them; on a store
+    /// failure, marks them for another read at the next tick.
+    async fn read_offline(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>) -> Vec<Action> {
+        let Some(imei) = self.imei else {
+            return Vec::new();
+        };
         match self.deps.offline.pending(imei).await {
             Ok(queued) => {
-                self.offline_queue = queued.into();
+                self.offline_unread = false;
+                // A retry may find instructions this connection is already delivering.
+                let known: Vec<u64> = self.offline_queue.iter().map(|q| q.id).collect();
+                let in_flight = match &self.in_flight {
+                    Some(InFlight {
+                        waiter: Waiter::Offline(q),
+                        ..
+                    }) => Some(q.id),
+                    _ => None,
+                };
+                self.offline_queue.extend(
+                    queued
+                        .into_iter()
+                        .filter(|q| !known.contains(&q.id) && Some(q.id) != in_flight),
+                );
                 self.deliver_next_offline(myself).await
             }
             Err(e) => {
-                tracing::warn!(%imei, error = %e, "could not read offline instructions");
+                tracing::warn!(%imei, error = %e, "could not read offline instructions; retrying at the next tick");
+                metrics::counter!("iothub_offline_read_failures_total").increment(1);
+                self.offline_unread = true;
                 Vec::new()
             }
         }
