@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use iothub::imei::Imei;
+use iothub_loadgen::jt808_terminal::{Jt808Version, SimTerminal, SimTerminalConfig, TerminalError};
 use iothub_loadgen::tracker::{SimTracker, SimTrackerConfig, TrackerError};
 use iothub_system_tests::cluster::{
     acked_by_imei, missing, run_node_expecting_exit, Cluster, Fleet, Nginx, RedisServer, Route,
@@ -401,6 +402,74 @@ async fn a_device_reconnecting_to_another_node_moves_its_route_there() {
         "route after half a lease: {route:?} (expected gate {b})"
     );
     on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instruction_queued_at_one_node_is_delivered_at_a_login_on_another() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("offline", 2, LEASE).await;
+    let imei = "864717003290003";
+
+    let answer = cluster
+        .instruct_with(Some(0), imei, "RESET#", 31, 5, true)
+        .await;
+    assert_eq!(code(&answer), "301", "{answer}");
+    assert_eq!(
+        answer["msg"],
+        "The device is offline or timed out, and the command is converted to an offline command",
+        "{answer}"
+    );
+
+    let mut on_b = SimTracker::connect_and_login(cluster.nodes[1].hub.gt06, quiet_tracker(imei))
+        .await
+        .expect("login at B");
+    let received = on_b
+        .next_command(Duration::from_secs(15))
+        .await
+        .expect("B's connection")
+        .unwrap_or_else(|| panic!("the instruction queued at A never reached the device at B"));
+    assert_eq!(
+        (received.server_flag, received.command.as_str()),
+        (31, "RESET#")
+    );
+    on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jt808_code_issued_at_one_node_authenticates_at_another() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("authcode", 2, LEASE).await;
+    // Under newImeiRule a JT/T phone carries the IMEI's first 14 digits in hex.
+    let imei = Imei::parse("869247060001762").unwrap();
+    let config = || SimTerminalConfig::new(imei, Jt808Version::V2013);
+
+    let mut at_a = SimTerminal::connect(cluster.nodes[0].hub.jt808, config())
+        .await
+        .expect("connect to A");
+    let code = at_a.register().await.expect("registered at A");
+    at_a.close().await;
+
+    // B knows the code A issued: a different one is refused, not taken as a new terminal's.
+    let mut wrong = config();
+    wrong.auth_code = Some(format!("{code}-not"));
+    match SimTerminal::connect_and_login(cluster.nodes[1].hub.jt808, wrong).await {
+        Err(TerminalError::Rejected { msg_id, result, .. }) => {
+            assert_eq!((msg_id, result), (0x0102, 1));
+        }
+        Err(e) => panic!("expected a refusal with result 1 at B, got {e}"),
+        Ok(t) => {
+            t.close().await;
+            panic!("B accepted a code that differs from the one A issued")
+        }
+    }
+
+    let mut right = config();
+    right.auth_code = Some(code);
+    let at_b = SimTerminal::connect_and_login(cluster.nodes[1].hub.jt808, right)
+        .await
+        .expect("the code A issued authenticates at B");
+    assert!(at_b.is_authenticated());
+    at_b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

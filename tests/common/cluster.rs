@@ -574,6 +574,21 @@ impl Cluster {
         server_flag_id: u32,
         timeout_secs: u32,
     ) -> Value {
+        self.instruct_with(node, imei, command, server_flag_id, timeout_secs, false)
+            .await
+    }
+
+    /// [`Cluster::instruct`] with `offlineFlag` set when `offline`: an instruction the hub
+    /// cannot deliver now is queued for the device's next login.
+    pub async fn instruct_with(
+        &self,
+        node: Option<usize>,
+        imei: &str,
+        command: &str,
+        server_flag_id: u32,
+        timeout_secs: u32,
+        offline: bool,
+    ) -> Value {
         let api = match node {
             Some(i) => self.nodes[i].hub.api,
             None => self.nginx.addr("api"),
@@ -588,6 +603,7 @@ impl Cluster {
             ("serverFlagId", flag.as_str()),
             ("timeOut", time_out.as_str()),
             ("token", TOKEN),
+            ("offlineFlag", if offline { "1" } else { "0" }),
         ];
         let response = self
             .http
