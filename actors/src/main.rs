@@ -61,13 +61,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
-        _ = sigterm.recv() => false,
-        _ = hub.failed() => true,
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm.recv() => None,
+        why = hub.failed() => Some(why),
     };
     hub.shutdown().await;
-    if failed {
-        anyhow::bail!("a core actor failed");
+    if let Some(why) = failed {
+        anyhow::bail!("{why}");
     }
     Ok(())
 }

@@ -230,8 +230,8 @@ impl Hub {
     }
 
     /// Resolves when the root stops on its own (a core actor failed), or in cluster mode
-    /// when another process took this node's gateId.
-    pub async fn failed(&mut self) {
+    /// when another process took this node's gateId; says which.
+    pub async fn failed(&mut self) -> &'static str {
         let identity_lost = async {
             match self.cluster.as_mut() {
                 Some(c) => {
@@ -241,8 +241,8 @@ impl Hub {
             }
         };
         tokio::select! {
-            _ = &mut self.root_done => {}
-            _ = identity_lost => {}
+            _ = &mut self.root_done => "a core actor failed",
+            _ = identity_lost => "another process holds this node's gateId",
         }
     }
 

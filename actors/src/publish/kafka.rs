@@ -57,6 +57,8 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// within a second after this, and the spool commit takes milliseconds, so a call caught by an
 /// outage (its events sent before the brokers were known down) is still answered in time.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Failed drain rounds in a row (Kafka reachable) after which the producer is replaced.
+const REPLACE_AFTER_FAILED_DRAINS: u32 = 2;
 /// Admin requests (topic creation).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The metadata request that tells whether the brokers answer.
@@ -274,8 +276,13 @@ struct Shared {
     spool: SpoolHandle,
     /// Signalled when the sink starts spooling.
     drain_wake: Notify,
+    /// Bumped when the sink switches from direct to spooling, so calls still waiting for
+    /// their delivery reports spool at once instead of waiting out the delivery timeout.
+    outage: watch::Sender<u64>,
     /// The topics were created (or found) since this process started.
     topics_ready: AtomicBool,
+    /// Drain rounds in a row whose produce failed although Kafka answered the probe.
+    failed_drains: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -290,6 +297,7 @@ impl Shared {
     fn start_spooling(&self, mode: &mut Mode, reason: &str) {
         if *mode == Mode::Direct {
             *mode = Mode::Spooling;
+            self.outage.send_modify(|n| *n += 1);
             metrics::gauge!("iothub_kafka_up").set(0.0);
             tracing::warn!(
                 hosts = %self.config.kafka.hosts,
@@ -300,21 +308,18 @@ impl Shared {
         self.drain_wake.notify_one();
     }
 
-    /// A producer in librdkafka's fatal state fails every send; a new one starts clean.
-    fn renew_producer_if_fatal(&self) {
-        let Some((code, reason)) = self.producer().client().fatal_error() else {
-            return;
-        };
+    /// Swaps in a new producer (a new idempotent producer id, empty queues).
+    fn replace_producer(&self, why: &str) {
         match create_producer(&self.config, self.all_brokers_down.clone()) {
             Ok(fresh) => {
-                tracing::error!(%code, reason, "kafka producer failed fatally; replaced");
+                tracing::info!(why, "kafka producer replaced");
                 match self.producer.write() {
                     Ok(mut p) => *p = fresh,
                     Err(poisoned) => *poisoned.into_inner() = fresh,
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "kafka producer failed fatally; cannot replace it")
+                tracing::error!(why, error = %e, "kafka producer cannot be replaced")
             }
         }
     }
@@ -382,7 +387,9 @@ impl KafkaSink {
             mode: tokio::sync::Mutex::new(mode),
             spool: writer.handle(),
             drain_wake: Notify::new(),
+            outage: watch::channel(0).0,
             topics_ready: AtomicBool::new(reachable),
+            failed_drains: std::sync::atomic::AtomicU32::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = tokio::spawn(drain_spool(shared.clone(), stopped.clone()));
@@ -527,7 +534,18 @@ async fn produce_call(
     let started = Instant::now();
     let n = entries.len();
     let counts = topic_counts(&entries);
-    let results = produce(&shared.producer(), &shared.prefix, &entries, false).await;
+    let mut outage = shared.outage.subscribe();
+    let producer = shared.producer();
+    let results = tokio::select! {
+        results = produce(&producer, &shared.prefix, &entries, false) => results,
+        Ok(()) = outage.changed() => {
+            // Kafka went down while this call waited for its delivery reports (another
+            // call's failure or librdkafka's "all brokers down" said so): spool every event
+            // of the call now, within the time a device waits for its acknowledgement.
+            // Those librdkafka still manages to deliver arrive twice, never zero times.
+            vec![Err(KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown)); n]
+        }
+    };
     metrics::histogram!("iothub_publish_batch_size", "sink" => "kafka").record(n as f64);
     let first_failed = results.iter().position(Result::is_err);
     let refusal = results
@@ -701,10 +719,15 @@ async fn drain_spool(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Round {
     if !*probed {
-        shared.renew_producer_if_fatal();
         if let Err(e) = probe(shared.producer()).await {
             return Round::Retry(e);
         }
+        // Kafka answers again. Drain with a new producer: the old one's idempotent producer
+        // id and sequence numbers may be unknown to a broker that restarted (a broker that
+        // lost them can refuse or choke on every later batch of that id), and a producer
+        // left in librdkafka's fatal state fails every send.
+        shared
+            .replace_producer("kafka answers again after an outage; draining with a new producer");
         if !shared.topics_ready.load(Ordering::Acquire) {
             match ensure_topics(&shared.config).await {
                 Ok(()) => shared.topics_ready.store(true, Ordering::Release),
@@ -768,8 +791,22 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
     }
     metrics::counter!("iothub_kafka_spool_drained_total").increment(produced);
     match failure {
-        None => Round::Progress,
+        None => {
+            shared.failed_drains.store(0, Ordering::Release);
+            Round::Progress
+        }
         Some(e) => {
+            // Kafka answers but will not take the batch: a producer whose idempotence state
+            // a broker restart left behind (sequence numbers the broker no longer knows) can
+            // fail like this for good without being "fatal". A new producer starts clean.
+            if shared.failed_drains.fetch_add(1, Ordering::AcqRel) + 1
+                >= REPLACE_AFTER_FAILED_DRAINS
+            {
+                shared.failed_drains.store(0, Ordering::Release);
+                shared.replace_producer(&format!(
+                    "spool drain failed {REPLACE_AFTER_FAILED_DRAINS} times in a row: {e}"
+                ));
+            }
             match e.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::InvalidTimestamp) => {
                     tracing::warn!(

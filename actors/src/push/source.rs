@@ -29,9 +29,10 @@ const TRANSIENT_RETRY: Duration = Duration::from_millis(50);
 /// failing endpoint does not poll; that must not make the group evict it and rebalance.
 const MAX_POLL_INTERVAL_MS: &str = "86400000";
 /// How long the group waits for a silent member (a node killed or cut off) before its
-/// partitions go to the other nodes' push consumers: 10 s instead of librdkafka's 45 s, so
-/// the pushes of a dead node's share resume quickly. Brokers accept 6 s and up by default.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// partitions go to the other nodes' push consumers: 20 s instead of librdkafka's 45 s, so
+/// the pushes of a dead node's share resume sooner, yet long enough that a short broker
+/// outage does not make every consumer rejoin the moment the broker returns.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(20);
 const HEARTBEAT_INTERVAL_MS: &str = "3000";
 
 /// One record of a batch.
