@@ -12,7 +12,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
 
-use super::redis::{Keys, RedisCause, RedisFailure};
+use super::redis::{connection, lease_ms, Keys, RedisCause, RedisFailure};
 
 /// Takes the key when it is free, ours, or held by `ARGV[4]` (an instance found dead).
 const ACQUIRE: &str = r"
@@ -73,20 +73,6 @@ impl Nodes {
         Nodes { pool, keys, lease }
     }
 
-    fn lease_ms(&self) -> u64 {
-        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    async fn connection(
-        &self,
-        op: &'static str,
-    ) -> Result<deadpool_redis::Connection, RedisFailure> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| RedisFailure::new(op, RedisCause::from(e)))
-    }
-
     /// Takes `gate_id` for `instance` unless a process other than `dead_instance` holds it.
     pub async fn acquire(
         &self,
@@ -95,12 +81,12 @@ impl Nodes {
         addr: &str,
         dead_instance: &str,
     ) -> Result<Acquire, RedisFailure> {
-        let mut conn = self.connection("node_acquire").await?;
+        let mut conn = connection(&self.pool, "node_acquire").await?;
         let (taken, cur, cur_addr): (i64, String, String) = Script::new(ACQUIRE)
             .key(self.keys.node(gate_id))
             .arg(instance)
             .arg(addr)
-            .arg(self.lease_ms())
+            .arg(lease_ms(self.lease))
             .arg(dead_instance)
             .invoke_async(&mut conn)
             .await
@@ -122,12 +108,12 @@ impl Nodes {
         instance: &str,
         addr: &str,
     ) -> Result<bool, RedisFailure> {
-        let mut conn = self.connection("node_renew").await?;
+        let mut conn = connection(&self.pool, "node_renew").await?;
         let r: i64 = Script::new(RENEW)
             .key(self.keys.node(gate_id))
             .arg(instance)
             .arg(addr)
-            .arg(self.lease_ms())
+            .arg(lease_ms(self.lease))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| RedisFailure::new("node_renew", RedisCause::from(e)))?;
@@ -136,7 +122,7 @@ impl Nodes {
 
     /// Gives the gateId up at a graceful stop.
     pub async fn release(&self, gate_id: &str, instance: &str) -> Result<(), RedisFailure> {
-        let mut conn = self.connection("node_release").await?;
+        let mut conn = connection(&self.pool, "node_release").await?;
         let _: i64 = Script::new(RELEASE)
             .key(self.keys.node(gate_id))
             .arg(instance)
@@ -148,7 +134,7 @@ impl Nodes {
 
     /// The gateIds of every node whose lease is current.
     pub async fn live(&self) -> Result<std::collections::BTreeSet<String>, RedisFailure> {
-        let mut conn = self.connection("node_scan").await?;
+        let mut conn = connection(&self.pool, "node_scan").await?;
         let prefix = self.keys.node("");
         let mut live = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
@@ -176,7 +162,7 @@ impl Nodes {
 
     /// The internal address of a live node, or `None` when its lease ran out.
     pub async fn address(&self, gate_id: &str) -> Result<Option<String>, RedisFailure> {
-        let mut conn = self.connection("node_lookup").await?;
+        let mut conn = connection(&self.pool, "node_lookup").await?;
         redis::cmd("HGET")
             .arg(self.keys.node(gate_id))
             .arg("addr")

@@ -114,6 +114,21 @@ impl RedisFailure {
     }
 }
 
+/// A connection from the pool; a failure is counted and reported as a failure of `op`.
+pub async fn connection(
+    pool: &Pool,
+    op: &'static str,
+) -> Result<deadpool_redis::Connection, RedisFailure> {
+    pool.get()
+        .await
+        .map_err(|e| RedisFailure::new(op, RedisCause::from(e)))
+}
+
+/// A lease as the milliseconds `PEXPIRE` takes.
+pub fn lease_ms(lease: std::time::Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Names of iothub's keys, all under `{prefix}:`.
 #[derive(Debug, Clone)]
 pub struct Keys {

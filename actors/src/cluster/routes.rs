@@ -20,7 +20,7 @@ use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
 use iothub::imei::Imei;
 
-use super::redis::{Keys, RedisCause, RedisFailure};
+use super::redis::{connection, lease_ms, Keys, RedisCause, RedisFailure};
 
 const CLAIM: &str = r"
 local prev_gate = redis.call('HGET', KEYS[1], 'gate')
@@ -106,20 +106,6 @@ impl Routes {
         }
     }
 
-    fn lease_ms(&self) -> u64 {
-        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    async fn connection(
-        &self,
-        op: &'static str,
-    ) -> Result<deadpool_redis::Connection, RedisFailure> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| RedisFailure::new(op, RedisCause::from(e)))
-    }
-
     /// Makes `owner` (a session of this node) the owner of the device's route; returns the
     /// previous owner when there was one and it was not this same session.
     pub async fn claim(
@@ -127,13 +113,13 @@ impl Routes {
         imei: Imei,
         owner: &str,
     ) -> Result<Option<PreviousOwner>, RedisFailure> {
-        let mut conn = self.connection("route_claim").await?;
+        let mut conn = connection(&self.pool, "route_claim").await?;
         let (gate, prev_owner, _epoch): (String, String, i64) = self
             .claim
             .key(self.keys.route(imei))
             .arg(&self.gate_id)
             .arg(owner)
-            .arg(self.lease_ms())
+            .arg(lease_ms(self.lease))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| RedisFailure::new("route_claim", RedisCause::from(e)))?;
@@ -151,14 +137,14 @@ impl Routes {
         &self,
         owned: &[(Imei, String)],
     ) -> Result<Vec<(Imei, Renewal)>, RedisFailure> {
-        let mut conn = self.connection("route_renew").await?;
+        let mut conn = connection(&self.pool, "route_renew").await?;
         // EVALSHA in a pipeline needs the script loaded; loading is idempotent and cheap.
         self.renew
             .prepare_invoke()
             .load_async(&mut conn)
             .await
             .map_err(|e| RedisFailure::new("route_renew", RedisCause::from(e)))?;
-        let lease_ms = self.lease_ms();
+        let lease_ms = lease_ms(self.lease);
         let mut outcomes = Vec::with_capacity(owned.len());
         for chunk in owned.chunks(RENEW_CHUNK) {
             let mut pipe = redis::pipe();
@@ -189,7 +175,7 @@ impl Routes {
 
     /// Deletes the route if `owner` still owns it.
     pub async fn release(&self, imei: Imei, owner: &str) -> Result<(), RedisFailure> {
-        let mut conn = self.connection("route_release").await?;
+        let mut conn = connection(&self.pool, "route_release").await?;
         let _: i64 = self
             .release
             .key(self.keys.route(imei))
@@ -202,7 +188,7 @@ impl Routes {
 
     /// The device's route, if any node holds it.
     pub async fn lookup(&self, imei: Imei) -> Result<Option<Route>, RedisFailure> {
-        let mut conn = self.connection("route_lookup").await?;
+        let mut conn = connection(&self.pool, "route_lookup").await?;
         let (gate, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.route(imei))
             .arg("gate")
