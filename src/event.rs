@@ -13,7 +13,30 @@ use crate::imei::Imei;
 
 /// Formats a time the way every Jimi push and API field does: UTC, `yyyy-MM-dd HH:mm:ss`.
 pub fn jimi_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+    use chrono::{Datelike, Timelike};
+    // Every event carries one or two of these; chrono's `format` parses its pattern on each
+    // call, which cost more than building the rest of a GPS record.
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.format("%Y-%m-%d %H:%M:%S").to_string();
+    }
+    let mut out = String::with_capacity(19);
+    let mut push = |n: u32, digits: u32, then: Option<char>| {
+        for d in (0..digits).rev() {
+            let digit = (n / 10u32.pow(d)) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+        if let Some(c) = then {
+            out.push(c);
+        }
+    };
+    push(year.unsigned_abs(), 4, Some('-'));
+    push(t.month(), 2, Some('-'));
+    push(t.day(), 2, Some(' '));
+    push(t.hour(), 2, Some(':'));
+    push(t.minute(), 2, Some(':'));
+    push(t.second(), 2, None);
+    out
 }
 
 /// A stream of events of one kind: a Kafka topic, an embedded-log table and a push target.
@@ -457,4 +480,33 @@ pub struct PassThroughRecord {
     pub pass_through_type: u8,
     /// The payload as uppercase hex.
     pub data: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::jimi_time;
+
+    #[test]
+    fn jimi_time_pads_every_field() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(jimi_time(t), "2026-01-02 03:04:05");
+    }
+
+    #[test]
+    fn jimi_time_matches_chrono_across_a_range_of_instants() {
+        // A step that is not a divisor of a day, so every field value comes up.
+        let mut t = Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap();
+        for _ in 0..5_000 {
+            assert_eq!(jimi_time(t), t.format("%Y-%m-%d %H:%M:%S").to_string());
+            t += chrono::Duration::seconds(86_400 * 7 + 3_601 * 3 + 61);
+        }
+    }
+
+    #[test]
+    fn jimi_time_of_a_year_before_1000_keeps_four_digits() {
+        let t = Utc.with_ymd_and_hms(999, 5, 6, 7, 8, 9).unwrap();
+        assert_eq!(jimi_time(t), "0999-05-06 07:08:09");
+    }
 }

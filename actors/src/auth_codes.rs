@@ -155,6 +155,7 @@ mod tests {
         let config = StorageConfig {
             data_dir: dir.to_path_buf(),
             retention: std::time::Duration::from_secs(3600),
+            commit_interval: std::time::Duration::ZERO,
         };
         AuthCodes::open(Storage::open(&config).expect("open storage"))
     }

@@ -15,7 +15,8 @@
 //! `redisPasswd` / `redisPass`, `redisDb`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
 //! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_JT808_LISTEN`,
 //! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
-//! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_CRC_POLICY`,
+//! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
+//! `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
@@ -101,6 +102,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// How long an event may wait in the log before it is given up (delivered or not).
     pub retention: Duration,
+    /// Least time between the starts of two commits of the embedded log under load.
+    pub commit_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +307,7 @@ section!(MetricsFile { listen: String });
 section!(StorageFile {
     data_dir: String,
     retention_secs: u64,
+    commit_interval_ms: u64,
 });
 
 section!(KafkaFile {
@@ -732,6 +736,13 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             &["IOTHUB_RETENTION"],
             s.retention_secs,
         )?,
+        commit_interval: Duration::from_millis(integer_in(
+            env,
+            "storage.commit_interval_ms",
+            &["IOTHUB_COMMIT_INTERVAL_MS"],
+            s.commit_interval_ms,
+            0..=1000,
+        )?),
     };
 
     let k = f.kafka;

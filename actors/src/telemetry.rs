@@ -167,7 +167,7 @@ pub fn describe_metrics() {
     describe_counter!("iothub_events_published_total", "Device events published");
     describe_counter!(
         "iothub_publish_failures_total",
-        "Failed event publish attempts"
+        "Failed publishes: embedded-log commits that failed, Kafka calls that failed"
     );
     describe_histogram!(
         "iothub_publish_batch_seconds",

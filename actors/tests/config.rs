@@ -66,6 +66,7 @@ fn defaults_storage_kafka_redis() {
     let c = load("", &[]).unwrap();
     assert_eq!(c.storage.data_dir, Path::new("data"));
     assert_eq!(c.storage.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.storage.commit_interval, Duration::from_millis(10));
     assert!(!c.kafka.enable);
     assert_eq!(c.kafka.hosts, "127.0.0.1:9092");
     assert_eq!(c.kafka.topic_prefix, "iothub");
@@ -86,6 +87,18 @@ fn defaults_push() {
     assert_eq!(c.push.max_backoff, Duration::from_secs(60));
     assert_eq!(c.push.max_age, Duration::from_secs(7 * 24 * 3600));
     assert_eq!(c.push.request_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn commit_interval_comes_from_its_variable() {
+    let c = load("", &[("IOTHUB_COMMIT_INTERVAL_MS", "0")]).unwrap();
+    assert_eq!(c.storage.commit_interval, Duration::ZERO);
+}
+
+#[test]
+fn a_commit_interval_over_a_second_is_refused_by_name() {
+    let err = error("", &[("IOTHUB_COMMIT_INTERVAL_MS", "5000")]);
+    assert!(err.contains("IOTHUB_COMMIT_INTERVAL_MS"), "{err}");
 }
 
 #[test]

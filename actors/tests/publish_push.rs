@@ -384,6 +384,68 @@ async fn concurrent_publishers_all_get_durable_events() {
     }
 }
 
+fn distances(stored: &[iothub_actors::storage::StoredEvent]) -> Vec<u64> {
+    stored
+        .iter()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.json).unwrap()["distance"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    // Long enough that the unacknowledged calls are still queued when the awaited one comes.
+    cfg.storage.commit_interval = Duration::from_millis(200);
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    for seq in 1..=10 {
+        publisher
+            .publish_unacknowledged(vec![gps(imei(1), seq)])
+            .await
+            .unwrap();
+    }
+    publisher.publish(vec![gps(imei(1), 11)]).await.unwrap();
+    let stored = storage.read(Topic::Gps, 0, 100).unwrap();
+    assert_eq!(distances(&stored), (1..=11).collect::<Vec<_>>());
+    publisher.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_commits_the_unacknowledged_events_still_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    cfg.storage.commit_interval = Duration::from_millis(200);
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    for seq in 1..=50 {
+        publisher
+            .publish_unacknowledged(vec![gps(imei(2), seq)])
+            .await
+            .unwrap();
+    }
+    publisher.stop().await;
+    let stored = storage.read(Topic::Gps, 0, 100).unwrap();
+    assert_eq!(distances(&stored), (1..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn unacknowledged_publish_after_stop_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    publisher.stop().await;
+    assert!(publisher
+        .publish_unacknowledged(vec![gps(imei(1), 1)])
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn publish_after_stop_fails() {
     let dir = tempfile::tempdir().unwrap();

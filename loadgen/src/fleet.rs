@@ -83,6 +83,8 @@ pub struct FleetConfig {
     /// First tracker IMEI; tracker `i` uses `imei_base + i`, zero-padded to the same width.
     pub imei_base: String,
     pub gps_interval: Duration,
+    /// Fixes per GPS report (see [`crate::tracker::SimTrackerConfig::gps_batch`]).
+    pub gps_batch: u32,
     pub heartbeat_interval: Duration,
     /// Zero: no periodic alarms.
     pub alarm_interval: Duration,
@@ -131,6 +133,7 @@ impl FleetConfig {
             trackers,
             imei_base: "860000000000000".to_owned(),
             gps_interval: Duration::from_secs(1),
+            gps_batch: 1,
             heartbeat_interval: Duration::from_secs(60),
             alarm_interval: Duration::ZERO,
             alarm_code: 1,
@@ -880,6 +883,7 @@ async fn tracker_session(
     tc.source_ip = source_ip;
     tc.heartbeat_every = config.heartbeat_interval;
     tc.gps_every = config.gps_interval;
+    tc.gps_batch = config.gps_batch;
     tc.alarm_every = config.alarm_interval;
     tc.alarm_code = config.alarm_code;
     tc.ack_timeout = config.ack_timeout;

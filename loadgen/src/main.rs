@@ -53,6 +53,10 @@ struct TrackersArgs {
     /// Period of GPS reports (0x22) per tracker, e.g. 1s, 500ms, 10s; 0s = none.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     gps_interval: Duration,
+    /// GPS fixes per report: more than 1 sends that many 0x22 frames back to back in one
+    /// write, a second apart in fix time, like a tracker uploading buffered fixes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    gps_batch: u32,
     /// Period of heartbeats (0x13) per tracker; 0s = none.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -244,6 +248,7 @@ fn fleet_config(args: &TrackersArgs) -> anyhow::Result<FleetConfig> {
     let mut config = FleetConfig::new(args.target, args.count);
     config.imei_base = args.imei_base.clone();
     config.gps_interval = args.gps_interval;
+    config.gps_batch = args.gps_batch;
     config.heartbeat_interval = args.heartbeat_interval;
     config.alarm_interval = args.alarm_interval;
     config.alarm_code = args.alarm_code;

@@ -92,6 +92,10 @@ pub struct SimTrackerConfig {
     pub heartbeat_every: Duration,
     /// GPS report period in [`SimTracker::run_until`]; zero = none.
     pub gps_every: Duration,
+    /// Fixes per GPS report in [`SimTracker::run_until`], written back to back in one write,
+    /// as a tracker does that buffers its fixes (no coverage, or an upload-interval setting)
+    /// and uploads them together. 1 = one fix per report.
+    pub gps_batch: u32,
     /// Alarm period in [`SimTracker::run_until`]; zero = none.
     pub alarm_every: Duration,
     /// Alarm byte of the periodic alarms (1 = SOS).
@@ -120,6 +124,7 @@ impl SimTrackerConfig {
             timezone_minutes: 480,
             heartbeat_every: Duration::from_secs(60),
             gps_every: Duration::from_secs(10),
+            gps_batch: 1,
             alarm_every: Duration::ZERO,
             alarm_code: 1,
             ack_timeout: Duration::from_secs(5),
@@ -325,13 +330,49 @@ impl SimTracker {
     pub async fn send_gps(&mut self, fix: Fix) -> Result<u16> {
         let serial = self.take_serial();
         self.write(Kind::Gps, &frames::gps(&fix, serial)).await?;
+        self.log_sent(&fix);
+        Ok(serial)
+    }
+
+    /// Sends one 0x22 report per fix, all in one write (a buffered upload); returns the
+    /// serial of the first.
+    pub async fn send_gps_batch(&mut self, fixes: &[Fix]) -> Result<u16> {
+        let first = self.next_serial;
+        let mut bytes = Vec::with_capacity(fixes.len() * 40);
+        for fix in fixes {
+            let serial = self.take_serial();
+            bytes.extend_from_slice(&frames::gps(fix, serial));
+        }
+        self.writer.write_all(&bytes).await?;
+        let counters = &self.config.counters;
+        for fix in fixes {
+            counters.add_sent(Kind::Gps);
+            self.log_sent(fix);
+        }
+        counters
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(first)
+    }
+
+    fn log_sent(&self, fix: &Fix) {
         if let Some(log) = &self.config.sent_log {
             log.record(
                 (self.config.imei.as_str().to_owned(), jimi_time(fix.time)),
                 Instant::now().into_std(),
             );
         }
-        Ok(serial)
+    }
+
+    /// The fixes of one buffered upload: `n` of them, a second apart, the last one now.
+    fn buffered_fixes(&mut self, n: u32) -> Vec<Fix> {
+        let now = Utc::now();
+        (0..n)
+            .map(|i| {
+                self.mover
+                    .fix_at(now - chrono::Duration::seconds(i64::from(n - 1 - i)))
+            })
+            .collect()
     }
 
     /// Sends a 0x26 alarm with alarm byte `code` and waits for its acknowledgement.
@@ -398,8 +439,13 @@ impl SimTracker {
                     self.expect_ack(proto::HEARTBEAT, serial);
                 }
                 _ = tick(&mut gps) => {
-                    let fix = self.next_fix();
-                    self.send_gps(fix).await?;
+                    if self.config.gps_batch > 1 {
+                        let fixes = self.buffered_fixes(self.config.gps_batch);
+                        self.send_gps_batch(&fixes).await?;
+                    } else {
+                        let fix = self.next_fix();
+                        self.send_gps(fix).await?;
+                    }
                 }
                 _ = tick(&mut alarm) => {
                     let fix = self.next_fix();

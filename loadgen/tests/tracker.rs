@@ -186,6 +186,58 @@ async fn gps_report_carries_the_fix() {
     assert_eq!(tracker.counters().sent(Kind::Gps), 1);
 }
 
+async fn send_buffered_upload(imei: &str) -> (TestServer, SimTracker, Vec<Fix>, u16) {
+    let server = TestServer::start(ServerOptions::default()).await;
+    let mut tracker = SimTracker::connect_and_login(server.addr, config(imei))
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    let start = Utc
+        .with_ymd_and_hms(2025, 3, 1, 8, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let fixes: Vec<Fix> = (0..4)
+        .map(|i| Fix::at(start + chrono::Duration::seconds(i), 22.576539, 113.942885))
+        .collect();
+    let first = tracker
+        .send_gps_batch(&fixes)
+        .await
+        .unwrap_or_else(|e| panic!("gps batch: {e}"));
+    (server, tracker, fixes, first)
+}
+
+#[tokio::test]
+async fn a_buffered_upload_carries_every_fix_in_order() {
+    let (server, _tracker, fixes, _) = send_buffered_upload("860000000000021").await;
+    let times: Vec<_> = server
+        .wait_for(0x22, 4)
+        .await
+        .iter()
+        .filter_map(|f| match &f.message {
+            Message::Location(l) => Some(l.gps.time),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(times, fixes.iter().map(|f| f.time).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_buffered_upload_numbers_its_frames_consecutively() {
+    let (server, _tracker, _, first) = send_buffered_upload("860000000000022").await;
+    let serials: Vec<_> = server
+        .wait_for(0x22, 4)
+        .await
+        .iter()
+        .filter_map(|f| f.serial)
+        .collect();
+    assert_eq!(serials, (first..first + 4).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_buffered_upload_counts_each_fix_as_sent() {
+    let (_server, tracker, _, _) = send_buffered_upload("860000000000023").await;
+    assert_eq!(tracker.counters().sent(Kind::Gps), 4);
+}
+
 #[tokio::test]
 async fn alarm_waits_for_its_ack() {
     let server = TestServer::start(ServerOptions::default()).await;

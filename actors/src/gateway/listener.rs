@@ -3,6 +3,9 @@
 //! gateway. A session that panics dies alone: the gateway counts it and removes the registry
 //! entry it owned; the device reconnects. Stopping the gateway stops accepting first, then
 //! stops every session (each publishes its logout) and waits for them.
+//!
+//! The gateway also sends every session its tick (idle, login and grace timeouts): one timer
+//! per port instead of one per connection, which a session would carry for its whole life.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::session::{DeviceSession, SessionArgs, SessionDeps};
+use super::session::{DeviceSession, SessionArgs, SessionDeps, SessionMsg, TICK_PERIOD};
 use crate::registry::Registry;
 
 pub struct Gateway<P: Protocol>(std::marker::PhantomData<P>);
@@ -36,6 +39,7 @@ pub enum GatewayMsg {}
 
 pub struct GatewayState {
     accept: JoinHandle<()>,
+    ticker: JoinHandle<()>,
     registry: Registry,
     name: &'static str,
     local_addr: SocketAddr,
@@ -54,6 +58,7 @@ impl<P: Protocol> Actor for Gateway<P> {
         let local_addr = args.listener.local_addr()?;
         let name = args.protocol.name();
         let registry = args.deps.registry.clone();
+        let ticker = tokio::spawn(tick_sessions::<P>(myself.clone()));
         let accept = tokio::spawn(accept_loop(
             args.protocol,
             args.listener,
@@ -64,6 +69,7 @@ impl<P: Protocol> Actor for Gateway<P> {
         tracing::info!(protocol = name, %local_addr, "gateway listening");
         Ok(GatewayState {
             accept,
+            ticker,
             registry,
             name,
             local_addr,
@@ -102,11 +108,26 @@ impl<P: Protocol> Actor for Gateway<P> {
         state: &mut GatewayState,
     ) -> Result<(), ActorProcessingErr> {
         state.accept.abort();
+        state.ticker.abort();
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
         tracing::info!(protocol = state.name, local_addr = %state.local_addr, "gateway stopped");
         Ok(())
+    }
+}
+
+/// Every [`TICK_PERIOD`], a tick to each session of the gateway.
+async fn tick_sessions<P: Protocol>(gateway: ActorRef<GatewayMsg>) {
+    let mut tick = tokio::time::interval(TICK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for session in gateway.get_children() {
+            // A session that is stopping no longer takes messages; nothing to tick then.
+            let _ = session.send_message(SessionMsg::<P::Frame>::Tick);
+        }
     }
 }
 

@@ -3,18 +3,26 @@
 //! The session owns the socket's write half and the protocol's pure channel. A reader task
 //! owns the read half: it decodes frames and casts them to the session, so the mailbox never
 //! blocks on a read and an idle tracker can still be stopped, taken over or sent a command.
-//! The reader holds one permit of a small semaphore per frame in flight, which bounds the
+//! Every frame of one read goes to the session as one message, so a device that sends
+//! several frames at once costs one actor message and one publish for all of them. The
+//! reader holds one permit of a small semaphore per message in flight, which bounds the
 //! session's inbound queue even though actor mailboxes themselves are unbounded.
+//!
+//! Readers read into a buffer of their worker thread rather than one of their own: an idle
+//! connection then holds no read buffer at all, and only the bytes of a frame cut in half by
+//! the network are copied into the connection's own (usually empty) remainder.
 //!
 //! The session runs the channel's actions strictly in order. `Publish` is awaited before the
 //! next action, so an acknowledgement the channel placed after it only reaches the device
 //! once the event is durable: that is the "no acknowledged event is lost" invariant.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use chrono::Utc;
 use iothub::channel::{Action, Channel, CloseReason};
 use iothub::command::{InstructCode, Instruction, InstructionReply};
@@ -26,7 +34,7 @@ use iothub::imei::Imei;
 use iothub::protocol::type_label;
 use iothub::protocol::Protocol;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -38,13 +46,14 @@ use crate::offline::{OfflineCommands, QueuedInstruction};
 use crate::publish::Publisher;
 use crate::registry::Registry;
 
-/// Frames a reader may have decoded and not yet seen handled.
-const INBOUND_FRAMES_IN_FLIGHT: usize = 8;
-/// Largest read buffer a connection may accumulate without completing a frame.
+/// Reads (each a batch of frames) a reader may have decoded and not yet seen handled.
+const INBOUND_BATCHES_IN_FLIGHT: usize = 8;
+/// Most bytes one read takes, and the most a connection may hold without completing a frame.
 const MAX_READ_BUFFER: usize = 16 * 1024;
 /// How often the channel gets a tick (idle, login and grace timeouts, subpackage resend
-/// requests): they are enforced within this much of their setting. Each tick is a message to
-/// every session, so a short period costs 19,000 messages a second on a full node.
+/// requests) from its gateway: they are enforced within this much of their setting. Each tick
+/// is a message to every session, so a short period costs 19,000 messages a second on a full
+/// node.
 pub const TICK_PERIOD: Duration = Duration::from_secs(5);
 
 /// Everything a session needs from the rest of the hub.
@@ -68,8 +77,9 @@ pub struct SessionArgs<P: Protocol> {
 }
 
 pub enum SessionMsg<F> {
-    /// A decoded frame, with the permit that bounds the reader's run-ahead.
-    Inbound(F, OwnedSemaphorePermit),
+    /// The frames decoded from one read, in order, with the permit that bounds the reader's
+    /// run-ahead.
+    Inbound(Vec<F>, OwnedSemaphorePermit),
     Tick,
     /// The reader stopped: end of stream, I/O error or undecodable bytes.
     ReaderDone(ReaderEnd),
@@ -243,15 +253,20 @@ async fn handle_message<P: Protocol>(
         return;
     }
     match msg {
-        SessionMsg::Inbound(frame, permit) => {
-            let (protocol, frame_type) = state.protocol.frame_label(&frame);
-            metrics::counter!(
-                "iothub_frames_total",
-                "protocol" => protocol,
-                "type" => frame_type
-            )
-            .increment(1);
-            let actions = state.channel.handle_frame(frame, Utc::now());
+        SessionMsg::Inbound(frames, permit) => {
+            let now = Utc::now();
+            let mut actions = Vec::new();
+            for frame in frames {
+                let (protocol, frame_type) = state.protocol.frame_label(&frame);
+                metrics::counter!(
+                    "iothub_frames_total",
+                    "protocol" => protocol,
+                    "type" => frame_type
+                )
+                .increment(1);
+                // One run for the whole read: the events of its frames go out as one publish.
+                actions.extend(state.channel.handle_frame(frame, now));
+            }
             drop(permit);
             state.run(&myself, actions).await;
         }
@@ -389,7 +404,17 @@ impl<P: Protocol> SessionState<P> {
             queue.extend(follow_up);
         }
         if !pending_events.is_empty() {
-            self.flush_events(myself, &mut pending_events).await;
+            // Nothing after these events tells the device anything, so the session need not
+            // wait for them to be durable before the next message (see the Publisher).
+            if let Err(e) = self
+                .deps
+                .publisher
+                .publish_unacknowledged(std::mem::take(&mut pending_events))
+                .await
+            {
+                tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing");
+                self.close(myself, "publish_failed");
+            }
         }
     }
 
@@ -694,85 +719,235 @@ fn verdict_label(v: iothub::channel::AuthVerdict) -> &'static str {
     }
 }
 
-/// Reads, decodes and forwards frames until the stream ends or fails; also drives the tick.
+thread_local! {
+    /// The read buffer every reader on this worker thread shares (see the module docs).
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ_BUFFER].into_boxed_slice());
+}
+
+/// Reads, decodes and forwards frames until the stream ends or fails.
 async fn read_loop<P: Protocol>(
     protocol: Arc<P>,
-    read_half: OwnedReadHalf,
+    mut read_half: OwnedReadHalf,
     session: ActorRef<SessionMsg<P::Frame>>,
 ) {
-    let credits = Arc::new(Semaphore::new(INBOUND_FRAMES_IN_FLIGHT));
-    // Allocated on first bytes: idle sessions keep no buffer (most of 19,000 are idle).
-    let mut buf = BytesMut::new();
-    let mut tick = tokio::time::interval(TICK_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let credits = Arc::new(Semaphore::new(INBOUND_BATCHES_IN_FLIGHT));
+    // The start of a frame whose end has not arrived yet; empty (and unallocated) nearly always.
+    let mut remainder: Vec<u8> = Vec::new();
     let end = loop {
-        tokio::select! {
-            ready = read_half.readable() => {
-                if let Err(e) = ready {
-                    break ReaderEnd::Io(e);
-                }
-                if buf.capacity() - buf.len() < 512 {
-                    buf.reserve(1024);
-                }
-                match read_half.try_read_buf(&mut buf) {
-                    Ok(0) => break ReaderEnd::Eof,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => break ReaderEnd::Io(e),
-                }
-            }
-            _ = tick.tick() => {
-                if session.cast(SessionMsg::Tick).is_err() {
-                    return;
-                }
-                continue;
+        let read = read_frames(&*protocol, &mut read_half, &mut remainder).await;
+        if !read.frames.is_empty() {
+            let Ok(permit) = credits.clone().acquire_owned().await else {
+                return;
+            };
+            if session
+                .cast(SessionMsg::Inbound(read.frames, permit))
+                .is_err()
+            {
+                return;
             }
         }
-        let mut failed = None;
-        loop {
-            match protocol.decode(&buf) {
-                Ok(Some(cut)) => {
-                    if cut.skipped > 0 {
-                        metrics::counter!("iothub_garbage_bytes_total", "protocol" => protocol.name())
-                            .increment(cut.skipped as u64);
-                    }
-                    if cut.checksum_failed {
-                        metrics::counter!("iothub_checksum_mismatches_total", "protocol" => protocol.name())
-                            .increment(1);
-                    }
-                    let consumed = cut.consumed.min(buf.len());
-                    let _ = buf.split_to(consumed);
-                    let Ok(permit) = credits.clone().acquire_owned().await else {
-                        return;
-                    };
-                    if session
-                        .cast(SessionMsg::Inbound(cut.frame, permit))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(f) => {
-                    failed = Some(ReaderEnd::Decode {
-                        kind: f.kind,
-                        detail: f.detail,
-                    });
-                    break;
-                }
-            }
-        }
-        if let Some(end) = failed {
+        if let Some(end) = read.end {
             break end;
-        }
-        if buf.len() > MAX_READ_BUFFER {
-            break ReaderEnd::BufferOverflow;
-        }
-        if buf.is_empty() && buf.capacity() > 4096 {
-            // A burst grew the buffer; give the memory back while the device is idle.
-            buf = BytesMut::new();
         }
     };
     let _ = session.cast(SessionMsg::ReaderDone(end));
+}
+
+/// What one read produced: its whole frames, in order, and why reading must stop, if it must.
+/// Frames cut before an undecodable byte still go to the session.
+struct ReadOutcome<F> {
+    frames: Vec<F>,
+    end: Option<ReaderEnd>,
+}
+
+impl<F> ReadOutcome<F> {
+    fn ended(end: ReaderEnd) -> Self {
+        ReadOutcome {
+            frames: Vec::new(),
+            end: Some(end),
+        }
+    }
+}
+
+/// Waits for bytes, reads them into the thread's buffer and cuts every whole frame. Bytes of
+/// an unfinished frame stay in `remainder`.
+async fn read_frames<P: Protocol>(
+    protocol: &P,
+    read_half: &mut OwnedReadHalf,
+    remainder: &mut Vec<u8>,
+) -> ReadOutcome<P::Frame> {
+    std::future::poll_fn(|cx| {
+        READ_SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            // poll_read, unlike try_read, marks the socket drained after a short read, which
+            // saves the second recv per frame that would only answer "would block".
+            match Pin::new(&mut *read_half).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(ReadOutcome::ended(ReaderEnd::Io(e))),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    Poll::Ready(ReadOutcome::ended(ReaderEnd::Eof))
+                }
+                Poll::Ready(Ok(())) => Poll::Ready(cut_frames(protocol, remainder, read.filled())),
+            }
+        })
+    })
+    .await
+}
+
+/// Cuts the frames of `fresh` (after whatever `remainder` held) and keeps the unfinished end
+/// in `remainder`.
+fn cut_frames<P: Protocol>(
+    protocol: &P,
+    remainder: &mut Vec<u8>,
+    fresh: &[u8],
+) -> ReadOutcome<P::Frame> {
+    let mut outcome = if remainder.is_empty() {
+        let (outcome, used) = cut_from(protocol, fresh);
+        remainder.extend_from_slice(&fresh[used..]);
+        outcome
+    } else {
+        remainder.extend_from_slice(fresh);
+        let (outcome, used) = cut_from(protocol, remainder);
+        remainder.drain(..used);
+        if remainder.is_empty() {
+            // Partial frames are rare: give the memory back rather than keep it per connection.
+            *remainder = Vec::new();
+        }
+        outcome
+    };
+    if outcome.end.is_none() && remainder.len() > MAX_READ_BUFFER {
+        outcome.end = Some(ReaderEnd::BufferOverflow);
+    }
+    outcome
+}
+
+/// Decodes frames from the front of `buf`; returns them and how many bytes they used.
+fn cut_from<P: Protocol>(protocol: &P, buf: &[u8]) -> (ReadOutcome<P::Frame>, usize) {
+    let mut frames = Vec::new();
+    let mut used = 0;
+    loop {
+        match protocol.decode(&buf[used..]) {
+            Ok(Some(cut)) => {
+                if cut.skipped > 0 {
+                    metrics::counter!("iothub_garbage_bytes_total", "protocol" => protocol.name())
+                        .increment(cut.skipped as u64);
+                }
+                if cut.checksum_failed {
+                    metrics::counter!("iothub_checksum_mismatches_total", "protocol" => protocol.name())
+                        .increment(1);
+                }
+                used = (used + cut.consumed.max(1)).min(buf.len());
+                frames.push(cut.frame);
+            }
+            Ok(None) => return (ReadOutcome { frames, end: None }, used),
+            Err(f) => {
+                let end = ReaderEnd::Decode {
+                    kind: f.kind,
+                    detail: f.detail,
+                };
+                return (
+                    ReadOutcome {
+                        frames,
+                        end: Some(end),
+                    },
+                    used,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iothub::codec::CrcPolicy;
+    use iothub::protocol::Gt06Protocol;
+
+    use super::*;
+
+    /// GT06 login (IMEI 0864717003283581) and heartbeat frames of the reference.
+    const LOGIN: &str = "78780d01086471700328358100093f040d0a";
+    const HEARTBEAT: &str = "78780a13440604000201baaf540d0a";
+
+    fn gt06() -> Gt06Protocol {
+        Gt06Protocol::new(
+            CrcPolicy::Reject,
+            Duration::from_secs(180),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn bytes(frames: &[&str]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| hex::decode(f).unwrap())
+            .collect()
+    }
+
+    fn protocols(outcome: &ReadOutcome<iothub::codec::gt06::Frame>) -> Vec<u8> {
+        outcome.frames.iter().map(|f| f.protocol).collect()
+    }
+
+    #[test]
+    fn frames_of_one_read_come_out_together_in_order() {
+        let mut remainder = Vec::new();
+        let outcome = cut_frames(&gt06(), &mut remainder, &bytes(&[LOGIN, HEARTBEAT]));
+        assert_eq!(protocols(&outcome), vec![0x01, 0x13]);
+    }
+
+    #[test]
+    fn a_read_of_whole_frames_leaves_no_remainder() {
+        let mut remainder = Vec::new();
+        let _ = cut_frames(&gt06(), &mut remainder, &bytes(&[LOGIN, HEARTBEAT]));
+        assert_eq!(remainder.capacity(), 0);
+    }
+
+    #[test]
+    fn a_frame_cut_by_the_network_waits_in_the_remainder() {
+        let wire = bytes(&[LOGIN, HEARTBEAT]);
+        let mut remainder = Vec::new();
+        let first = cut_frames(&gt06(), &mut remainder, &wire[..25]);
+        assert_eq!(protocols(&first), vec![0x01]);
+        assert_eq!(remainder, wire[18..25]);
+    }
+
+    #[test]
+    fn the_rest_of_a_cut_frame_completes_it() {
+        let wire = bytes(&[LOGIN, HEARTBEAT]);
+        let mut remainder = Vec::new();
+        let _ = cut_frames(&gt06(), &mut remainder, &wire[..25]);
+        let second = cut_frames(&gt06(), &mut remainder, &wire[25..]);
+        assert_eq!(protocols(&second), vec![0x13]);
+    }
+
+    #[test]
+    fn a_used_up_remainder_gives_its_memory_back() {
+        let wire = bytes(&[LOGIN, HEARTBEAT]);
+        let mut remainder = Vec::new();
+        let _ = cut_frames(&gt06(), &mut remainder, &wire[..25]);
+        let _ = cut_frames(&gt06(), &mut remainder, &wire[25..]);
+        assert_eq!(remainder.capacity(), 0);
+    }
+
+    #[test]
+    fn frames_before_undecodable_bytes_still_reach_the_session() {
+        let mut wire = bytes(&[LOGIN]);
+        // More bytes without a start marker than the codec skips as garbage.
+        wire.extend_from_slice(&[0u8; 100]);
+        let mut remainder = Vec::new();
+        let outcome = cut_frames(&gt06(), &mut remainder, &wire);
+        assert_eq!(protocols(&outcome), vec![0x01]);
+        assert!(
+            matches!(outcome.end, Some(ReaderEnd::Decode { .. })),
+            "{:?}",
+            outcome.end
+        );
+    }
+
+    #[test]
+    fn a_read_that_completes_no_frame_neither_fails_nor_delivers() {
+        let wire = bytes(&[LOGIN]);
+        let mut remainder = Vec::new();
+        let outcome = cut_frames(&gt06(), &mut remainder, &wire[..5]);
+        assert!(outcome.frames.is_empty() && outcome.end.is_none());
+    }
 }

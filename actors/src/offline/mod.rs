@@ -339,6 +339,7 @@ mod tests {
         let config = StorageConfig {
             data_dir: dir.to_path_buf(),
             retention: std::time::Duration::from_secs(3600),
+            commit_interval: std::time::Duration::ZERO,
         };
         OfflineCommands::open(Storage::open(&config).expect("open storage"))
     }

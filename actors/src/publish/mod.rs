@@ -45,6 +45,9 @@ pub enum PublisherMsg {
 #[derive(Clone)]
 pub struct Publisher {
     pub actor: ActorRef<PublisherMsg>,
+    /// With the embedded sink, its writer's queue, which calls feed directly (see
+    /// [`embedded`]); Kafka calls go through the actor.
+    log: Option<embedded::LogQueue>,
 }
 
 /// How long [`Publisher::stop`] waits for queued work before giving up on it.
@@ -61,10 +64,15 @@ impl Publisher {
             Sink::Embedded(embedded::EmbeddedSink::start(
                 storage,
                 config.storage.retention,
+                config.storage.commit_interval,
             )?)
         };
+        let log = match &sink {
+            Sink::Embedded(s) => Some(s.queue()),
+            Sink::Kafka(_) => None,
+        };
         let (actor, _) = Actor::spawn(None, PublisherActor, sink).await?;
-        Ok(Publisher { actor })
+        Ok(Publisher { actor, log })
     }
 
     /// Returns once every event is durable (embedded log fsynced, acked by Kafka with
@@ -74,6 +82,9 @@ impl Publisher {
         if events.is_empty() {
             return Ok(());
         }
+        if let Some(log) = &self.log {
+            return log.append(events).await;
+        }
         match self
             .actor
             .call(|reply| PublisherMsg::Publish(events, reply), None)
@@ -81,6 +92,20 @@ impl Publisher {
         {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             Ok(_) | Err(_) => Err(PublishError::Stopped),
+        }
+    }
+
+    /// For events the device gets no acknowledgement of (a GT06 location, say): queues them
+    /// behind every earlier call of this caller and returns without waiting until they are
+    /// durable, so a session can read the device's next frame meanwhile. Nothing is promised
+    /// to the device, so nothing waits on the commit; a later call that is awaited is
+    /// durable only after these, so an acknowledgement still covers everything before it.
+    /// The Kafka sink keeps a device's events in order only one call at a time, so there
+    /// this waits like [`Publisher::publish`].
+    pub async fn publish_unacknowledged(&self, events: Vec<Event>) -> Result<(), PublishError> {
+        match &self.log {
+            Some(log) if !events.is_empty() => log.enqueue(events, None).await,
+            _ => self.publish(events).await,
         }
     }
 

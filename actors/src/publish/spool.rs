@@ -424,6 +424,7 @@ mod tests {
         Storage::open(&StorageConfig {
             data_dir: dir.to_path_buf(),
             retention: std::time::Duration::ZERO,
+            commit_interval: std::time::Duration::ZERO,
         })
         .expect("open storage")
     }

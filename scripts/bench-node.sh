@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Single-node benchmarks: one iothubd (embedded log, no pushURL unless PUSH=1) and one loadgen
+# on this machine. CPU is read from /proc/<pid>/stat of iothubd over a window in the middle of
+# the run, frames from its own iothub_frames_total, so loadgen's start and end are left out.
+#
+#   scripts/bench-node.sh throughput   # location frames per CPU-second of iothubd
+#   scripts/bench-node.sh idle         # RSS per idle GT06 session
+#
+# Knobs (environment):
+#   throughput: COUNT (4000 trackers), GPS_INTERVAL (200ms), GPS_BATCH (1 fix per write;
+#     10 = buffered uploads of 10 frames), DURATION (40s), SETTLE (8 s before the window),
+#     WINDOW (20 s), PUSH (0; 1 = run loadgen's push receiver and count loss end to end)
+#   idle: IDLE_COUNT (19000), IDLE_WAIT (40 s after the connect storm began)
+#   both: HUB_ENV (extra VAR=value settings for iothubd), OUT (a new temp dir; logs there)
+# Needs release binaries (cargo build --release --workspace) and curl. Every process it starts
+# is stopped at exit; every phase is bounded in time.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+MODE="${1:-throughput}"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+IOTHUBD="${IOTHUBD_BIN:-$TARGET_DIR/release/iothubd}"
+LOADGEN="${IOTHUB_LOADGEN_BIN:-$TARGET_DIR/release/iothub-loadgen}"
+[ -x "$IOTHUBD" ] && [ -x "$LOADGEN" ] || {
+    echo "build first: cargo build --release --workspace" >&2
+    exit 1
+}
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+PORT_BASE=$((32000 + RANDOM % 2000 * 4))
+GT06_PORT=$PORT_BASE
+METRICS_PORT=$((PORT_BASE + 1))
+PUSH_PORT=$((PORT_BASE + 2))
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+start_hub() {
+    local push_url=""
+    [ "${PUSH:-0}" = 1 ] && push_url="http://127.0.0.1:$PUSH_PORT"
+    # shellcheck disable=SC2086
+    env IOTHUB_DATA_DIR="$OUT/data" IOTHUB_MAX_CONNECTIONS=19500 RUST_LOG=warn \
+        IOTHUB_GT06_LISTEN="127.0.0.1:$GT06_PORT" IOTHUB_JT808_LISTEN=127.0.0.1:0 \
+        IOTHUB_API_LISTEN=127.0.0.1:0 IOTHUB_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
+        pushURL="$push_url" apiToken=bench ${HUB_ENV:-} \
+        "$IOTHUBD" >"$OUT/iothubd.log" 2>&1 &
+    HUB=$!
+    PIDS+=("$HUB")
+    for _ in $(seq 50); do
+        curl -sf "127.0.0.1:$METRICS_PORT/metrics" >/dev/null && return
+        sleep 0.2
+    done
+    echo "iothubd did not start; see $OUT/iothubd.log" >&2
+    exit 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$HUB/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$HUB/status"; }
+frames() {
+    curl -s "127.0.0.1:$METRICS_PORT/metrics" |
+        awk '/^iothub_frames_total/ {s += $2} END {printf "%d\n", s}'
+}
+connections() {
+    curl -s "127.0.0.1:$METRICS_PORT/metrics" |
+        awk '/^iothub_connections\{/ {s += $2} END {printf "%d\n", s}'
+}
+
+case "$MODE" in
+throughput)
+    start_hub
+    push_args=()
+    [ "${PUSH:-0}" = 1 ] && push_args=(--push-listen "127.0.0.1:$PUSH_PORT" --drain-timeout 120s)
+    "$LOADGEN" trackers --target "127.0.0.1:$GT06_PORT" --count "${COUNT:-4000}" \
+        --gps-interval "${GPS_INTERVAL:-200ms}" --gps-batch "${GPS_BATCH:-1}" \
+        --heartbeat-interval 60s --duration "${DURATION:-40s}" --connect-rate 2000 \
+        --source-ips 127.0.1.1-127.0.1.4 --quiet "${push_args[@]}" >"$OUT/loadgen.txt" 2>&1 &
+    LOADGEN_PID=$!
+    PIDS+=("$LOADGEN_PID")
+    sleep "${SETTLE:-8}"
+    c0=$(cpu_ticks) f0=$(frames) t0=$(date +%s.%N)
+    sleep "${WINDOW:-20}"
+    c1=$(cpu_ticks) f1=$(frames) t1=$(date +%s.%N)
+    rss=$(rss_kb)
+    status=0
+    wait "$LOADGEN_PID" || status=$?
+    python3 - "$c0" "$c1" "$f0" "$f1" "$t0" "$t1" "$rss" <<'EOF'
+import sys
+c0, c1, f0, f1, t0, t1, rss = map(float, sys.argv[1:])
+cpu = (c1 - c0) / 100
+frames = f1 - f0
+secs = t1 - t0
+print(f"window {secs:.1f} s: {frames:.0f} frames = {frames / secs:,.0f}/s; iothubd CPU "
+      f"{cpu:.2f} s = {cpu / secs:.2f} core; {frames / cpu:,.0f} frames per CPU-second; "
+      f"RSS {rss / 1024:.1f} MiB")
+EOF
+    grep -E "lost|gps " "$OUT/loadgen.txt" || true
+    echo "loadgen exit status $status (non-zero when anything was lost); logs in $OUT"
+    exit "$status"
+    ;;
+idle)
+    start_hub
+    sleep 1
+    before=$(rss_kb)
+    count="${IDLE_COUNT:-19000}"
+    "$LOADGEN" trackers --target "127.0.0.1:$GT06_PORT" --count "$count" --gps-interval 0s \
+        --heartbeat-interval 170s --duration "$((${IDLE_WAIT:-40} + 5))s" --connect-rate 0 \
+        --source-ips 127.0.1.1-127.0.1.4 --quiet >"$OUT/loadgen.txt" 2>&1 &
+    PIDS+=($!)
+    for t in $(seq 10 10 "${IDLE_WAIT:-40}"); do
+        sleep 10
+        echo "t=${t}s: RSS $(rss_kb) KiB, $(connections) connections"
+    done
+    after=$(rss_kb)
+    python3 - "$before" "$after" "$count" <<'EOF'
+import sys
+before, after, n = map(float, sys.argv[1:])
+per = (after - before) * 1024 / n
+print(f"RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with {n:.0f} sessions: "
+      f"{per:,.0f} bytes ({per / 1000:.2f} KB, {per / 1024:.2f} KiB) per session")
+EOF
+    ;;
+*)
+    echo "usage: $0 throughput|idle" >&2
+    exit 2
+    ;;
+esac
