@@ -66,7 +66,7 @@ fn defaults_storage_kafka_redis() {
     let c = load("", &[]).unwrap();
     assert_eq!(c.storage.data_dir, Path::new("data"));
     assert_eq!(c.storage.retention, Duration::from_secs(7 * 24 * 3600));
-    assert_eq!(c.storage.commit_interval, Duration::from_millis(10));
+    assert_eq!(c.storage.commit_interval, Duration::from_millis(25));
     assert!(!c.kafka.enable);
     assert_eq!(c.kafka.hosts, "127.0.0.1:9092");
     assert_eq!(c.kafka.topic_prefix, "iothub");
