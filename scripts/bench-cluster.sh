@@ -18,31 +18,16 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 MODE="${1:-scale}"
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-IOTHUBD="${IOTHUBD_BIN:-$TARGET_DIR/release/iothubd}"
-LOADGEN="${IOTHUB_LOADGEN_BIN:-$TARGET_DIR/release/iothub-loadgen}"
-[ -x "$IOTHUBD" ] && [ -x "$LOADGEN" ] || {
-    echo "build first: cargo build --release --workspace" >&2
-    exit 1
-}
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 command -v redis-server >/dev/null || {
     echo "install redis-server" >&2
     exit 1
 }
 
-OUT="${OUT:-$(mktemp -d)}"
-mkdir -p "$OUT"
 LEASE="${LEASE:-30}"
 TOKEN=bench-token
 REDIS_PORT=$((20000 + RANDOM % 10000))
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-ulimit -n "$(ulimit -Hn)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$OUT" --logfile "$OUT/redis.log" &
 PIDS+=($!)

@@ -18,26 +18,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 MODE="${1:-throughput}"
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-IOTHUBD="${IOTHUBD_BIN:-$TARGET_DIR/release/iothubd}"
-LOADGEN="${IOTHUB_LOADGEN_BIN:-$TARGET_DIR/release/iothub-loadgen}"
-[ -x "$IOTHUBD" ] && [ -x "$LOADGEN" ] || {
-    echo "build first: cargo build --release --workspace" >&2
-    exit 1
-}
-OUT="${OUT:-$(mktemp -d)}"
-mkdir -p "$OUT"
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 PORT_BASE=$((32000 + RANDOM % 2000 * 4))
 GT06_PORT=$PORT_BASE
 METRICS_PORT=$((PORT_BASE + 1))
 PUSH_PORT=$((PORT_BASE + 2))
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
 
 start_hub() {
     local push_url=""
