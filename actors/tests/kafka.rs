@@ -16,7 +16,7 @@ use std::time::Duration;
 use iothub::event::{Event, GpsRecord, Record, Topic};
 use iothub::imei::Imei;
 use iothub_actors::config::Config;
-use iothub_actors::publish::Publisher;
+use iothub_actors::publish::{PublishLane, Publisher};
 use iothub_actors::push::PushDispatcher;
 use iothub_actors::storage::Storage;
 use push_receiver::Receiver;
@@ -188,29 +188,19 @@ fn json(e: &Event) -> serde_json::Value {
     serde_json::from_slice(&e.to_json()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_publish_then_push_delivers_every_event() {
-    let broker = Broker::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(0).await;
-    let cfg = config(dir.path(), &broker.addr, &receiver.url());
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone())
-        .await
-        .expect("publisher on tansu");
-    let sent = publish(&publisher, 5, 12, 0).await;
-
-    // An independent reader: every event is in iothubtest.gps, keyed by its IMEI.
+/// Reads `n` records of iothubtest.gps from the start with an rdkafka consumer of its own,
+/// checking that each is keyed by its IMEI.
+async fn read_gps(broker: &str, group: &str, n: usize) -> Vec<serde_json::Value> {
     let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", "independent-reader")
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     reader.subscribe(&["iothubtest.gps"]).unwrap();
     let mut read = Vec::new();
-    while read.len() < sent.len() {
+    while read.len() < n {
         let m = tokio::time::timeout(WAIT, reader.recv())
             .await
             .expect("events readable from kafka")
@@ -227,6 +217,56 @@ async fn kafka_publish_then_push_delivers_every_event() {
         );
         read.push(value);
     }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publishes_a_session_does_not_wait_for_keep_each_device_s_order() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &broker.addr, "");
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone())
+        .await
+        .expect("publisher on tansu");
+    let mut lanes: Vec<PublishLane> = (0..3).map(|_| PublishLane::default()).collect();
+    let mut sent = Vec::new();
+    for seq in 0..30 {
+        for (device, lane) in (0u64..).zip(lanes.iter_mut()) {
+            let event = gps(imei(device), seq);
+            sent.push(event.clone());
+            lane.publish_unacknowledged(&publisher, vec![event])
+                .await
+                .expect("queued");
+        }
+    }
+    // An awaited publish after settling goes after all of them, as a session's ack does.
+    for (device, lane) in (0u64..).zip(lanes.iter_mut()) {
+        lane.settle().await;
+        let event = gps(imei(device), 30);
+        sent.push(event.clone());
+        publisher.publish(vec![event]).await.expect("published");
+    }
+    let read = read_gps(&broker.addr, "lane-reader", sent.len()).await;
+    publisher.stop().await;
+    let expected: Vec<serde_json::Value> = sent.iter().map(json).collect();
+    assert_eq!(per_device(&read), per_device(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publish_then_push_delivers_every_event() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0).await;
+    let cfg = config(dir.path(), &broker.addr, &receiver.url());
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone())
+        .await
+        .expect("publisher on tansu");
+    let sent = publish(&publisher, 5, 12, 0).await;
+
+    // An independent reader: every event is in iothubtest.gps, keyed by its IMEI.
+    let read = read_gps(&broker.addr, "independent-reader", sent.len()).await;
     let expected: Vec<serde_json::Value> = sent.iter().map(json).collect();
     assert_eq!(
         per_device(&read),

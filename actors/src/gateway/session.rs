@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use crate::auth_codes::AuthCodes;
 use crate::offline::{OfflineCommands, QueuedInstruction};
-use crate::publish::Publisher;
+use crate::publish::{PublishLane, Publisher};
 use crate::registry::Registry;
 
 /// Reads (each a batch of frames) a reader may have decoded and not yet seen handled.
@@ -141,6 +141,8 @@ pub struct SessionState<P: Protocol> {
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
+    /// Events nothing acknowledges, on their way without the session waiting for them.
+    lane: PublishLane,
     /// The device's offline instructions could not be read at login (store unreachable):
     /// read them again at the next tick, so none waits for the next login.
     offline_unread: bool,
@@ -186,6 +188,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             offline_queue: VecDeque::new(),
             closing: false,
             taken_over: false,
+            lane: PublishLane::default(),
             offline_unread: false,
             detected,
             _connection_permit: args.connection_permit,
@@ -220,6 +223,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
                 _ => None,
             })
             .collect();
+        state.lane.settle().await;
         if !events.is_empty() && !state.taken_over {
             if let Err(e) = state.deps.publisher.publish(events).await {
                 tracing::warn!(imei = ?state.imei, error = %e, "logout event not stored");
@@ -405,11 +409,10 @@ impl<P: Protocol> SessionState<P> {
         }
         if !pending_events.is_empty() {
             // Nothing after these events tells the device anything, so the session need not
-            // wait for them to be durable before the next message (see the Publisher).
+            // wait for them to be durable before the next message (see `PublishLane`).
             if let Err(e) = self
-                .deps
-                .publisher
-                .publish_unacknowledged(std::mem::take(&mut pending_events))
+                .lane
+                .publish_unacknowledged(&self.deps.publisher, std::mem::take(&mut pending_events))
                 .await
             {
                 tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing");
@@ -425,6 +428,8 @@ impl<P: Protocol> SessionState<P> {
         myself: &ActorRef<SessionMsg<P::Frame>>,
         events: &mut Vec<Event>,
     ) -> bool {
+        // After this device's events still on their way, so they keep their order.
+        self.lane.settle().await;
         match self.deps.publisher.publish(std::mem::take(events)).await {
             Ok(()) => true,
             Err(e) => {

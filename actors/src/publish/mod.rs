@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use iothub::event::Event;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::Config;
 use crate::storage::Storage;
@@ -115,6 +116,72 @@ impl Publisher {
     pub async fn stop(&self) {
         if let Err(e) = self.actor.drain_and_wait(Some(STOP_TIMEOUT)).await {
             tracing::warn!(error = %e, "publisher did not drain in time");
+        }
+    }
+}
+
+/// Unacknowledged publishes of one session in flight on the Kafka sink, at most.
+const LANE_CALLS_IN_FLIGHT: usize = 8;
+
+/// One session's way to publish events nothing acknowledges without waiting for them.
+///
+/// The embedded log's queue keeps order by itself, so there the events are just queued. The
+/// Kafka sink keeps a device's events in order (also into its outage spool) only when one of
+/// its calls is in flight at a time, so there each call runs in a task of its own that first
+/// waits for the call before it: the session reads on while the delivery reports come, and
+/// an instruction for the device no longer waits behind them. At most
+/// [`LANE_CALLS_IN_FLIGHT`] calls are in flight; the session waits when there are more.
+/// Before anything it awaits (an acknowledged event, the logout), the session calls
+/// [`PublishLane::settle`], so that call is ordered after these.
+#[derive(Default)]
+pub struct PublishLane {
+    /// Resolves when the last call started through the lane is finished.
+    tail: Option<oneshot::Receiver<()>>,
+    /// Created at the first Kafka call.
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+impl PublishLane {
+    pub async fn publish_unacknowledged(
+        &mut self,
+        publisher: &Publisher,
+        events: Vec<Event>,
+    ) -> Result<(), PublishError> {
+        if events.is_empty() || publisher.log.is_some() {
+            return publisher.publish_unacknowledged(events).await;
+        }
+        let limit = self
+            .in_flight
+            .get_or_insert_with(|| Arc::new(Semaphore::new(LANE_CALLS_IN_FLIGHT)))
+            .clone();
+        let permit = limit
+            .acquire_owned()
+            .await
+            .map_err(|_| PublishError::Stopped)?;
+        let previous = self.tail.take();
+        let (done, tail) = oneshot::channel();
+        self.tail = Some(tail);
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            if let Some(previous) = previous {
+                // Finished or dropped: either way this call may go now.
+                let _ = previous.await;
+            }
+            // Nothing was promised to the device, so a failure has nobody to tell: the
+            // Publisher has counted it, and the log says which events.
+            if let Err(e) = publisher.publish(events).await {
+                tracing::error!(error = %e, "unacknowledged events not published");
+            }
+            let _ = done.send(());
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Waits until every call started through the lane is finished.
+    pub async fn settle(&mut self) {
+        if let Some(tail) = self.tail.take() {
+            let _ = tail.await;
         }
     }
 }
