@@ -65,11 +65,32 @@ impl Hub {
                 .collect(),
             _tmp: Some(tmp),
         };
-        hub.spawn();
-        hub
+        // A port free_port found can be taken again before iothubd binds it (tests run in
+        // parallel and every outgoing connection takes an ephemeral port): start again on
+        // new ports then, and only then.
+        for attempt in 1..=3 {
+            match hub.try_spawn() {
+                Ok(()) => return hub,
+                Err(log) if attempt < 3 && log.contains("in use") => {
+                    hub.gt06 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    hub.jt808 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    hub.api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    hub.metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                Err(log) => panic!("iothubd exited during start-up:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("iothubd exited during start-up:\n{log}");
+        }
+    }
+
+    /// Starts iothubd and waits for its ports; on an early exit, the end of its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(iothubd_bin());
         cmd.env("IOTHUB_GT06_LISTEN", self.gt06.to_string())
             .env("IOTHUB_JT808_LISTEN", self.jt808.to_string())
@@ -82,26 +103,34 @@ impl Hub {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stdout(Stdio::null());
+        let log_path = self.data_dir.join("iothubd.log");
+        if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            let log = std::fs::File::create(&log_path).expect("iothubd log file");
+            cmd.stderr(log);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start iothubd");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready().map_err(|status| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{status}; its log ends:\n{}", tail.join("\n"))
+        })
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until iothubd listens; its exit status if it exits first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("iothubd exited during start-up with {status} (run with IOTHUB_TEST_LOGS=1 to see its log)");
+                    return Err(status.to_string());
                 }
             }
             let ok = std::net::TcpStream::connect_timeout(&self.gt06, Duration::from_millis(200))
@@ -111,7 +140,7 @@ impl Hub {
                 && std::net::TcpStream::connect_timeout(&self.api, Duration::from_millis(200))
                     .is_ok();
             if ok {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
