@@ -1,19 +1,23 @@
 //! The Publisher: makes device events durable before devices are acknowledged.
 //!
 //! A session calls [`Publisher::publish`] and acknowledges its device only after it returns
-//! `Ok`. The Publisher actor hands each call to a sink:
+//! `Ok`; events nothing acknowledges go through its [`PublishLane`] without the session
+//! waiting. Each call reaches a sink:
 //! - embedded ([`embedded`]): a bounded queue in front of one writer thread that commits
 //!   everything queued in one redb transaction (group commit: one fsync for many sessions);
-//! - Kafka ([`kafka`]): an idempotent `acks=all` producer; the call returns after the delivery
-//!   reports of all its events. While the brokers cannot be reached, the events go to a
-//!   bounded spool in the node's redb database instead ([`spool`]) and the call returns once
-//!   they are committed there; a drain task produces the spool, in order, when Kafka answers
-//!   again, also after a restart.
+//!   callers feed the queue directly;
+//! - Kafka ([`kafka`]), through the Publisher actor: an idempotent `acks=all` producer; the
+//!   call returns after the delivery reports of all its events. While the brokers cannot be
+//!   reached, the events go to a bounded spool in the node's redb database instead
+//!   ([`spool`]) and the call returns once they are committed there; a drain task produces
+//!   the spool, in order, when Kafka answers again, also after a restart.
 //!
 //! Both sinks bound the work in flight, so callers wait (back-pressure) instead of memory
 //! growing when the disk or the brokers are slow. A sink failure (a commit that failed, a
 //! message Kafka refuses for good, a full spool) is returned to the caller, who then does not
-//! acknowledge the device; the device resends.
+//! acknowledge the device; the device resends. A failed call whose events nothing
+//! acknowledges has nobody to tell: it is logged and counted, as the device would not have
+//! sent those events again anyway.
 
 pub mod embedded;
 pub mod kafka;
