@@ -119,9 +119,14 @@ impl EmbeddedSink {
         events: Vec<Event>,
         reply: RpcReplyPort<Result<(), PublishError>>,
     ) {
-        let queue = self.queue.clone();
+        // Queued here, in mailbox order; only the wait for the commit runs on its own.
+        let (done, answer) = oneshot::channel();
+        if let Err(e) = self.queue.enqueue(events, Some(done)).await {
+            let _ = reply.send(Err(e));
+            return;
+        }
         tokio::spawn(async move {
-            let _ = reply.send(queue.append(events).await);
+            let _ = reply.send(answer.await.unwrap_or(Err(PublishError::Stopped)));
         });
     }
 
