@@ -7,8 +7,10 @@
 //! what lets a device be acknowledged. It needs no C toolchain and no separate process.
 //!
 //! Layout:
-//! - one append-only table per [`Topic`] (`events_<name>`): key = offset (u64, dense,
-//!   increasing), value = stored event (enqueue time, IMEI, record JSON bytes);
+//! - one append-only table per [`Topic`] (`log_<name>`): one entry per commit, key = offset of
+//!   its first event (offsets are per event, dense, increasing), value = the enqueue time and
+//!   the commit's events of that topic (IMEI, record JSON bytes) in offset order. Databases of
+//!   the one-event-per-entry layout (`events_<name>`) are moved over when opened;
 //! - `meta`: the next offset of each topic (kept explicitly, because delivered entries are
 //!   deleted and the last key alone cannot tell where the log ended) and id counters;
 //! - `cursors`: (topic, consumer) -> next offset that consumer has not yet delivered;
@@ -27,7 +29,7 @@ use std::sync::Arc;
 
 use iothub::event::Topic;
 use iothub::imei::Imei;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
 use crate::config::StorageConfig;
@@ -39,21 +41,17 @@ pub(crate) const META_TABLE: TableDefinition<&str, u64> = TableDefinition::new("
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
 pub(crate) const OFFLINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("offline");
 
-const EVENTS_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events_event");
-const EVENTS_HB: TableDefinition<u64, &[u8]> = TableDefinition::new("events_hb");
-const EVENTS_GPS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_gps");
-const EVENTS_ALARM: TableDefinition<u64, &[u8]> = TableDefinition::new("events_alarm");
-const EVENTS_LBS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_lbs");
-const EVENTS_INSTRUCT: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("events_instruct_response");
-const EVENTS_OFFLINE_CB: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("events_offline_cmd_callback");
-const EVENTS_RESOURCE_LIST: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("events_resource_list");
-const EVENTS_FTP_UPLOAD: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("events_ftp_file_upload");
-const EVENTS_PASS_THROUGH: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("events_pass_through");
+const LOG_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("log_event");
+const LOG_HB: TableDefinition<u64, &[u8]> = TableDefinition::new("log_hb");
+const LOG_GPS: TableDefinition<u64, &[u8]> = TableDefinition::new("log_gps");
+const LOG_ALARM: TableDefinition<u64, &[u8]> = TableDefinition::new("log_alarm");
+const LOG_LBS: TableDefinition<u64, &[u8]> = TableDefinition::new("log_lbs");
+const LOG_INSTRUCT: TableDefinition<u64, &[u8]> = TableDefinition::new("log_instruct_response");
+const LOG_OFFLINE_CB: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("log_offline_cmd_callback");
+const LOG_RESOURCE_LIST: TableDefinition<u64, &[u8]> = TableDefinition::new("log_resource_list");
+const LOG_FTP_UPLOAD: TableDefinition<u64, &[u8]> = TableDefinition::new("log_ftp_file_upload");
+const LOG_PASS_THROUGH: TableDefinition<u64, &[u8]> = TableDefinition::new("log_pass_through");
 
 /// Meta key of the offline instruction id counter.
 pub(crate) const OFFLINE_NEXT_ID: &str = "offline.next_id";
@@ -64,18 +62,35 @@ pub(crate) const KAFKA_SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new
 /// are deleted and an empty table cannot tell where the sequence ended.
 pub(crate) const KAFKA_SPOOL_NEXT_SEQ: &str = "kafka_spool.next_seq";
 
-fn events_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
+fn log_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
     match topic {
-        Topic::Event => EVENTS_EVENT,
-        Topic::Heartbeat => EVENTS_HB,
-        Topic::Gps => EVENTS_GPS,
-        Topic::Alarm => EVENTS_ALARM,
-        Topic::Lbs => EVENTS_LBS,
-        Topic::InstructResponse => EVENTS_INSTRUCT,
-        Topic::OfflineCommandCallback => EVENTS_OFFLINE_CB,
-        Topic::ResourceList => EVENTS_RESOURCE_LIST,
-        Topic::FtpFileUpload => EVENTS_FTP_UPLOAD,
-        Topic::PassThrough => EVENTS_PASS_THROUGH,
+        Topic::Event => LOG_EVENT,
+        Topic::Heartbeat => LOG_HB,
+        Topic::Gps => LOG_GPS,
+        Topic::Alarm => LOG_ALARM,
+        Topic::Lbs => LOG_LBS,
+        Topic::InstructResponse => LOG_INSTRUCT,
+        Topic::OfflineCommandCallback => LOG_OFFLINE_CB,
+        Topic::ResourceList => LOG_RESOURCE_LIST,
+        Topic::FtpFileUpload => LOG_FTP_UPLOAD,
+        Topic::PassThrough => LOG_PASS_THROUGH,
+    }
+}
+
+/// The table of `topic` in the layout before log entries held several events
+/// (`events_<name>`: one event per entry), read once at open to move its entries over.
+fn legacy_events_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
+    match topic {
+        Topic::Event => TableDefinition::new("events_event"),
+        Topic::Heartbeat => TableDefinition::new("events_hb"),
+        Topic::Gps => TableDefinition::new("events_gps"),
+        Topic::Alarm => TableDefinition::new("events_alarm"),
+        Topic::Lbs => TableDefinition::new("events_lbs"),
+        Topic::InstructResponse => TableDefinition::new("events_instruct_response"),
+        Topic::OfflineCommandCallback => TableDefinition::new("events_offline_cmd_callback"),
+        Topic::ResourceList => TableDefinition::new("events_resource_list"),
+        Topic::FtpFileUpload => TableDefinition::new("events_ftp_file_upload"),
+        Topic::PassThrough => TableDefinition::new("events_pass_through"),
     }
 }
 
@@ -140,30 +155,116 @@ pub struct StoredEvent {
     pub json: Vec<u8>,
 }
 
-/// Value layout: enqueue time (i64 big-endian) | IMEI length (u8) | IMEI digits | JSON.
-fn encode_value(enqueued_ms: i64, imei: &Imei, json: &[u8]) -> Vec<u8> {
-    let digits = imei.as_str().as_bytes();
-    let mut v = Vec::with_capacity(9 + digits.len() + json.len());
+/// Bytes before the first event of a log entry: enqueue time (i64) and event count (u32).
+const ENTRY_HEADER: usize = 12;
+/// The smallest event in an entry: IMEI length, one digit, JSON length.
+const MIN_EVENT_BYTES: usize = 6;
+
+/// Log entry layout, one entry per commit and topic, keyed by the offset of its first event:
+/// enqueue time (i64 big-endian) | event count (u32 big-endian) | per event: IMEI length (u8) |
+/// IMEI digits | JSON length (u32 big-endian) | JSON.
+///
+/// One entry per commit rather than one per event because the writer's cost was the B-tree:
+/// an insert per event, each touching leaf and branch pages, against a single insert of the
+/// same bytes.
+fn encode_entry(enqueued_ms: i64, events: &[(&Imei, &[u8])]) -> Result<Vec<u8>, StoreError> {
+    let count = u32::try_from(events.len())
+        .map_err(|_| StoreError(format!("{} events in one commit", events.len())))?;
+    let size = ENTRY_HEADER
+        + events
+            .iter()
+            .map(|(imei, json)| 5 + imei.as_str().len() + json.len())
+            .sum::<usize>();
+    let mut v = Vec::with_capacity(size);
     v.extend_from_slice(&enqueued_ms.to_be_bytes());
-    // An Imei has at most 20 digits, so its length fits a byte.
-    v.push(digits.len() as u8);
-    v.extend_from_slice(digits);
-    v.extend_from_slice(json);
-    v
+    v.extend_from_slice(&count.to_be_bytes());
+    for (imei, json) in events {
+        let digits = imei.as_str().as_bytes();
+        let json_len = u32::try_from(json.len())
+            .map_err(|_| StoreError(format!("event JSON of {} bytes", json.len())))?;
+        // An Imei has at most 20 digits, so its length fits a byte.
+        v.push(digits.len() as u8);
+        v.extend_from_slice(digits);
+        v.extend_from_slice(&json_len.to_be_bytes());
+        v.extend_from_slice(json);
+    }
+    Ok(v)
 }
 
-fn decode_value(offset: u64, v: &[u8]) -> Option<StoredEvent> {
+/// A log entry whose structure was checked: its events fill `body` exactly.
+struct Entry<'a> {
+    enqueued_ms: i64,
+    body: &'a [u8],
+}
+
+/// The first event of `bytes`: (IMEI digits, JSON, what follows), or None if cut short.
+fn split_event(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let digits_len = usize::from(*bytes.first()?);
+    let digits = bytes.get(1..1 + digits_len)?;
+    let len_at = 1 + digits_len;
+    let json_len: [u8; 4] = bytes.get(len_at..len_at + 4)?.try_into().ok()?;
+    let json_at = len_at + 4;
+    let json_end = json_at.checked_add(u32::from_be_bytes(json_len) as usize)?;
+    let json = bytes.get(json_at..json_end)?;
+    Some((digits, json, &bytes[json_end..]))
+}
+
+/// The header of an entry: (enqueue time, event count), without walking its events.
+fn entry_header(v: &[u8]) -> Option<(i64, u64)> {
+    let time: [u8; 8] = v.get(..8)?.try_into().ok()?;
+    let count: [u8; 4] = v.get(8..ENTRY_HEADER)?.try_into().ok()?;
+    Some((
+        i64::from_be_bytes(time),
+        u64::from(u32::from_be_bytes(count)),
+    ))
+}
+
+fn parse_entry(v: &[u8]) -> Option<Entry<'_>> {
+    let (enqueued_ms, count) = entry_header(v)?;
+    let body = &v[ENTRY_HEADER..];
+    // The count comes from disk: it must fit the bytes before anything trusts it.
+    if count > (body.len() / MIN_EVENT_BYTES) as u64 {
+        return None;
+    }
+    let mut rest = body;
+    for _ in 0..count {
+        rest = split_event(rest)?.2;
+    }
+    rest.is_empty().then_some(Entry { enqueued_ms, body })
+}
+
+impl<'a> Entry<'a> {
+    /// (IMEI digits, JSON) of each event, in offset order.
+    fn events(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let mut rest = self.body;
+        std::iter::from_fn(move || {
+            let (digits, json, next) = split_event(rest)?;
+            rest = next;
+            Some((digits, json))
+        })
+    }
+}
+
+fn parse_imei(digits: &[u8]) -> Option<Imei> {
+    Imei::parse(std::str::from_utf8(digits).ok()?).ok()
+}
+
+/// A value of the layout before log entries held several events: enqueue time (i64
+/// big-endian) | IMEI length (u8) | IMEI digits | JSON.
+fn decode_legacy_value(v: &[u8]) -> Option<(i64, Imei, &[u8])> {
     let time: [u8; 8] = v.get(..8)?.try_into().ok()?;
     let len = usize::from(*v.get(8)?);
-    let digits = v.get(9..9 + len)?;
-    let imei = Imei::parse(std::str::from_utf8(digits).ok()?).ok()?;
-    let json = v.get(9 + len..)?.to_vec();
-    Some(StoredEvent {
+    let imei = parse_imei(v.get(9..9 + len)?)?;
+    Some((i64::from_be_bytes(time), imei, v.get(9 + len..)?))
+}
+
+fn count_corrupt_entry(topic: Topic, offset: u64) {
+    tracing::warn!(
+        topic = topic.name(),
         offset,
-        imei,
-        enqueued_ms: i64::from_be_bytes(time),
-        json,
-    })
+        "undecodable log entry skipped"
+    );
+    metrics::counter!("iothub_log_corrupt_entries_total", "topic" => topic.name()).increment(1);
 }
 
 /// Handle to the embedded database, shared by the Publisher, the PushDispatcher and the
@@ -204,9 +305,10 @@ impl Storage {
             txn.open_table(crate::auth_codes::AUTH_CODES)?;
             txn.open_table(KAFKA_SPOOL)?;
             for topic in Topic::ALL {
-                txn.open_table(events_table(topic))?;
+                txn.open_table(log_table(topic))?;
             }
         }
+        migrate_legacy_tables(&txn)?;
         txn.commit()?;
         Ok(Arc::new(Storage {
             db,
@@ -225,45 +327,38 @@ impl Storage {
     }
 
     /// Appends events in one durable transaction and wakes the readers of their topics.
-    /// Within a topic the events get consecutive offsets in the given order.
+    /// Within a topic the events get consecutive offsets in the given order; they are stored
+    /// as one log entry per topic.
     pub fn append(&self, events: &[NewEvent], now_ms: i64) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut touched = [false; Topic::ALL.len()];
+        let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
+            std::array::from_fn(|_| Vec::new());
+        for e in events {
+            by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
+        }
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META_TABLE)?;
-            let mut next: [Option<u64>; Topic::ALL.len()] = [None; Topic::ALL.len()];
-            let mut tables: [Option<redb::Table<u64, &[u8]>>; Topic::ALL.len()] =
-                std::array::from_fn(|_| None);
-            for e in events {
-                let i = topic_index(e.topic);
-                let offset = match next[i] {
-                    Some(o) => o,
-                    None => meta
-                        .get(next_offset_key(e.topic))?
-                        .map(|g| g.value())
-                        .unwrap_or(0),
-                };
-                let table = match &mut tables[i] {
-                    Some(t) => t,
-                    slot => slot.insert(txn.open_table(events_table(e.topic))?),
-                };
-                table.insert(offset, encode_value(now_ms, &e.imei, &e.json).as_slice())?;
-                next[i] = Some(offset + 1);
-                touched[i] = true;
-            }
-            for (i, n) in next.iter().enumerate() {
-                if let Some(n) = n {
-                    meta.insert(next_offset_key(Topic::ALL[i]), *n)?;
+            for (group, topic) in by_topic.iter().zip(Topic::ALL) {
+                if group.is_empty() {
+                    continue;
                 }
+                let first = meta
+                    .get(next_offset_key(topic))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let entry = encode_entry(now_ms, group)?;
+                txn.open_table(log_table(topic))?
+                    .insert(first, entry.as_slice())?;
+                meta.insert(next_offset_key(topic), first + group.len() as u64)?;
             }
         }
         txn.commit()?;
-        for (i, t) in touched.iter().enumerate() {
-            if *t {
-                self.notify[i].notify_one();
+        for (group, notify) in by_topic.iter().zip(&self.notify) {
+            if !group.is_empty() {
+                notify.notify_one();
             }
         }
         Ok(())
@@ -278,20 +373,39 @@ impl Storage {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(events_table(topic))?;
+        let table = txn.open_table(log_table(topic))?;
         let mut out = Vec::with_capacity(max.min(1024));
-        for entry in table.range(from..)?.take(max) {
+        if max == 0 {
+            return Ok(out);
+        }
+        // The entry holding `from` may start before it.
+        let start = match table.range(..=from)?.next_back() {
+            Some(entry) => entry?.0.value(),
+            None => from,
+        };
+        for entry in table.range(start..)? {
             let (k, v) = entry?;
-            match decode_value(k.value(), v.value()) {
-                Some(e) => out.push(e),
-                None => {
-                    tracing::warn!(
-                        topic = topic.name(),
-                        offset = k.value(),
-                        "undecodable log entry skipped"
-                    );
-                    metrics::counter!("iothub_log_corrupt_entries_total", "topic" => topic.name())
-                        .increment(1);
+            let first = k.value();
+            let Some(parsed) = parse_entry(v.value()) else {
+                count_corrupt_entry(topic, first);
+                continue;
+            };
+            for (offset, (digits, json)) in (first..).zip(parsed.events()) {
+                if offset < from {
+                    continue;
+                }
+                let Some(imei) = parse_imei(digits) else {
+                    count_corrupt_entry(topic, offset);
+                    continue;
+                };
+                out.push(StoredEvent {
+                    offset,
+                    imei,
+                    enqueued_ms: parsed.enqueued_ms,
+                    json: json.to_vec(),
+                });
+                if out.len() >= max {
+                    return Ok(out);
                 }
             }
         }
@@ -318,9 +432,10 @@ impl Storage {
             .unwrap_or(0))
     }
 
-    /// Records that `consumer` delivered everything below `next`, and deletes those entries
-    /// from the log in the same transaction. The log has one consumer per topic (the push
-    /// dispatcher), so what it delivered is no longer needed.
+    /// Records that `consumer` delivered everything below `next`, and deletes the entries
+    /// whose events are all below it in the same transaction. The log has one consumer per
+    /// topic (the push dispatcher), so what it delivered is no longer needed. An entry that
+    /// `next` falls inside stays until the rest of it is delivered; reads skip its front.
     pub fn advance_cursor(
         &self,
         topic: Topic,
@@ -331,39 +446,48 @@ impl Storage {
         {
             let mut cursors = txn.open_table(CURSORS)?;
             cursors.insert((topic.name(), consumer), next)?;
-            let mut table = txn.open_table(events_table(topic))?;
-            table.retain_in(..next, |_, _| false)?;
+            let mut table = txn.open_table(log_table(topic))?;
+            table.retain_in(..next, |first, v| {
+                entry_header(v).is_some_and(|(_, count)| first.saturating_add(count) > next)
+            })?;
         }
         txn.commit()?;
         Ok(())
     }
 
     /// Deletes, from the front of every topic, entries enqueued before `cutoff_ms` (the
-    /// retention limit), whether delivered or not. Returns how many were deleted per topic.
+    /// retention limit), whether delivered or not. Returns per topic how many of the deleted
+    /// events no consumer had delivered.
     pub fn prune_older_than(&self, cutoff_ms: i64) -> Result<Vec<(Topic, u64)>, StoreError> {
         let mut deleted = Vec::new();
         let txn = self.db.begin_write()?;
         {
+            let cursors = txn.open_table(CURSORS)?;
             for topic in Topic::ALL {
-                let mut table = txn.open_table(events_table(topic))?;
+                let delivered = slowest_cursor(&cursors, topic)?;
+                let mut table = txn.open_table(log_table(topic))?;
                 // Offsets are assigned in commit order, so enqueue times grow with the key:
                 // the expired entries are a prefix of the table.
                 let mut end = None;
+                let mut undelivered = 0;
                 for entry in table.iter()? {
                     let (k, v) = entry?;
-                    let expired = match decode_value(k.value(), v.value()) {
-                        Some(e) => e.enqueued_ms < cutoff_ms,
-                        None => true,
+                    let first = k.value();
+                    let (expired, count) = match entry_header(v.value()) {
+                        Some((enqueued_ms, count)) => (enqueued_ms < cutoff_ms, count),
+                        None => (true, 0),
                     };
                     if !expired {
                         break;
                     }
-                    end = Some(k.value());
+                    undelivered += (first + count).saturating_sub(first.max(delivered));
+                    end = Some(first);
                 }
                 if let Some(end) = end {
-                    let first = table.first()?.map(|(k, _)| k.value()).unwrap_or(end);
                     table.retain_in(..=end, |_, _| false)?;
-                    deleted.push((topic, end - first + 1));
+                    if undelivered > 0 {
+                        deleted.push((topic, undelivered));
+                    }
                 }
             }
         }
@@ -372,26 +496,267 @@ impl Storage {
     }
 }
 
+/// The lowest position any consumer of `topic` has reached (0 when it has none).
+fn slowest_cursor(
+    cursors: &redb::Table<(&str, &str), u64>,
+    topic: Topic,
+) -> Result<u64, StoreError> {
+    let mut slowest: Option<u64> = None;
+    for entry in cursors.range((topic.name(), "")..)? {
+        let (k, v) = entry?;
+        if k.value().0 != topic.name() {
+            break;
+        }
+        slowest = Some(slowest.map_or(v.value(), |s| s.min(v.value())));
+    }
+    Ok(slowest.unwrap_or(0))
+}
+
+/// Moves the entries of the one-event-per-entry layout (`events_<name>` tables) into the log
+/// tables, each as an entry of one event under its own offset, and drops the old tables. Runs
+/// inside the open transaction, so a crash leaves either layout whole.
+fn migrate_legacy_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
+    for topic in Topic::ALL {
+        let legacy = legacy_events_table(topic);
+        if !names.iter().any(|n| n == legacy.name()) {
+            continue;
+        }
+        let (mut moved, mut dropped) = (0u64, 0u64);
+        {
+            let old = txn.open_table(legacy)?;
+            let mut log = txn.open_table(log_table(topic))?;
+            for entry in old.iter()? {
+                let (k, v) = entry?;
+                match decode_legacy_value(v.value()) {
+                    Some((enqueued_ms, imei, json)) => {
+                        let entry = encode_entry(enqueued_ms, &[(&imei, json)])?;
+                        log.insert(k.value(), entry.as_slice())?;
+                        moved += 1;
+                    }
+                    None => dropped += 1,
+                }
+            }
+        }
+        txn.delete_table(legacy)?;
+        tracing::info!(
+            topic = topic.name(),
+            moved,
+            dropped,
+            "event log moved to the entry-per-commit layout"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
+    use std::time::Duration;
 
-    #[test]
-    fn value_round_trip() {
-        let imei = Imei::parse("864717003283581").unwrap();
-        let v = encode_value(1_700_000_000_123, &imei, br#"{"a":1}"#);
-        let e = decode_value(7, &v).unwrap();
-        assert_eq!(e.imei, imei);
-        assert_eq!(e.enqueued_ms, 1_700_000_000_123);
-        assert_eq!(e.json, br#"{"a":1}"#);
-        assert_eq!(e.offset, 7);
+    const IMEI_A: &str = "864717003283581";
+    const IMEI_B: &str = "356307042441013";
+
+    fn open(dir: &tempfile::TempDir) -> Arc<Storage> {
+        Storage::open(&StorageConfig {
+            data_dir: dir.path().to_path_buf(),
+            retention: Duration::from_secs(3600),
+            commit_interval: Duration::ZERO,
+        })
+        .unwrap()
+    }
+
+    fn gps(imei: &str, n: u32) -> NewEvent {
+        NewEvent {
+            topic: Topic::Gps,
+            imei: Imei::parse(imei).unwrap(),
+            json: format!(r#"{{"n":{n}}}"#).into_bytes(),
+        }
+    }
+
+    fn offsets(events: &[StoredEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.offset).collect()
     }
 
     #[test]
-    fn truncated_value_is_rejected() {
-        let imei = Imei::parse("864717003283581").unwrap();
-        let v = encode_value(1, &imei, b"{}");
-        assert!(decode_value(0, &v[..12]).is_none());
-        assert!(decode_value(0, &[]).is_none());
+    fn entry_round_trip() {
+        let (a, b) = (Imei::parse(IMEI_A).unwrap(), Imei::parse(IMEI_B).unwrap());
+        let v = encode_entry(1_700_000_000_123, &[(&a, br#"{"a":1}"#), (&b, b"{}")]).unwrap();
+        let entry = parse_entry(&v).unwrap();
+        assert_eq!(entry.enqueued_ms, 1_700_000_000_123);
+        let events: Vec<_> = entry.events().collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0], (IMEI_A.as_bytes(), &br#"{"a":1}"#[..]));
+        assert_eq!(events[1], (IMEI_B.as_bytes(), &b"{}"[..]));
+    }
+
+    #[test]
+    fn truncated_entry_is_rejected() {
+        let a = Imei::parse(IMEI_A).unwrap();
+        let v = encode_entry(1, &[(&a, b"{}"), (&a, b"{}")]).unwrap();
+        assert!(parse_entry(&v[..v.len() - 1]).is_none());
+        assert!(parse_entry(&v[..ENTRY_HEADER]).is_none());
+        assert!(parse_entry(&[]).is_none());
+    }
+
+    #[test]
+    fn entry_with_trailing_bytes_is_rejected() {
+        let a = Imei::parse(IMEI_A).unwrap();
+        let mut v = encode_entry(1, &[(&a, b"{}")]).unwrap();
+        v.push(0);
+        assert!(parse_entry(&v).is_none());
+    }
+
+    #[test]
+    fn entry_count_larger_than_its_bytes_is_rejected_before_walking() {
+        let mut v = 1i64.to_be_bytes().to_vec();
+        v.extend_from_slice(&u32::MAX.to_be_bytes());
+        v.extend_from_slice(&[0; 12]);
+        assert!(parse_entry(&v).is_none());
+    }
+
+    #[test]
+    fn one_commit_is_one_entry_per_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let mut events: Vec<NewEvent> = (0..5).map(|n| gps(IMEI_A, n)).collect();
+        events.push(NewEvent {
+            topic: Topic::Heartbeat,
+            imei: Imei::parse(IMEI_B).unwrap(),
+            json: b"{}".to_vec(),
+        });
+        storage.append(&events, 1).unwrap();
+        let txn = storage.db().begin_read().unwrap();
+        assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
+        assert_eq!(txn.open_table(LOG_HB).unwrap().len().unwrap(), 1);
+    }
+
+    #[test]
+    fn offsets_run_on_across_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage
+            .append(&[gps(IMEI_A, 0), gps(IMEI_A, 1)], 1)
+            .unwrap();
+        storage.append(&[gps(IMEI_B, 2)], 2).unwrap();
+        let read = storage.read(Topic::Gps, 0, 10).unwrap();
+        assert_eq!(offsets(&read), [0, 1, 2]);
+        assert_eq!(read[2].imei.as_str(), IMEI_B);
+        assert_eq!(read[2].json, br#"{"n":2}"#);
+        assert_eq!(read[2].enqueued_ms, 2);
+        assert_eq!(storage.next_offset(Topic::Gps).unwrap(), 3);
+    }
+
+    #[test]
+    fn read_starts_inside_an_entry_and_stops_at_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&batch, 1).unwrap();
+        storage.append(&batch, 2).unwrap();
+        assert_eq!(
+            offsets(&storage.read(Topic::Gps, 7, 5).unwrap()),
+            [7, 8, 9, 10, 11]
+        );
+        assert_eq!(storage.read(Topic::Gps, 19, 5).unwrap().len(), 1);
+        assert!(storage.read(Topic::Gps, 20, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn advance_keeps_the_entry_the_cursor_falls_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&batch, 1).unwrap();
+        storage.append(&batch, 2).unwrap();
+        storage.advance_cursor(Topic::Gps, "push", 15).unwrap();
+        let txn = storage.db().begin_read().unwrap();
+        assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
+        assert_eq!(storage.read(Topic::Gps, 15, 100).unwrap()[0].offset, 15);
+        assert_eq!(storage.cursor(Topic::Gps, "push").unwrap(), 15);
+    }
+
+    #[test]
+    fn advance_past_an_entry_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage
+            .append(&[gps(IMEI_A, 0), gps(IMEI_A, 1)], 1)
+            .unwrap();
+        storage.advance_cursor(Topic::Gps, "push", 2).unwrap();
+        let txn = storage.db().begin_read().unwrap();
+        assert!(txn.open_table(LOG_GPS).unwrap().is_empty().unwrap());
+    }
+
+    #[test]
+    fn prune_counts_only_undelivered_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&batch, 100).unwrap();
+        storage.append(&batch, 200).unwrap();
+        storage.advance_cursor(Topic::Gps, "push", 4).unwrap();
+        assert_eq!(
+            storage.prune_older_than(150).unwrap(),
+            [(Topic::Gps, 6)],
+            "offsets 4..10 expired undelivered"
+        );
+        assert_eq!(offsets(&storage.read(Topic::Gps, 0, 1).unwrap()), [10]);
+    }
+
+    #[test]
+    fn undecodable_entry_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage.append(&[gps(IMEI_A, 0)], 1).unwrap();
+        storage.append(&[gps(IMEI_A, 1)], 2).unwrap();
+        let txn = storage.db().begin_write().unwrap();
+        txn.open_table(LOG_GPS)
+            .unwrap()
+            .insert(0, &b"garbage"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(offsets(&storage.read(Topic::Gps, 0, 10).unwrap()), [1]);
+    }
+
+    #[test]
+    fn log_of_the_one_event_per_entry_layout_is_moved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let imei = Imei::parse(IMEI_A).unwrap();
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(legacy_events_table(Topic::Gps)).unwrap();
+                for (offset, json) in [(41u64, &b"{\"n\":41}"[..]), (42, b"{\"n\":42}")] {
+                    let mut v = 1_700_000_000_000i64.to_be_bytes().to_vec();
+                    v.push(IMEI_A.len() as u8);
+                    v.extend_from_slice(IMEI_A.as_bytes());
+                    v.extend_from_slice(json);
+                    old.insert(offset, v.as_slice()).unwrap();
+                }
+                txn.open_table(META_TABLE)
+                    .unwrap()
+                    .insert(next_offset_key(Topic::Gps), 43)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let storage = open(&dir);
+        let read = storage.read(Topic::Gps, 0, 10).unwrap();
+        assert_eq!(offsets(&read), [41, 42]);
+        assert_eq!(read[1].imei, imei);
+        assert_eq!(read[1].json, b"{\"n\":42}");
+        assert_eq!(read[1].enqueued_ms, 1_700_000_000_000);
+        storage.append(&[gps(IMEI_A, 43)], 1).unwrap();
+        assert_eq!(storage.read(Topic::Gps, 43, 10).unwrap()[0].offset, 43);
+        let txn = storage.db().begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "events_gps"), "{names:?}");
     }
 }
