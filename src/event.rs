@@ -126,8 +126,14 @@ pub struct Event {
 impl Event {
     /// The record as the JSON object that is stored, produced to Kafka and pushed.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these plain structs cannot fail.
-        serde_json::to_vec(&self.record).unwrap_or_default()
+        // A location record is 300 to 400 bytes: one allocation instead of growing from
+        // serde_json's 128 bytes by doubling.
+        let mut json = Vec::with_capacity(512);
+        // Serializing these plain structs into memory cannot fail.
+        if serde_json::to_writer(&mut json, &self.record).is_err() {
+            json.clear();
+        }
+        json
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use crate::auth_codes::AuthCodes;
 use crate::offline::{OfflineCommands, QueuedInstruction};
-use crate::publish::{PublishLane, Publisher};
+use crate::publish::{PublishLane, Publisher, Unqueued};
 use crate::registry::Registry;
 
 /// Reads (each a batch of frames) a reader may have decoded and not yet seen handled.
@@ -204,7 +204,31 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         // The handling future (publishing, writing, registering, offline delivery) is several
         // kilobytes; an actor's task keeps room for its largest state for as long as the
         // actor lives. Boxing it means an idle session holds none of that memory, at the
-        // price of one allocation per message.
+        // price of an allocation and a copy of the future per message. The commonest message,
+        // a read of locations nothing acknowledges, is handled without any future when the
+        // embedded log's queue has room.
+        let msg = match msg {
+            SessionMsg::Inbound(frames, permit) if !state.closing => {
+                let actions = state.handle_frames(frames, permit);
+                if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
+                    Box::pin(state.run(&myself, actions)).await;
+                    return Ok(());
+                }
+                let events = actions
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Action::Publish(e) => Some(e),
+                        _ => None,
+                    })
+                    .collect();
+                let publisher = &state.deps.publisher;
+                if let Err(unqueued) = state.lane.try_publish_unacknowledged(publisher, events) {
+                    Box::pin(state.publish_unqueued(&myself, unqueued)).await;
+                }
+                return Ok(());
+            }
+            msg => msg,
+        };
         Box::pin(handle_message(myself, msg, state)).await;
         Ok(())
     }
@@ -258,20 +282,7 @@ async fn handle_message<P: Protocol>(
     }
     match msg {
         SessionMsg::Inbound(frames, permit) => {
-            let now = Utc::now();
-            let mut actions = Vec::new();
-            for frame in frames {
-                let (protocol, frame_type) = state.protocol.frame_label(&frame);
-                metrics::counter!(
-                    "iothub_frames_total",
-                    "protocol" => protocol,
-                    "type" => frame_type
-                )
-                .increment(1);
-                // One run for the whole read: the events of its frames go out as one publish.
-                actions.extend(state.channel.handle_frame(frame, now));
-            }
-            drop(permit);
+            let actions = state.handle_frames(frames, permit);
             state.run(&myself, actions).await;
         }
         SessionMsg::Tick => {
@@ -331,6 +342,42 @@ async fn handle_message<P: Protocol>(
 }
 
 impl<P: Protocol> SessionState<P> {
+    /// Passes the frames of one read through the channel. One run for the whole read: the
+    /// events of its frames go out as one publish.
+    fn handle_frames(
+        &mut self,
+        frames: Vec<P::Frame>,
+        permit: OwnedSemaphorePermit,
+    ) -> Vec<Action> {
+        let now = Utc::now();
+        let mut actions = Vec::new();
+        for frame in frames {
+            let (protocol, frame_type) = self.protocol.frame_label(&frame);
+            metrics::counter!(
+                "iothub_frames_total",
+                "protocol" => protocol,
+                "type" => frame_type
+            )
+            .increment(1);
+            actions.extend(self.channel.handle_frame(frame, now));
+        }
+        // The reader may read on: these frames are out of its budget.
+        drop(permit);
+        actions
+    }
+
+    /// Finishes a publish of unacknowledged events that could not be queued at once.
+    async fn publish_unqueued(
+        &mut self,
+        myself: &ActorRef<SessionMsg<P::Frame>>,
+        unqueued: Unqueued,
+    ) {
+        if let Err(e) = self.lane.finish(&self.deps.publisher, unqueued).await {
+            tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing");
+            self.close(myself, "publish_failed");
+        }
+    }
+
     /// Carries out the channel's actions in order; consecutive publishes go as one batch.
     /// Actions produced while carrying out an action (an offline instruction sent at login)
     /// run after the rest, so a device sees its login acknowledged before any instruction.
@@ -410,13 +457,12 @@ impl<P: Protocol> SessionState<P> {
         if !pending_events.is_empty() {
             // Nothing after these events tells the device anything, so the session need not
             // wait for them to be durable before the next message (see `PublishLane`).
-            if let Err(e) = self
+            let events = std::mem::take(&mut pending_events);
+            if let Err(unqueued) = self
                 .lane
-                .publish_unacknowledged(&self.deps.publisher, std::mem::take(&mut pending_events))
-                .await
+                .try_publish_unacknowledged(&self.deps.publisher, events)
             {
-                tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing");
-                self.close(myself, "publish_failed");
+                self.publish_unqueued(myself, unqueued).await;
             }
         }
     }

@@ -69,6 +69,34 @@ impl LogQueue {
         events: Vec<Event>,
         reply: Option<Reply>,
     ) -> Result<(), PublishError> {
+        self.enqueue_prepared(Prepared::new(events, reply)).await
+    }
+
+    /// Queues the events like [`LogQueue::enqueue`] if the queue has room now; never waits.
+    /// When it is full the events come back serialized, to be queued with
+    /// [`LogQueue::enqueue_prepared`] by a caller that can wait.
+    pub fn try_enqueue(&self, events: Vec<Event>) -> Result<(), TryEnqueueError> {
+        match self.tx.try_send(Prepared::new(events, None).0) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => Err(TryEnqueueError::Full(Prepared(job))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TryEnqueueError::Stopped),
+        }
+    }
+
+    /// Queues events prepared by [`LogQueue::try_enqueue`], waiting while the queue is full.
+    pub async fn enqueue_prepared(&self, prepared: Prepared) -> Result<(), PublishError> {
+        self.tx
+            .send(prepared.0)
+            .await
+            .map_err(|_| PublishError::Stopped)
+    }
+}
+
+/// Events serialized for the writer, not queued yet.
+pub struct Prepared(Job);
+
+impl Prepared {
+    fn new(events: Vec<Event>, reply: Option<Reply>) -> Prepared {
         // Serialized here, on the caller's thread: the record's many small allocations are
         // freed where they were made, and the writer thread gets one buffer per event.
         let events = events
@@ -79,11 +107,16 @@ impl LogQueue {
                 imei: e.imei,
             })
             .collect();
-        self.tx
-            .send(Job::Append { events, reply })
-            .await
-            .map_err(|_| PublishError::Stopped)
+        Prepared(Job::Append { events, reply })
     }
+}
+
+/// Why [`LogQueue::try_enqueue`] did not queue.
+pub enum TryEnqueueError {
+    /// The queue is full; the events, serialized, wait for [`LogQueue::enqueue_prepared`].
+    Full(Prepared),
+    /// The writer has stopped.
+    Stopped,
 }
 
 pub struct EmbeddedSink {

@@ -145,7 +145,55 @@ pub struct PublishLane {
     in_flight: Option<Arc<Semaphore>>,
 }
 
+/// What [`PublishLane::try_publish_unacknowledged`] could not do without waiting; hand it to
+/// [`PublishLane::finish`].
+pub enum Unqueued {
+    /// Kafka: the events go through the lane's next call.
+    Kafka(Vec<Event>),
+    /// The embedded log's queue is full; the events are serialized and wait for room.
+    Full(embedded::Prepared),
+    /// The embedded log's writer has stopped.
+    Stopped,
+}
+
 impl PublishLane {
+    /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
+    /// waiting: on the embedded log with room in its queue, which is nearly always. A session
+    /// that gets `Ok` did not need a future for the call (see `DeviceSession::handle`).
+    pub fn try_publish_unacknowledged(
+        &mut self,
+        publisher: &Publisher,
+        events: Vec<Event>,
+    ) -> Result<(), Unqueued> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let Some(log) = &publisher.log else {
+            return Err(Unqueued::Kafka(events));
+        };
+        log.try_enqueue(events).map_err(|e| match e {
+            embedded::TryEnqueueError::Full(prepared) => Unqueued::Full(prepared),
+            embedded::TryEnqueueError::Stopped => Unqueued::Stopped,
+        })
+    }
+
+    /// Finishes what [`PublishLane::try_publish_unacknowledged`] left, waiting as
+    /// [`PublishLane::publish_unacknowledged`] would.
+    pub async fn finish(
+        &mut self,
+        publisher: &Publisher,
+        unqueued: Unqueued,
+    ) -> Result<(), PublishError> {
+        match unqueued {
+            Unqueued::Kafka(events) => self.publish_unacknowledged(publisher, events).await,
+            Unqueued::Full(prepared) => match &publisher.log {
+                Some(log) => log.enqueue_prepared(prepared).await,
+                None => Err(PublishError::Stopped),
+            },
+            Unqueued::Stopped => Err(PublishError::Stopped),
+        }
+    }
+
     pub async fn publish_unacknowledged(
         &mut self,
         publisher: &Publisher,

@@ -685,6 +685,14 @@ fn gps_0x22_json_reupload_south_west() {
 }
 
 #[test]
+fn location_record_is_serialized_without_growing_its_buffer() {
+    let mut ch = logged_in();
+    let actions = ch.handle_frame(gps_22_frame(), secs(2));
+    // A reallocation would have doubled the first buffer.
+    assert_eq!(only_event(&actions).to_json().capacity(), 512);
+}
+
+#[test]
 fn gps_0x12_time_read_in_login_zone() {
     let mut ch = channel();
     ch.handle_frame(login_frame(IMEI, 1, Some(480)), t0());
