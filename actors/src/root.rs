@@ -161,14 +161,16 @@ impl Hub {
             None => None,
         };
 
-        let deps = SessionDeps {
+        // One copy shared by both gateways and all their sessions: a session holds a pointer
+        // to it, not the handles themselves.
+        let deps = Arc::new(SessionDeps {
             registry: registry.clone(),
             publisher: publisher.clone(),
             offline: offline.clone(),
             auth_codes,
             write_timeout: config.gateway.write_timeout,
             offline_reply_timeout: config.api.default_timeout,
-        };
+        });
         let g = &config.gateway;
         let gt06 = Gt06Protocol::new(g.crc_policy, g.read_timeout, g.connect_timeout);
         let jt808 = Jt808Protocol::new(
@@ -281,7 +283,7 @@ async fn spawn_gateway(
     name: &'static str,
     listen: SocketAddr,
     protocol: DetectingProtocol,
-    deps: SessionDeps,
+    deps: Arc<SessionDeps>,
     max_connections: usize,
 ) -> anyhow::Result<(ActorCell, SocketAddr)> {
     let listener = TcpListener::bind(listen)

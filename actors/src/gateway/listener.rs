@@ -31,7 +31,7 @@ impl<P: Protocol> Default for Gateway<P> {
 pub struct GatewayArgs<P: Protocol> {
     pub protocol: Arc<P>,
     pub listener: TcpListener,
-    pub deps: SessionDeps,
+    pub deps: Arc<SessionDeps>,
     pub max_connections: usize,
 }
 
@@ -134,7 +134,7 @@ async fn tick_sessions<P: Protocol>(gateway: ActorRef<GatewayMsg>) {
 async fn accept_loop<P: Protocol>(
     protocol: Arc<P>,
     listener: TcpListener,
-    deps: SessionDeps,
+    deps: Arc<SessionDeps>,
     connection_limit: Arc<Semaphore>,
     gateway: ActorRef<GatewayMsg>,
 ) {

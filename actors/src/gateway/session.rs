@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -71,7 +72,8 @@ pub struct SessionDeps {
 pub struct SessionArgs<P: Protocol> {
     pub protocol: Arc<P>,
     pub stream: TcpStream,
-    pub deps: SessionDeps,
+    /// Shared by every session of the node.
+    pub deps: Arc<SessionDeps>,
     /// Connection-limit permit, released when the session's state is dropped.
     pub connection_permit: Option<OwnedSemaphorePermit>,
 }
@@ -131,9 +133,10 @@ pub struct SessionState<P: Protocol> {
     channel: P::Channel,
     writer: OwnedWriteHalf,
     reader: JoinHandle<()>,
-    deps: SessionDeps,
+    deps: Arc<SessionDeps>,
     imei: Option<Imei>,
-    in_flight: Option<InFlight>,
+    /// Boxed: most sessions have none most of the time, and it is 80 bytes.
+    in_flight: Option<Box<InFlight>>,
     generation: u64,
     /// Offline instructions still to deliver this connection, oldest first.
     offline_queue: VecDeque<QueuedInstruction>,
@@ -205,31 +208,13 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         // kilobytes; an actor's task keeps room for its largest state for as long as the
         // actor lives. Boxing it means an idle session holds none of that memory, at the
         // price of an allocation and a copy of the future per message. The commonest message,
-        // a read of locations nothing acknowledges, is handled without any future when the
-        // embedded log's queue has room.
-        let msg = match msg {
-            SessionMsg::Inbound(frames, permit) if !state.closing => {
-                let actions = state.handle_frames(frames, permit);
-                if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
-                    Box::pin(state.run(&myself, actions)).await;
-                    return Ok(());
-                }
-                let events = actions
-                    .into_iter()
-                    .filter_map(|a| match a {
-                        Action::Publish(e) => Some(e),
-                        _ => None,
-                    })
-                    .collect();
-                let publisher = &state.deps.publisher;
-                if let Err(unqueued) = state.lane.try_publish_unacknowledged(publisher, events) {
-                    Box::pin(state.publish_unqueued(&myself, unqueued)).await;
-                }
-                return Ok(());
-            }
-            msg => msg,
-        };
-        Box::pin(handle_message(myself, msg, state)).await;
+        // a read of locations nothing acknowledges, needs no future at all (see
+        // `handle_inline`). The choice is made in a plain function so that nothing but the
+        // boxed future is kept across the await: a local of this async fn would take room
+        // in every session's task.
+        if let Some(rest) = handle_inline(myself, msg, state) {
+            rest.await;
+        }
         Ok(())
     }
 
@@ -264,6 +249,43 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         let _ = state.writer.shutdown().await;
         metrics::gauge!("iothub_connections", "protocol" => state.protocol.name()).decrement(1.0);
         Ok(())
+    }
+}
+
+/// The rest of a message's handling after what could be done without waiting.
+type BoxedHandling<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Handles a read of frames that only produce events nothing acknowledges (GT06 0x22, LBS)
+/// on the spot when the embedded log's queue has room, and returns `None`. Anything else
+/// (another action, a full queue, Kafka, any other message) comes back as a boxed future.
+fn handle_inline<P: Protocol>(
+    myself: ActorRef<SessionMsg<P::Frame>>,
+    msg: SessionMsg<P::Frame>,
+    state: &mut SessionState<P>,
+) -> Option<BoxedHandling<'_>> {
+    let (frames, permit) = match msg {
+        SessionMsg::Inbound(frames, permit) if !state.closing => (frames, permit),
+        msg => return Some(Box::pin(handle_message(myself, msg, state))),
+    };
+    let actions = state.handle_frames(frames, permit);
+    if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
+        return Some(Box::pin(async move { state.run(&myself, actions).await }));
+    }
+    let events = actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Publish(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    match state
+        .lane
+        .try_publish_unacknowledged(&state.deps.publisher, events)
+    {
+        Ok(()) => None,
+        Err(unqueued) => Some(Box::pin(async move {
+            state.publish_unqueued(&myself, unqueued).await
+        })),
     }
 }
 
@@ -532,7 +554,7 @@ impl<P: Protocol> SessionState<P> {
                 self.offline_unread = false;
                 // A retry may find instructions this connection is already delivering.
                 let known: Vec<u64> = self.offline_queue.iter().map(|q| q.id).collect();
-                let in_flight = match &self.in_flight {
+                let in_flight = match self.in_flight.as_deref() {
                     Some(InFlight {
                         waiter: Waiter::Offline(q),
                         ..
@@ -615,11 +637,11 @@ impl<P: Protocol> SessionState<P> {
             Ok(actions) => {
                 self.generation += 1;
                 let generation = self.generation;
-                self.in_flight = Some(InFlight {
+                self.in_flight = Some(Box::new(InFlight {
                     generation,
                     server_flag_id: instruction.server_flag_id,
                     waiter,
-                });
+                }));
                 let me = myself.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
