@@ -14,7 +14,7 @@ use iothub::event::{
 use iothub::imei::Imei;
 use iothub_actors::config::Config;
 use iothub_actors::offline::{OfflineCommands, OfflineError, MAX_PENDING_PER_DEVICE};
-use iothub_actors::publish::Publisher;
+use iothub_actors::publish::{PublishLane, Publisher, Unqueued};
 use iothub_actors::push::PushDispatcher;
 use iothub_actors::storage::Storage;
 use push_receiver::{dead_url, Receiver};
@@ -444,6 +444,40 @@ async fn unacknowledged_publish_after_stop_fails() {
         .publish_unacknowledged(vec![gps(imei(1), 1)])
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn events_queued_without_waiting_keep_their_order_before_an_awaited_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    cfg.storage.commit_interval = Duration::from_millis(200);
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let mut lane = PublishLane::default();
+    for seq in 1..=10 {
+        assert!(lane
+            .try_publish_unacknowledged(&publisher, vec![gps(imei(3), seq)])
+            .is_ok());
+    }
+    publisher.publish(vec![gps(imei(3), 11)]).await.unwrap();
+    let stored = storage.read(Topic::Gps, 0, 100).unwrap();
+    assert_eq!(distances(&stored), (1..=11).collect::<Vec<_>>());
+    publisher.stop().await;
+}
+
+#[tokio::test]
+async fn events_queued_without_waiting_after_stop_say_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    publisher.stop().await;
+    let mut lane = PublishLane::default();
+    let unqueued = lane
+        .try_publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])
+        .unwrap_err();
+    assert!(matches!(unqueued, Unqueued::Stopped));
+    assert!(lane.finish(&publisher, unqueued).await.is_err());
 }
 
 #[tokio::test]
