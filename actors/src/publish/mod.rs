@@ -159,7 +159,7 @@ pub enum Unqueued {
 impl PublishLane {
     /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
     /// waiting: on the embedded log with room in its queue, which is nearly always. A session
-    /// that gets `Ok` did not need a future for the call (see `DeviceSession::handle`).
+    /// that gets `Ok` did not need a future for the call (see `handle_inline` in the session).
     pub fn try_publish_unacknowledged(
         &mut self,
         publisher: &Publisher,
