@@ -403,11 +403,12 @@ async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before
     cfg.storage.commit_interval = Duration::from_millis(200);
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let mut lane = PublishLane::default();
     for seq in 1..=10 {
-        publisher
-            .publish_unacknowledged(vec![gps(imei(1), seq)])
-            .await
-            .unwrap();
+        // Queued at once, without waiting: the path a session takes.
+        assert!(lane
+            .try_publish_unacknowledged(&publisher, vec![gps(imei(1), seq)])
+            .is_ok());
     }
     publisher.publish(vec![gps(imei(1), 11)]).await.unwrap();
     let stored = storage.read(Topic::Gps, 0, 100).unwrap();
@@ -422,9 +423,9 @@ async fn stopping_commits_the_unacknowledged_events_still_queued() {
     cfg.storage.commit_interval = Duration::from_millis(200);
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let mut lane = PublishLane::default();
     for seq in 1..=50 {
-        publisher
-            .publish_unacknowledged(vec![gps(imei(2), seq)])
+        lane.publish_unacknowledged(&publisher, vec![gps(imei(2), seq)])
             .await
             .unwrap();
     }
@@ -440,44 +441,15 @@ async fn unacknowledged_publish_after_stop_fails() {
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
     publisher.stop().await;
-    assert!(publisher
-        .publish_unacknowledged(vec![gps(imei(1), 1)])
-        .await
-        .is_err());
-}
-
-#[tokio::test]
-async fn events_queued_without_waiting_keep_their_order_before_an_awaited_publish() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "");
-    cfg.storage.commit_interval = Duration::from_millis(200);
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let mut lane = PublishLane::default();
-    for seq in 1..=10 {
-        assert!(lane
-            .try_publish_unacknowledged(&publisher, vec![gps(imei(3), seq)])
-            .is_ok());
-    }
-    publisher.publish(vec![gps(imei(3), 11)]).await.unwrap();
-    let stored = storage.read(Topic::Gps, 0, 100).unwrap();
-    assert_eq!(distances(&stored), (1..=11).collect::<Vec<_>>());
-    publisher.stop().await;
-}
-
-#[tokio::test]
-async fn events_queued_without_waiting_after_stop_say_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    publisher.stop().await;
     let mut lane = PublishLane::default();
     let unqueued = lane
         .try_publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])
         .unwrap_err();
     assert!(matches!(unqueued, Unqueued::Stopped));
-    assert!(lane.finish(&publisher, unqueued).await.is_err());
+    assert!(lane
+        .publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])
+        .await
+        .is_err());
 }
 
 #[tokio::test]

@@ -100,20 +100,6 @@ impl Publisher {
         }
     }
 
-    /// For events the device gets no acknowledgement of (a GT06 location, say): queues them
-    /// behind every earlier call of this caller and returns without waiting until they are
-    /// durable, so a session can read the device's next frame meanwhile. Nothing is promised
-    /// to the device, so nothing waits on the commit; a later call that is awaited is
-    /// durable only after these, so an acknowledgement still covers everything before it.
-    /// The Kafka sink keeps a device's events in order only one call at a time, so there
-    /// this waits like [`Publisher::publish`].
-    pub async fn publish_unacknowledged(&self, events: Vec<Event>) -> Result<(), PublishError> {
-        match &self.log {
-            Some(log) if !events.is_empty() => log.enqueue(events, None).await,
-            _ => self.publish(events).await,
-        }
-    }
-
     /// Graceful shutdown: stops taking new calls, finishes every call already received (their
     /// events are committed, produced or spooled, and the callers answered), then stops the
     /// actor. Events still in the Kafka spool stay on disk and drain at the next start.
@@ -157,6 +143,21 @@ pub enum Unqueued {
 }
 
 impl PublishLane {
+    /// For events the device gets no acknowledgement of (a GT06 location, say): queues them
+    /// behind every earlier call of this session and returns without waiting until they are
+    /// durable, so the session can read the device's next frame meanwhile. Waits only for
+    /// room: a full embedded queue, or [`LANE_CALLS_IN_FLIGHT`] Kafka calls.
+    pub async fn publish_unacknowledged(
+        &mut self,
+        publisher: &Publisher,
+        events: Vec<Event>,
+    ) -> Result<(), PublishError> {
+        match self.try_publish_unacknowledged(publisher, events) {
+            Ok(()) => Ok(()),
+            Err(unqueued) => self.finish(publisher, unqueued).await,
+        }
+    }
+
     /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
     /// waiting: on the embedded log with room in its queue, which is nearly always. A session
     /// that gets `Ok` did not need a future for the call (see `handle_inline` in the session).
@@ -185,7 +186,7 @@ impl PublishLane {
         unqueued: Unqueued,
     ) -> Result<(), PublishError> {
         match unqueued {
-            Unqueued::Kafka(events) => self.publish_unacknowledged(publisher, events).await,
+            Unqueued::Kafka(events) => self.start_kafka_call(publisher, events).await,
             Unqueued::Full(prepared) => match &publisher.log {
                 Some(log) => log.enqueue_prepared(prepared).await,
                 None => Err(PublishError::Stopped),
@@ -194,14 +195,12 @@ impl PublishLane {
         }
     }
 
-    pub async fn publish_unacknowledged(
+    /// Starts a Kafka call in a task of its own, behind the lane's previous call.
+    async fn start_kafka_call(
         &mut self,
         publisher: &Publisher,
         events: Vec<Event>,
     ) -> Result<(), PublishError> {
-        if events.is_empty() || publisher.log.is_some() {
-            return publisher.publish_unacknowledged(events).await;
-        }
         let limit = self
             .in_flight
             .get_or_insert_with(|| Arc::new(Semaphore::new(LANE_CALLS_IN_FLIGHT)))
