@@ -575,6 +575,13 @@ mod tests {
         }
     }
 
+    /// Offsets 0..10 in one entry enqueued at `first_ms`, 10..20 in one at `second_ms`.
+    fn two_commits_of_ten(storage: &Storage, first_ms: i64, second_ms: i64) {
+        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&batch, first_ms).unwrap();
+        storage.append(&batch, second_ms).unwrap();
+    }
+
     fn offsets(events: &[StoredEvent]) -> Vec<u64> {
         events.iter().map(|e| e.offset).collect()
     }
@@ -652,9 +659,7 @@ mod tests {
     fn read_starts_inside_an_entry_and_stops_at_max() {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&dir);
-        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
-        storage.append(&batch, 1).unwrap();
-        storage.append(&batch, 2).unwrap();
+        two_commits_of_ten(&storage, 1, 2);
         assert_eq!(
             offsets(&storage.read(Topic::Gps, 7, 5).unwrap()),
             [7, 8, 9, 10, 11]
@@ -667,9 +672,7 @@ mod tests {
     fn advance_keeps_the_entry_the_cursor_falls_inside() {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&dir);
-        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
-        storage.append(&batch, 1).unwrap();
-        storage.append(&batch, 2).unwrap();
+        two_commits_of_ten(&storage, 1, 2);
         storage.advance_cursor(Topic::Gps, "push", 15).unwrap();
         let txn = storage.db().begin_read().unwrap();
         assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
@@ -693,9 +696,7 @@ mod tests {
     fn prune_counts_only_undelivered_events() {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&dir);
-        let batch: Vec<NewEvent> = (0..10).map(|n| gps(IMEI_A, n)).collect();
-        storage.append(&batch, 100).unwrap();
-        storage.append(&batch, 200).unwrap();
+        two_commits_of_ten(&storage, 100, 200);
         storage.advance_cursor(Topic::Gps, "push", 4).unwrap();
         assert_eq!(
             storage.prune_older_than(150).unwrap(),
