@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use iothub::imei::Imei;
+use iothub_loadgen::frames;
 use iothub_loadgen::movement::Fix;
 use iothub_loadgen::receiver::PushReceiver;
 use iothub_loadgen::tracker::{SimTracker, SimTrackerConfig};
@@ -436,6 +437,52 @@ async fn newest_connection_of_a_device_wins() {
     let answer = tokio::task::block_in_place(|| curl_send_instruct(hub_ref, &form));
     assert_eq!(answer["data"]["_code"], "100", "{answer}");
     device.await.unwrap();
+}
+
+/// Frames that arrive while the session is still busy with the login (registering the device,
+/// reading its offline instructions) wait for it and keep their order; later ones, which the
+/// hub handles without the session, come after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_behind_a_login_keep_their_order() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let imei = Imei::parse("864717003283591").unwrap();
+    let mut socket = tokio::net::TcpStream::connect(hub.gt06).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let base = Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap();
+    socket
+        .write_all(&frames::login(imei, 0x3610, 480, 1))
+        .await
+        .unwrap();
+    // Without waiting for the login's acknowledgement: one write (usually one segment) each.
+    for i in 0..40u16 {
+        let fix = Fix::at(base + chrono::Duration::seconds(i64::from(i)), 22.5, 113.9);
+        socket.write_all(&frames::gps(&fix, 2 + i)).await.unwrap();
+    }
+    socket.write_all(&frames::heartbeat(42)).await.unwrap();
+    // The login's and the heartbeat's acknowledgements, 10 bytes each, in that order.
+    let mut acks = [0u8; 20];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut acks))
+        .await
+        .expect("both acknowledgements")
+        .unwrap();
+    assert_eq!((acks[3], acks[13]), (0x01, 0x13));
+
+    let all = rx.wait_for(|v| v.count("/pushgps") >= 40, WAIT).await;
+    assert!(all, "only {} of 40 positions pushed", rx.count("/pushgps"));
+    let times: Vec<String> = rx
+        .records("/pushgps")
+        .iter()
+        .map(|r| r.record["gpsTime"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let sent: Vec<String> = (0..40)
+        .map(|i| {
+            (base + chrono::Duration::seconds(i))
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(times, sent);
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {

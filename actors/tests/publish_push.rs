@@ -403,12 +403,11 @@ async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before
     cfg.storage.commit_interval = Duration::from_millis(200);
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let mut lane = PublishLane::default();
     for seq in 1..=10 {
-        // Queued at once, without waiting: the path a session takes.
-        assert!(lane
-            .try_publish_unacknowledged(&publisher, vec![gps(imei(1), seq)])
-            .is_ok());
+        // Queued at once, without waiting: the path a session's reader takes.
+        assert!(
+            PublishLane::try_publish_unacknowledged(&publisher, vec![gps(imei(1), seq)]).is_ok()
+        );
     }
     publisher.publish(vec![gps(imei(1), 11)]).await.unwrap();
     let stored = storage.read(Topic::Gps, 0, 100).unwrap();
@@ -442,9 +441,8 @@ async fn unacknowledged_publish_after_stop_fails() {
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
     publisher.stop().await;
     let mut lane = PublishLane::default();
-    let unqueued = lane
-        .try_publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])
-        .unwrap_err();
+    let unqueued =
+        PublishLane::try_publish_unacknowledged(&publisher, vec![gps(imei(1), 1)]).unwrap_err();
     assert!(matches!(unqueued, Unqueued::Stopped));
     assert!(lane
         .publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])

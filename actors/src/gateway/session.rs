@@ -1,12 +1,23 @@
 //! DeviceSession: one actor per device connection, for every protocol.
 //!
-//! The session owns the socket's write half and the protocol's pure channel. A reader task
-//! owns the read half: it decodes frames and casts them to the session, so the mailbox never
-//! blocks on a read and an idle tracker can still be stopped, taken over or sent a command.
-//! Every frame of one read goes to the session as one message, so a device that sends
-//! several frames at once costs one actor message and one publish for all of them. The
-//! reader holds one permit of a small semaphore per message in flight, which bounds the
-//! session's inbound queue even though actor mailboxes themselves are unbounded.
+//! The session owns the socket's write half. A reader task owns the read half: it decodes
+//! frames, so the mailbox never blocks on a read and an idle tracker can still be stopped,
+//! taken over or sent a command.
+//!
+//! The protocol's pure channel is shared by the two under a mutex that is never held across
+//! an await. When the session has none of the connection's frames in hand, the reader runs a
+//! read's frames through the channel itself, and when all they produce is events nothing
+//! acknowledges (a GT06 location, say) it queues them on the embedded log and reads on: the
+//! commonest read of a busy node costs no actor message and no wake-up of the session. Any
+//! other outcome (an acknowledgement to send, a login, an instruction's answer, events that
+//! cannot be queued without waiting, Kafka) goes to the session as one message with the
+//! channel's actions. While the session has frames or actions of the reader in hand, later
+//! reads go to it as frames, so the channel always sees frames in arrival order and never
+//! one whose predecessor's actions (an authentication check, say) are still being carried
+//! out. The reader holds one permit of a small semaphore per message in flight until the
+//! session has carried it out; that bounds the session's inbound queue even though actor
+//! mailboxes themselves are unbounded, and "every permit back" is how the reader knows the
+//! session has nothing of its in hand.
 //!
 //! Readers read into a buffer of their worker thread rather than one of their own: an idle
 //! connection then holds no read buffer at all, and only the bytes of a frame cut in half by
@@ -20,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -79,9 +90,9 @@ pub struct SessionArgs<P: Protocol> {
 }
 
 pub enum SessionMsg<F> {
-    /// The frames decoded from one read, in order, with the permit that bounds the reader's
-    /// run-ahead.
-    Inbound(Vec<F>, OwnedSemaphorePermit),
+    /// What is left of one read for the session to do, with the permit that bounds the
+    /// reader's run-ahead; the session holds the permit until it has done it.
+    Inbound(Inbound<F>, OwnedSemaphorePermit),
     Tick,
     /// The reader stopped: end of stream, I/O error or undecodable bytes.
     ReaderDone(ReaderEnd),
@@ -104,6 +115,32 @@ impl<F> TryFrom<SessionMsg<F>> for SessionControl {
             _ => Err(()),
         }
     }
+}
+
+/// One read's share of work for the session.
+pub enum Inbound<F> {
+    /// The frames, in order, not yet run through the channel: the session still had earlier
+    /// ones in hand.
+    Frames(Vec<F>),
+    /// The channel's actions for the frames, which the reader ran itself.
+    Actions(Vec<Action>),
+    /// Events nothing acknowledges that the reader could not queue without waiting.
+    Unqueued(Unqueued),
+}
+
+/// The protocol's channel as the session and its reader share it.
+struct ChannelCell<C> {
+    channel: C,
+    /// The session is closing: the reader runs no more frames through the channel, as the
+    /// session would not carry out their actions.
+    closing: bool,
+}
+
+type SharedChannel<C> = Arc<Mutex<ChannelCell<C>>>;
+
+/// The channel's methods do not panic, so a poisoned lock still holds a consistent channel.
+fn lock<C>(shared: &SharedChannel<C>) -> MutexGuard<'_, ChannelCell<C>> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug)]
@@ -130,7 +167,7 @@ struct InFlight {
 
 pub struct SessionState<P: Protocol> {
     protocol: Arc<P>,
-    channel: P::Channel,
+    channel: SharedChannel<P::Channel>,
     writer: OwnedWriteHalf,
     reader: JoinHandle<()>,
     deps: Arc<SessionDeps>,
@@ -175,8 +212,19 @@ impl<P: Protocol> Actor for DeviceSession<P> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = args.stream.set_nodelay(true);
         let (read_half, writer) = args.stream.into_split();
-        let channel = args.protocol.new_channel(Utc::now());
-        let reader = tokio::spawn(read_loop(args.protocol.clone(), read_half, myself));
+        let channel = Arc::new(Mutex::new(ChannelCell {
+            channel: args.protocol.new_channel(Utc::now()),
+            closing: false,
+        }));
+        let reader = tokio::spawn(read_loop(
+            Reader {
+                protocol: args.protocol.clone(),
+                channel: channel.clone(),
+                deps: args.deps.clone(),
+                session: myself,
+            },
+            read_half,
+        ));
         metrics::gauge!("iothub_connections", "protocol" => args.protocol.name()).increment(1.0);
         let detected = args.protocol.name();
         Ok(SessionState {
@@ -207,14 +255,10 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         // The handling future (publishing, writing, registering, offline delivery) is several
         // kilobytes; an actor's task keeps room for its largest state for as long as the
         // actor lives. Boxing it means an idle session holds none of that memory, at the
-        // price of an allocation and a copy of the future per message. The commonest message,
-        // a read of locations nothing acknowledges, needs no future at all (see
-        // `handle_inline`). The choice is made in a plain function so that nothing but the
-        // boxed future is kept across the await: a local of this async fn would take room
-        // in every session's task.
-        if let Some(rest) = handle_inline(myself, msg, state) {
-            rest.await;
-        }
+        // price of an allocation and a copy of the future per message. The commonest read,
+        // of locations nothing acknowledges, never reaches the session (see the module docs).
+        let handling: BoxedHandling<'_> = Box::pin(handle_message(myself, msg, state));
+        handling.await;
         Ok(())
     }
 
@@ -224,7 +268,13 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.reader.abort();
-        let actions = state.channel.handle_close(Utc::now());
+        // Under the lock the reader queues its events in, so a location it ran goes before
+        // the logout, and none comes after it.
+        let actions = {
+            let mut cell = lock(&state.channel);
+            cell.closing = true;
+            cell.channel.handle_close(Utc::now())
+        };
         let events: Vec<Event> = actions
             .into_iter()
             .filter_map(|a| match a {
@@ -252,42 +302,8 @@ impl<P: Protocol> Actor for DeviceSession<P> {
     }
 }
 
-/// The rest of a message's handling after what could be done without waiting.
+/// A message's handling, boxed (see `DeviceSession::handle`).
 type BoxedHandling<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// Handles a read of frames that only produce events nothing acknowledges (GT06 0x22, LBS)
-/// on the spot when the embedded log's queue has room, and returns `None`. Anything else
-/// (another action, a full queue, Kafka, any other message) comes back as a boxed future.
-fn handle_inline<P: Protocol>(
-    myself: ActorRef<SessionMsg<P::Frame>>,
-    msg: SessionMsg<P::Frame>,
-    state: &mut SessionState<P>,
-) -> Option<BoxedHandling<'_>> {
-    let (frames, permit) = match msg {
-        SessionMsg::Inbound(frames, permit) if !state.closing => (frames, permit),
-        msg => return Some(Box::pin(handle_message(myself, msg, state))),
-    };
-    let actions = state.handle_frames(frames, permit);
-    if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
-        return Some(Box::pin(async move { state.run(&myself, actions).await }));
-    }
-    let events = actions
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Publish(e) => Some(e),
-            _ => None,
-        })
-        .collect();
-    match state
-        .lane
-        .try_publish_unacknowledged(&state.deps.publisher, events)
-    {
-        Ok(()) => None,
-        Err(unqueued) => Some(Box::pin(async move {
-            state.publish_unqueued(&myself, unqueued).await
-        })),
-    }
-}
 
 /// What `DeviceSession::handle` does, as a future of its own (see there).
 async fn handle_message<P: Protocol>(
@@ -303,12 +319,21 @@ async fn handle_message<P: Protocol>(
         return;
     }
     match msg {
-        SessionMsg::Inbound(frames, permit) => {
-            let actions = state.handle_frames(frames, permit);
-            state.run(&myself, actions).await;
+        SessionMsg::Inbound(inbound, permit) => {
+            match inbound {
+                Inbound::Frames(frames) => {
+                    let actions =
+                        run_frames(&*state.protocol, &mut lock(&state.channel).channel, frames);
+                    state.run(&myself, actions).await;
+                }
+                Inbound::Actions(actions) => state.run(&myself, actions).await,
+                Inbound::Unqueued(unqueued) => state.publish_unqueued(&myself, unqueued).await,
+            }
+            // Only now may the reader run frames through the channel again.
+            drop(permit);
         }
         SessionMsg::Tick => {
-            let actions = state.channel.handle_tick(Utc::now());
+            let actions = lock(&state.channel).channel.handle_tick(Utc::now());
             state.run(&myself, actions).await;
             if state.offline_unread {
                 let actions = state.read_offline(&myself).await;
@@ -363,31 +388,29 @@ async fn handle_message<P: Protocol>(
     }
 }
 
-impl<P: Protocol> SessionState<P> {
-    /// Passes the frames of one read through the channel. One run for the whole read: the
-    /// events of its frames go out as one publish.
-    fn handle_frames(
-        &mut self,
-        frames: Vec<P::Frame>,
-        permit: OwnedSemaphorePermit,
-    ) -> Vec<Action> {
-        let now = Utc::now();
-        let mut actions = Vec::new();
-        for frame in frames {
-            let (protocol, frame_type) = self.protocol.frame_label(&frame);
-            metrics::counter!(
-                "iothub_frames_total",
-                "protocol" => protocol,
-                "type" => frame_type
-            )
-            .increment(1);
-            actions.extend(self.channel.handle_frame(frame, now));
-        }
-        // The reader may read on: these frames are out of its budget.
-        drop(permit);
-        actions
+/// Passes the frames of one read through the channel. One run for the whole read: the events
+/// of its frames go out as one publish.
+fn run_frames<P: Protocol>(
+    protocol: &P,
+    channel: &mut P::Channel,
+    frames: Vec<P::Frame>,
+) -> Vec<Action> {
+    let now = Utc::now();
+    let mut actions = Vec::new();
+    for frame in frames {
+        let (protocol, frame_type) = protocol.frame_label(&frame);
+        metrics::counter!(
+            "iothub_frames_total",
+            "protocol" => protocol,
+            "type" => frame_type
+        )
+        .increment(1);
+        actions.extend(channel.handle_frame(frame, now));
     }
+    actions
+}
 
+impl<P: Protocol> SessionState<P> {
     /// Finishes a publish of unacknowledged events that could not be queued at once.
     async fn publish_unqueued(
         &mut self,
@@ -460,7 +483,9 @@ impl<P: Protocol> SessionState<P> {
                     )
                     .increment(1);
                     // The verdict's actions come before anything queued after the check.
-                    let then = self.channel.handle_auth_verdict(verdict, Utc::now());
+                    let then = lock(&self.channel)
+                        .channel
+                        .handle_auth_verdict(verdict, Utc::now());
                     for action in then.into_iter().rev() {
                         queue.push_front(action);
                     }
@@ -480,9 +505,8 @@ impl<P: Protocol> SessionState<P> {
             // Nothing after these events tells the device anything, so the session need not
             // wait for them to be durable before the next message (see `PublishLane`).
             let events = std::mem::take(&mut pending_events);
-            if let Err(unqueued) = self
-                .lane
-                .try_publish_unacknowledged(&self.deps.publisher, events)
+            if let Err(unqueued) =
+                PublishLane::try_publish_unacknowledged(&self.deps.publisher, events)
             {
                 self.publish_unqueued(myself, unqueued).await;
             }
@@ -616,7 +640,10 @@ impl<P: Protocol> SessionState<P> {
             }
             return Vec::new();
         }
-        match self.channel.handle_instruction(&instruction, Utc::now()) {
+        let sent = lock(&self.channel)
+            .channel
+            .handle_instruction(&instruction, Utc::now());
+        match sent {
             Err(refusal) => {
                 match waiter {
                     Waiter::Api(reply) => {
@@ -694,7 +721,9 @@ impl<P: Protocol> SessionState<P> {
         let Some(in_flight) = self.in_flight.take() else {
             return Vec::new();
         };
-        self.channel.instruction_expired(in_flight.server_flag_id);
+        lock(&self.channel)
+            .channel
+            .instruction_expired(in_flight.server_flag_id);
         metrics::counter!("iothub_instruction_timeouts_total").increment(1);
         match in_flight.waiter {
             Waiter::Api(tx) => {
@@ -763,6 +792,7 @@ impl<P: Protocol> SessionState<P> {
             return;
         }
         self.closing = true;
+        lock(&self.channel).closing = true;
         metrics::counter!(
             "iothub_sessions_closed_total",
             "protocol" => self.protocol.name(),
@@ -797,33 +827,74 @@ thread_local! {
     static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ_BUFFER].into_boxed_slice());
 }
 
-/// Reads, decodes and forwards frames until the stream ends or fails.
-async fn read_loop<P: Protocol>(
+/// What the reader task holds besides the socket.
+struct Reader<P: Protocol> {
     protocol: Arc<P>,
-    mut read_half: OwnedReadHalf,
+    channel: SharedChannel<P::Channel>,
+    deps: Arc<SessionDeps>,
     session: ActorRef<SessionMsg<P::Frame>>,
-) {
+}
+
+/// Reads and decodes frames until the stream ends or fails; runs them through the channel or
+/// hands them to the session (see the module docs).
+async fn read_loop<P: Protocol>(reader: Reader<P>, mut read_half: OwnedReadHalf) {
     let credits = Arc::new(Semaphore::new(INBOUND_BATCHES_IN_FLIGHT));
     // The start of a frame whose end has not arrived yet; empty (and unallocated) nearly always.
     let mut remainder: Vec<u8> = Vec::new();
     let end = loop {
-        let read = read_frames(&*protocol, &mut read_half, &mut remainder).await;
+        let read = read_frames(&*reader.protocol, &mut read_half, &mut remainder).await;
         if !read.frames.is_empty() {
-            let Ok(permit) = credits.clone().acquire_owned().await else {
-                return;
+            let for_session = if credits.available_permits() == INBOUND_BATCHES_IN_FLIGHT {
+                reader.run(read.frames)
+            } else {
+                Some(Inbound::Frames(read.frames))
             };
-            if session
-                .cast(SessionMsg::Inbound(read.frames, permit))
-                .is_err()
-            {
-                return;
+            if let Some(inbound) = for_session {
+                let Ok(permit) = credits.clone().acquire_owned().await else {
+                    return;
+                };
+                if reader
+                    .session
+                    .cast(SessionMsg::Inbound(inbound, permit))
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
         if let Some(end) = read.end {
             break end;
         }
     };
-    let _ = session.cast(SessionMsg::ReaderDone(end));
+    let _ = reader.session.cast(SessionMsg::ReaderDone(end));
+}
+
+impl<P: Protocol> Reader<P> {
+    /// Runs a read's frames through the channel (the session has none in hand) and queues
+    /// the events if they are all the frames produced; returns what is left for the session.
+    fn run(&self, frames: Vec<P::Frame>) -> Option<Inbound<P::Frame>> {
+        let mut cell = lock(&self.channel);
+        if cell.closing {
+            return None;
+        }
+        let actions = run_frames(&*self.protocol, &mut cell.channel, frames);
+        if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
+            return Some(Inbound::Actions(actions));
+        }
+        let events = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Publish(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        // Queued with the lock held, so that the session's logout (see `post_stop`) cannot
+        // be queued between this read's channel run and its events.
+        match PublishLane::try_publish_unacknowledged(&self.deps.publisher, events) {
+            Ok(()) => None,
+            Err(unqueued) => Some(Inbound::Unqueued(unqueued)),
+        }
+    }
 }
 
 /// What one read produced: its whole frames, in order, and why reading must stop, if it must.

@@ -152,17 +152,18 @@ impl PublishLane {
         publisher: &Publisher,
         events: Vec<Event>,
     ) -> Result<(), PublishError> {
-        match self.try_publish_unacknowledged(publisher, events) {
+        match Self::try_publish_unacknowledged(publisher, events) {
             Ok(()) => Ok(()),
             Err(unqueued) => self.finish(publisher, unqueued).await,
         }
     }
 
     /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
-    /// waiting: on the embedded log with room in its queue, which is nearly always. A session
-    /// that gets `Ok` did not need a future for the call (see `handle_inline` in the session).
+    /// waiting: on the embedded log with room in its queue, which is nearly always. It needs
+    /// no lane, as the embedded log's queue keeps the order by itself: a session's reader
+    /// queues a read's events with it (see the session's module docs). What it leaves goes
+    /// to the session's lane's [`PublishLane::finish`].
     pub fn try_publish_unacknowledged(
-        &mut self,
         publisher: &Publisher,
         events: Vec<Event>,
     ) -> Result<(), Unqueued> {
