@@ -405,9 +405,9 @@ async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
     for seq in 1..=10 {
         // Queued at once, without waiting: the path a session's reader takes.
-        assert!(
-            PublishLane::try_publish_unacknowledged(&publisher, vec![gps(imei(1), seq)]).is_ok()
-        );
+        assert!(publisher
+            .try_publish_unacknowledged(vec![gps(imei(1), seq)])
+            .is_ok());
     }
     publisher.publish(vec![gps(imei(1), 11)]).await.unwrap();
     let stored = storage.read(Topic::Gps, 0, 100).unwrap();
@@ -441,8 +441,9 @@ async fn unacknowledged_publish_after_stop_fails() {
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
     publisher.stop().await;
     let mut lane = PublishLane::default();
-    let unqueued =
-        PublishLane::try_publish_unacknowledged(&publisher, vec![gps(imei(1), 1)]).unwrap_err();
+    let unqueued = publisher
+        .try_publish_unacknowledged(vec![gps(imei(1), 1)])
+        .unwrap_err();
     assert!(matches!(unqueued, Unqueued::Stopped));
     assert!(lane
         .publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])

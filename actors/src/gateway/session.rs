@@ -131,8 +131,9 @@ pub enum Inbound<F> {
 /// The protocol's channel as the session and its reader share it.
 struct ChannelCell<C> {
     channel: C,
-    /// The session is closing: the reader runs no more frames through the channel, as the
-    /// session would not carry out their actions.
+    /// The session is closing: it carries out no more actions and answers instructions as
+    /// offline, and the reader runs no more frames through the channel. The one copy of
+    /// this flag, so the two cannot disagree.
     closing: bool,
 }
 
@@ -177,7 +178,6 @@ pub struct SessionState<P: Protocol> {
     generation: u64,
     /// Offline instructions still to deliver this connection, oldest first.
     offline_queue: VecDeque<QueuedInstruction>,
-    closing: bool,
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
@@ -237,7 +237,6 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             in_flight: None,
             generation: 0,
             offline_queue: VecDeque::new(),
-            closing: false,
             taken_over: false,
             lane: PublishLane::default(),
             offline_unread: false,
@@ -275,13 +274,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             cell.closing = true;
             cell.channel.handle_close(Utc::now())
         };
-        let events: Vec<Event> = actions
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Publish(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let events = events_of(actions);
         state.lane.settle().await;
         if !events.is_empty() && !state.taken_over {
             if let Err(e) = state.deps.publisher.publish(events).await {
@@ -311,7 +304,7 @@ async fn handle_message<P: Protocol>(
     msg: SessionMsg<P::Frame>,
     state: &mut SessionState<P>,
 ) {
-    if state.closing {
+    if state.closing() {
         // Answer callers rather than leave them waiting on a closing session.
         if let SessionMsg::Control(SessionControl::Instruct { reply, .. }) = msg {
             let _ = reply.send(Err(InstructCode::Offline.into()));
@@ -388,6 +381,17 @@ async fn handle_message<P: Protocol>(
     }
 }
 
+/// The events the actions publish, in order; the other actions are dropped.
+fn events_of(actions: Vec<Action>) -> Vec<Event> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Publish(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Passes the frames of one read through the channel. One run for the whole read: the events
 /// of its frames go out as one publish.
 fn run_frames<P: Protocol>(
@@ -411,6 +415,12 @@ fn run_frames<P: Protocol>(
 }
 
 impl<P: Protocol> SessionState<P> {
+    /// The session decided to close (or is stopping); kept in the shared cell, where the
+    /// reader reads it too.
+    fn closing(&self) -> bool {
+        lock(&self.channel).closing
+    }
+
     /// Finishes a publish of unacknowledged events that could not be queued at once.
     async fn publish_unqueued(
         &mut self,
@@ -430,7 +440,7 @@ impl<P: Protocol> SessionState<P> {
         let mut queue: VecDeque<Action> = actions.into();
         let mut pending_events: Vec<Event> = Vec::new();
         while let Some(action) = queue.pop_front() {
-            if self.closing {
+            if self.closing() {
                 return;
             }
             if let Action::Publish(event) = action {
@@ -505,9 +515,7 @@ impl<P: Protocol> SessionState<P> {
             // Nothing after these events tells the device anything, so the session need not
             // wait for them to be durable before the next message (see `PublishLane`).
             let events = std::mem::take(&mut pending_events);
-            if let Err(unqueued) =
-                PublishLane::try_publish_unacknowledged(&self.deps.publisher, events)
-            {
+            if let Err(unqueued) = self.deps.publisher.try_publish_unacknowledged(events) {
                 self.publish_unqueued(myself, unqueued).await;
             }
         }
@@ -607,7 +615,7 @@ impl<P: Protocol> SessionState<P> {
         &mut self,
         myself: &ActorRef<SessionMsg<P::Frame>>,
     ) -> Vec<Action> {
-        while self.in_flight.is_none() && !self.closing {
+        while self.in_flight.is_none() && !self.closing() {
             let Some(queued) = self.offline_queue.pop_front() else {
                 break;
             };
@@ -788,11 +796,13 @@ impl<P: Protocol> SessionState<P> {
     }
 
     fn close(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, reason: &'static str) {
-        if self.closing {
-            return;
+        {
+            let mut cell = lock(&self.channel);
+            if cell.closing {
+                return;
+            }
+            cell.closing = true;
         }
-        self.closing = true;
-        lock(&self.channel).closing = true;
         metrics::counter!(
             "iothub_sessions_closed_total",
             "protocol" => self.protocol.name(),
@@ -881,16 +891,10 @@ impl<P: Protocol> Reader<P> {
         if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
             return Some(Inbound::Actions(actions));
         }
-        let events = actions
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Publish(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let events = events_of(actions);
         // Queued with the lock held, so that the session's logout (see `post_stop`) cannot
         // be queued between this read's channel run and its events.
-        match PublishLane::try_publish_unacknowledged(&self.deps.publisher, events) {
+        match self.deps.publisher.try_publish_unacknowledged(events) {
             Ok(()) => None,
             Err(unqueued) => Some(Inbound::Unqueued(unqueued)),
         }

@@ -100,6 +100,24 @@ impl Publisher {
         }
     }
 
+    /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
+    /// waiting: on the embedded log with room in its queue, which is nearly always. It needs
+    /// no lane, as the embedded log's queue keeps the order by itself: a session's reader
+    /// queues a read's events with it (see the session's module docs). What it leaves goes
+    /// to the session's lane's [`PublishLane::finish`].
+    pub fn try_publish_unacknowledged(&self, events: Vec<Event>) -> Result<(), Unqueued> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let Some(log) = &self.log else {
+            return Err(Unqueued::Kafka(events));
+        };
+        log.try_enqueue(events).map_err(|e| match e {
+            embedded::TryEnqueueError::Full(prepared) => Unqueued::Full(prepared),
+            embedded::TryEnqueueError::Stopped => Unqueued::Stopped,
+        })
+    }
+
     /// Graceful shutdown: stops taking new calls, finishes every call already received (their
     /// events are committed, produced or spooled, and the callers answered), then stops the
     /// actor. Events still in the Kafka spool stay on disk and drain at the next start.
@@ -131,7 +149,7 @@ pub struct PublishLane {
     in_flight: Option<Arc<Semaphore>>,
 }
 
-/// What [`PublishLane::try_publish_unacknowledged`] could not do without waiting; hand it to
+/// What [`Publisher::try_publish_unacknowledged`] could not do without waiting; hand it to
 /// [`PublishLane::finish`].
 pub enum Unqueued {
     /// Kafka: the events go through the lane's next call.
@@ -152,34 +170,13 @@ impl PublishLane {
         publisher: &Publisher,
         events: Vec<Event>,
     ) -> Result<(), PublishError> {
-        match Self::try_publish_unacknowledged(publisher, events) {
+        match publisher.try_publish_unacknowledged(events) {
             Ok(()) => Ok(()),
             Err(unqueued) => self.finish(publisher, unqueued).await,
         }
     }
 
-    /// Does what [`PublishLane::publish_unacknowledged`] does if it can be done without
-    /// waiting: on the embedded log with room in its queue, which is nearly always. It needs
-    /// no lane, as the embedded log's queue keeps the order by itself: a session's reader
-    /// queues a read's events with it (see the session's module docs). What it leaves goes
-    /// to the session's lane's [`PublishLane::finish`].
-    pub fn try_publish_unacknowledged(
-        publisher: &Publisher,
-        events: Vec<Event>,
-    ) -> Result<(), Unqueued> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let Some(log) = &publisher.log else {
-            return Err(Unqueued::Kafka(events));
-        };
-        log.try_enqueue(events).map_err(|e| match e {
-            embedded::TryEnqueueError::Full(prepared) => Unqueued::Full(prepared),
-            embedded::TryEnqueueError::Stopped => Unqueued::Stopped,
-        })
-    }
-
-    /// Finishes what [`PublishLane::try_publish_unacknowledged`] left, waiting as
+    /// Finishes what [`Publisher::try_publish_unacknowledged`] left, waiting as
     /// [`PublishLane::publish_unacknowledged`] would.
     pub async fn finish(
         &mut self,
