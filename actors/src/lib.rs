@@ -8,7 +8,7 @@
 //! - [`gateway`]: TCP listener per device protocol, one `DeviceSession` actor per connection
 //!   with a reader task and a bounded writer task.
 //! - [`registry`]: IMEI -> owning session; newest connection wins, stale deletes are ignored.
-//! - [`publish`]: the Publisher actor: events -> embedded durable log or Kafka.
+//! - [`publish`]: the Publisher: events -> embedded durable log or Kafka, through a bounded queue.
 //! - [`push`]: the PushDispatcher: log/Kafka -> the customer's `pushURL`, at least once.
 //! - [`auth_codes`]: JT/T 808 authentication codes issued at registration, kept durably.
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.

@@ -140,7 +140,7 @@ pub fn describe_metrics() {
     describe_gauge!("iothub_registry_devices", "Devices online in the registry");
     describe_gauge!(
         "iothub_publish_queue_depth",
-        "Publish calls waiting for the embedded log writer"
+        "Publish calls waiting in the sink's queue (embedded log writer or Kafka dispatcher)"
     );
     describe_gauge!(
         "iothub_api_instructions_in_flight",

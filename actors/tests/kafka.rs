@@ -16,7 +16,7 @@ use std::time::Duration;
 use iothub::event::{Event, GpsRecord, Record, Topic};
 use iothub::imei::Imei;
 use iothub_actors::config::Config;
-use iothub_actors::publish::{PublishLane, Publisher};
+use iothub_actors::publish::Publisher;
 use iothub_actors::push::PushDispatcher;
 use iothub_actors::storage::Storage;
 use push_receiver::Receiver;
@@ -262,29 +262,29 @@ async fn kafka_publishes_a_session_does_not_wait_for_keep_each_device_s_order() 
     let publisher = Publisher::start(&cfg, storage.clone())
         .await
         .expect("publisher on tansu");
-    let mut lanes: Vec<PublishLane> = (0..3).map(|_| PublishLane::default()).collect();
+    const DEVICES: u64 = 3;
     let mut sent = Vec::new();
     for seq in 0..30 {
-        for (device, lane) in (0u64..).zip(lanes.iter_mut()) {
+        for device in 0..DEVICES {
             let event = gps(imei(device), seq);
             sent.push(event.clone());
-            lane.publish_unacknowledged(&publisher, vec![event])
+            publisher
+                .publish_unacknowledged(vec![event])
                 .await
                 .expect("queued");
         }
     }
-    // An awaited publish after settling goes after all of them, as a session's ack does.
-    for (device, lane) in (0u64..).zip(lanes.iter_mut()) {
-        lane.settle().await;
+    // An awaited publish goes after all of them, as a session's ack does.
+    for device in 0..DEVICES {
         let event = gps(imei(device), 30);
         sent.push(event.clone());
         publisher.publish(vec![event]).await.expect("published");
     }
     // Kafka delivery is at least once (a producer retry can write a record twice), so read
     // until every device's last event is in, and compare the order of first deliveries.
-    let read = read_gps_until(&broker.addr, "lane-reader", |read| {
+    let read = read_gps_until(&broker.addr, "unacknowledged-reader", |read| {
         let devices = per_device(read);
-        devices.len() == lanes.len() && devices.values().all(|seqs| seqs.contains(&30))
+        devices.len() as u64 == DEVICES && devices.values().all(|seqs| seqs.contains(&30))
     })
     .await;
     publisher.stop().await;

@@ -14,7 +14,7 @@ use iothub::event::{
 use iothub::imei::Imei;
 use iothub_actors::config::Config;
 use iothub_actors::offline::{OfflineCommands, OfflineError, MAX_PENDING_PER_DEVICE};
-use iothub_actors::publish::{PublishLane, Publisher, Unqueued};
+use iothub_actors::publish::{Publisher, Unqueued};
 use iothub_actors::push::PushDispatcher;
 use iothub_actors::storage::Storage;
 use push_receiver::{dead_url, Receiver};
@@ -422,9 +422,9 @@ async fn stopping_commits_the_unacknowledged_events_still_queued() {
     cfg.storage.commit_interval = Duration::from_millis(200);
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
-    let mut lane = PublishLane::default();
     for seq in 1..=50 {
-        lane.publish_unacknowledged(&publisher, vec![gps(imei(2), seq)])
+        publisher
+            .publish_unacknowledged(vec![gps(imei(2), seq)])
             .await
             .unwrap();
     }
@@ -440,13 +440,12 @@ async fn unacknowledged_publish_after_stop_fails() {
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
     publisher.stop().await;
-    let mut lane = PublishLane::default();
     let unqueued = publisher
         .try_publish_unacknowledged(vec![gps(imei(1), 1)])
         .unwrap_err();
     assert!(matches!(unqueued, Unqueued::Stopped));
-    assert!(lane
-        .publish_unacknowledged(&publisher, vec![gps(imei(1), 1)])
+    assert!(publisher
+        .publish_unacknowledged(vec![gps(imei(1), 1)])
         .await
         .is_err());
 }

@@ -7,10 +7,10 @@
 //! The protocol's pure channel is shared by the two under a mutex that is never held across
 //! an await. When the session has none of the connection's frames in hand, the reader runs a
 //! read's frames through the channel itself, and when all they produce is events nothing
-//! acknowledges (a GT06 location, say) it queues them on the embedded log and reads on: the
-//! commonest read of a busy node costs no actor message and no wake-up of the session. Any
-//! other outcome (an acknowledgement to send, a login, an instruction's answer, events that
-//! cannot be queued without waiting, Kafka) goes to the session as one message with the
+//! acknowledges (a GT06 location, say) it queues them on the publisher's queue and reads on:
+//! the commonest read of a busy node costs no actor message and no wake-up of the session.
+//! Any other outcome (an acknowledgement to send, a login, an instruction's answer, events
+//! that cannot be queued without waiting) goes to the session as one message with the
 //! channel's actions. While the session has frames or actions of the reader in hand, later
 //! reads go to it as frames, so the channel always sees frames in arrival order and never
 //! one whose predecessor's actions (an authentication check, say) are still being carried
@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use crate::auth_codes::AuthCodes;
 use crate::offline::{OfflineCommands, QueuedInstruction};
-use crate::publish::{PublishLane, Publisher, Unqueued};
+use crate::publish::{Publisher, Unqueued};
 use crate::registry::Registry;
 
 /// Reads (each a batch of frames) a reader may have decoded and not yet seen handled.
@@ -181,8 +181,6 @@ pub struct SessionState<P: Protocol> {
     /// A newer connection of the device took over: its LOGIN is already out, so this one
     /// must not publish a LOGOUT that would arrive after it and mark the device offline.
     taken_over: bool,
-    /// Events nothing acknowledges, on their way without the session waiting for them.
-    lane: PublishLane,
     /// The device's offline instructions could not be read at login (store unreachable):
     /// read them again at the next tick, so none waits for the next login.
     offline_unread: bool,
@@ -238,7 +236,6 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             generation: 0,
             offline_queue: VecDeque::new(),
             taken_over: false,
-            lane: PublishLane::default(),
             offline_unread: false,
             detected,
             _connection_permit: args.connection_permit,
@@ -275,7 +272,6 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             cell.channel.handle_close(Utc::now())
         };
         let events = events_of(actions);
-        state.lane.settle().await;
         if !events.is_empty() && !state.taken_over {
             if let Err(e) = state.deps.publisher.publish(events).await {
                 tracing::warn!(imei = ?state.imei, error = %e, "logout event not stored");
@@ -427,7 +423,7 @@ impl<P: Protocol> SessionState<P> {
         myself: &ActorRef<SessionMsg<P::Frame>>,
         unqueued: Unqueued,
     ) {
-        if let Err(e) = self.lane.finish(&self.deps.publisher, unqueued).await {
+        if let Err(e) = self.deps.publisher.finish_unqueued(unqueued).await {
             tracing::error!(imei = ?self.imei, error = %e, "event not stored, closing");
             self.close(myself, "publish_failed");
         }
@@ -513,7 +509,8 @@ impl<P: Protocol> SessionState<P> {
         }
         if !pending_events.is_empty() {
             // Nothing after these events tells the device anything, so the session need not
-            // wait for them to be durable before the next message (see `PublishLane`).
+            // wait for them to be durable before the next message: the publisher's queue keeps
+            // them ahead of anything the session publishes later.
             let events = std::mem::take(&mut pending_events);
             if let Err(unqueued) = self.deps.publisher.try_publish_unacknowledged(events) {
                 self.publish_unqueued(myself, unqueued).await;
@@ -528,8 +525,6 @@ impl<P: Protocol> SessionState<P> {
         myself: &ActorRef<SessionMsg<P::Frame>>,
         events: &mut Vec<Event>,
     ) -> bool {
-        // After this device's events still on their way, so they keep their order.
-        self.lane.settle().await;
         match self.deps.publisher.publish(std::mem::take(events)).await {
             Ok(()) => true,
             Err(e) => {

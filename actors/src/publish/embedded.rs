@@ -1,14 +1,11 @@
 //! Embedded sink: group commit into the node's redb log.
 //!
 //! Many sessions publish concurrently, and each redb commit costs an fsync, so committing per
-//! call would cap the node at a few hundred events per second. Instead calls go into a bounded
-//! queue and one writer thread takes everything queued (up to [`MAX_BATCH_EVENTS`]) into one
-//! write transaction, then answers all those callers. The busier the node, the bigger the
-//! batches. The queue is bounded, so when the disk falls behind callers wait to enqueue.
-//!
-//! Sessions enqueue through a [`LogQueue`] directly, not through the Publisher actor's mailbox:
-//! the hop through the actor cost a task wake-up per publish and bought nothing, since the
-//! queue itself keeps the order and bounds the work.
+//! call would cap the node at a few hundred events per second. Instead calls go into the
+//! sink's bounded queue ([`super::queue`]) and one writer thread takes everything queued (up
+//! to [`MAX_BATCH_EVENTS`]) into one write transaction, then answers all those callers. The
+//! busier the node, the bigger the batches. When the disk falls behind callers wait to
+//! enqueue.
 //!
 //! A commit costs about a millisecond of CPU whatever its size (redb writes each dirty page
 //! and fsyncs), so under load the writer starts commits no closer together than
@@ -21,102 +18,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iothub::event::{Event, Topic};
-use ractor::RpcReplyPort;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::PublishError;
 use crate::storage::{NewEvent, Storage};
 
-/// Calls waiting for the writer; one more makes the caller wait.
-pub const QUEUE_CAPACITY: usize = 4096;
 /// Most events committed in one transaction.
 pub const MAX_BATCH_EVENTS: usize = 16_384;
 /// How often expired entries (older than `storage.retention`) are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-type Reply = oneshot::Sender<Result<(), PublishError>>;
+/// The writer's queue, as sessions hold it.
+pub type LogQueue = SinkQueue<NewEvent>;
 
-enum Job {
-    /// Commit these events; answer `reply` when they are durable (or not at all: a caller
-    /// that acknowledges nothing does not wait).
-    Append {
-        events: Vec<NewEvent>,
-        reply: Option<Reply>,
-    },
-    /// Everything queued before this is committed; stop. Calls queued after it fail.
-    Close,
-}
-
-/// The writer's queue, as sessions hold it: clones share the one writer.
-#[derive(Clone)]
-pub struct LogQueue {
-    tx: mpsc::Sender<Job>,
-}
-
-impl LogQueue {
-    /// Returns once the events are committed and fsynced.
-    pub async fn append(&self, events: Vec<Event>) -> Result<(), PublishError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(events, Some(reply)).await?;
-        // A dropped reply means the writer stopped before committing the events.
-        answer.await.unwrap_or(Err(PublishError::Stopped))
-    }
-
-    /// Queues the events behind every earlier call and returns without waiting for the
-    /// commit; waits only while the queue is full.
-    pub async fn enqueue(
-        &self,
-        events: Vec<Event>,
-        reply: Option<Reply>,
-    ) -> Result<(), PublishError> {
-        self.enqueue_prepared(Prepared::new(events, reply)).await
-    }
-
-    /// Queues the events like [`LogQueue::enqueue`] if the queue has room now; never waits.
-    /// When it is full the events come back serialized, to be queued with
-    /// [`LogQueue::enqueue_prepared`] by a caller that can wait.
-    pub fn try_enqueue(&self, events: Vec<Event>) -> Result<(), TryEnqueueError> {
-        match self.tx.try_send(Prepared::new(events, None).0) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(job)) => Err(TryEnqueueError::Full(Prepared(job))),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TryEnqueueError::Stopped),
+impl SinkEvent for NewEvent {
+    /// The log stamps its entries when it commits them.
+    fn serialize(event: Event, _accepted_ms: i64) -> NewEvent {
+        NewEvent {
+            json: event.to_json(),
+            topic: event.topic,
+            imei: event.imei,
         }
     }
-
-    /// Queues events prepared by [`LogQueue::try_enqueue`], waiting while the queue is full.
-    pub async fn enqueue_prepared(&self, prepared: Prepared) -> Result<(), PublishError> {
-        self.tx
-            .send(prepared.0)
-            .await
-            .map_err(|_| PublishError::Stopped)
-    }
-}
-
-/// Events serialized for the writer, not queued yet.
-pub struct Prepared(Job);
-
-impl Prepared {
-    fn new(events: Vec<Event>, reply: Option<Reply>) -> Prepared {
-        // Serialized here, on the caller's thread: the record's many small allocations are
-        // freed where they were made, and the writer thread gets one buffer per event.
-        let events = events
-            .into_iter()
-            .map(|e| NewEvent {
-                json: e.to_json(),
-                topic: e.topic,
-                imei: e.imei,
-            })
-            .collect();
-        Prepared(Job::Append { events, reply })
-    }
-}
-
-/// Why [`LogQueue::try_enqueue`] did not queue.
-pub enum TryEnqueueError {
-    /// The queue is full; the events, serialized, wait for [`LogQueue::enqueue_prepared`].
-    Full(Prepared),
-    /// The writer has stopped.
-    Stopped,
 }
 
 pub struct EmbeddedSink {
@@ -131,12 +55,12 @@ impl EmbeddedSink {
         retention: Duration,
         commit_interval: Duration,
     ) -> anyhow::Result<EmbeddedSink> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (queue, rx) = LogQueue::new();
         let writer = std::thread::Builder::new()
             .name("iothub-log-writer".into())
             .spawn(move || write_loop(&storage, rx, retention, commit_interval))?;
         Ok(EmbeddedSink {
-            queue: LogQueue { tx },
+            queue,
             writer: Some(writer),
         })
     }
@@ -145,27 +69,9 @@ impl EmbeddedSink {
         self.queue.clone()
     }
 
-    /// A call that reached the Publisher actor's mailbox: queued like any other, answered
-    /// through the actor's reply port.
-    pub async fn submit(
-        &mut self,
-        events: Vec<Event>,
-        reply: RpcReplyPort<Result<(), PublishError>>,
-    ) {
-        // Queued here, in mailbox order; only the wait for the commit runs on its own.
-        let (done, answer) = oneshot::channel();
-        if let Err(e) = self.queue.enqueue(events, Some(done)).await {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        tokio::spawn(async move {
-            let _ = reply.send(answer.await.unwrap_or(Err(PublishError::Stopped)));
-        });
-    }
-
     /// Lets the writer commit what is queued, then waits for it to exit.
     pub async fn close(&mut self) {
-        let _ = self.queue.tx.send(Job::Close).await;
+        self.queue.close().await;
         if let Some(writer) = self.writer.take() {
             if tokio::task::spawn_blocking(move || writer.join())
                 .await
@@ -181,26 +87,9 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The events and answers of one commit.
-struct Batch {
-    events: Vec<NewEvent>,
-    replies: Vec<Reply>,
-}
-
-impl Batch {
-    fn add(&mut self, events: Vec<NewEvent>, reply: Option<Reply>) {
-        if self.events.is_empty() {
-            self.events = events;
-        } else {
-            self.events.extend(events);
-        }
-        self.replies.extend(reply);
-    }
-}
-
 fn write_loop(
     storage: &Storage,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Job<NewEvent>>,
     retention: Duration,
     commit_interval: Duration,
 ) {
@@ -209,33 +98,14 @@ fn write_loop(
     let mut last_commit: Option<Instant> = None;
     let mut closing = false;
     while !closing {
-        let Some(first) = rx.blocking_recv() else {
+        let Some(mut batch) = rx.blocking_recv().and_then(Batch::of) else {
             break;
         };
-        let mut batch = Batch {
-            events: Vec::new(),
-            replies: Vec::new(),
-        };
-        match first {
-            Job::Append { events, reply } => batch.add(events, reply),
-            Job::Close => break,
-        }
         if let Some(wait) = last_commit.and_then(|t| commit_interval.checked_sub(t.elapsed())) {
             std::thread::sleep(wait);
         }
-        while batch.events.len() < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(Job::Append { events, reply }) => batch.add(events, reply),
-                Ok(Job::Close) => {
-                    closing = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        batch.fill(&mut rx, MAX_BATCH_EVENTS, &mut closing);
         last_commit = Some(Instant::now());
-        // Publish calls still waiting behind this batch: the writer's queue depth.
-        metrics::gauge!("iothub_publish_queue_depth").set(rx.len() as f64);
         let mut per_topic = [0u64; Topic::ALL.len()];
         for e in &batch.events {
             if let Some(i) = Topic::ALL.iter().position(|t| *t == e.topic) {
@@ -264,7 +134,7 @@ fn write_loop(
                     .increment(1);
             }
         }
-        for reply in batch.replies {
+        for reply in batch.calls.into_iter().filter_map(|(_, reply)| reply) {
             let answer = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(PublishError::Store(e.to_string())),

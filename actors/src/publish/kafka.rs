@@ -2,9 +2,14 @@
 //! each device's events stay in one partition, in order.
 //!
 //! The producer is idempotent with `acks=all`, so a retried send is neither lost nor
-//! duplicated by the broker. A call returns after the delivery reports of all its events; the
-//! events are handed to librdkafka with `send_result` (which enqueues at once) and their
-//! delivery futures are awaited together, so a call costs one round trip, not one per event.
+//! duplicated by the broker. Calls go into the sink's bounded queue ([`super::queue`]); one
+//! dispatcher task takes everything queued as a batch, hands its events to librdkafka with
+//! `send_result` (which enqueues at once) and awaits their delivery reports together, then
+//! answers the batch's callers and takes the next batch. One batch in flight at a time is
+//! what keeps every device's events in order through an outage (below) without per-device
+//! bookkeeping; throughput comes from the batch size, which grows with the load as the
+//! embedded log's group commit does (a round trip of a few milliseconds carries whatever
+//! queued meanwhile). A call therefore costs one queue slot, not a task or a round trip.
 //!
 //! When Kafka cannot be reached (delivery timeouts, transport errors, all brokers down) the
 //! events go to the outage spool ([`super::spool`]) in the node's redb database instead, and
@@ -13,18 +18,20 @@
 //! refusal (a message too large, say) is still returned to the caller, as is a full spool.
 //!
 //! The sink is in one of two modes (gauge `iothub_kafka_up`):
-//! - direct: each call is produced;
-//! - spooling: each call is appended to the spool, while the drain task waits for the brokers
+//! - direct: each batch is produced;
+//! - spooling: each batch is appended to the spool, while the drain task waits for the brokers
 //!   (a metadata request, retried with backoff from 1 s doubling to 30 s), creates the topics
 //!   if that never succeeded, then produces the spool in sequence order in batches, deletes
 //!   each batch once its delivery reports succeeded, and switches back to direct when the spool
 //!   is empty.
 //!
-//! The first call whose delivery fails as unreachable, or librdkafka reporting all brokers
-//! down, switches to spooling at once, so later calls do not each wait [`DELIVERY_TIMEOUT`].
-//! A call produced directly never overtakes an earlier spooled one: spooling calls queue their
-//! append while holding the mode lock, and the drain switches back to direct under that same
-//! lock only after the spool thread has committed everything queued and the spool is empty.
+//! The first batch whose delivery fails as unreachable, or librdkafka reporting all brokers
+//! down, switches to spooling at once, so later batches do not each wait
+//! [`DELIVERY_TIMEOUT`]. A failed batch spools its events from the first undelivered one on,
+//! in queue order, before the next batch is taken. A batch produced directly never overtakes
+//! an earlier spooled one: spooling batches queue their append while holding the mode lock,
+//! and the drain switches back to direct under that same lock only after the spool thread has
+//! committed everything queued and the spool is empty.
 //!
 //! At start-up an unreachable Kafka is not an error: the sink starts spooling and creates the
 //! topics when the brokers answer. Whatever an earlier run left in the spool (after a graceful
@@ -35,24 +42,23 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use iothub::event::{Event, Topic};
-use ractor::RpcReplyPort;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, SpoolWriter};
 use super::PublishError;
 use crate::config::Config;
 use crate::storage::Storage;
 
-/// Calls whose delivery reports (or spool commits) are awaited at the same time; one more
-/// waits.
-pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
-/// How long librdkafka may try to deliver an event before the call gives up on Kafka and
+/// Most events produced (or spooled) in one batch.
+pub const MAX_BATCH_EVENTS: usize = 16_384;
+/// How long librdkafka may try to deliver an event before the batch gives up on Kafka and
 /// spools it. Devices wait 5 s for an acknowledgement; librdkafka notices an expired message
 /// within a second after this, and the spool commit takes milliseconds, so a call caught by an
 /// outage (its events sent before the brokers were known down) is still answered in time.
@@ -268,7 +274,7 @@ enum Mode {
 /// What the call handlers, the drain task and the broker watch share.
 struct Shared {
     config: Config,
-    prefix: Arc<str>,
+    topics: TopicNames,
     /// Replaced by the drain when librdkafka reports a fatal error.
     producer: RwLock<SinkProducer>,
     all_brokers_down: Arc<Notify>,
@@ -325,11 +331,40 @@ impl Shared {
     }
 }
 
+/// The Kafka topic of each event kind, made once rather than per event.
+struct TopicNames([String; Topic::ALL.len()]);
+
+impl TopicNames {
+    fn new(prefix: &str) -> TopicNames {
+        TopicNames(Topic::ALL.map(|t| topic_name(prefix, t)))
+    }
+
+    fn of(&self, topic: Topic) -> &str {
+        // `Topic::ALL` lists the kinds in declaration order (a unit test checks it).
+        &self.0[topic as usize]
+    }
+}
+
+impl SinkEvent for SpoolEntry {
+    fn serialize(event: Event, accepted_ms: i64) -> SpoolEntry {
+        SpoolEntry {
+            json: event.to_json(),
+            topic: event.topic,
+            imei: event.imei,
+            accepted_ms,
+        }
+    }
+}
+
+/// The sink's queue, as sessions hold it.
+pub type KafkaQueue = SinkQueue<SpoolEntry>;
+
 pub struct KafkaSink {
     shared: Arc<Shared>,
-    in_flight: Arc<Semaphore>,
+    queue: KafkaQueue,
     writer: SpoolWriter,
     stop: watch::Sender<bool>,
+    dispatcher: Option<JoinHandle<()>>,
     drain: Option<JoinHandle<()>>,
     watch: Option<JoinHandle<()>>,
 }
@@ -381,7 +416,7 @@ impl KafkaSink {
 
         let shared = Arc::new(Shared {
             config: config.clone(),
-            prefix: config.kafka.topic_prefix.as_str().into(),
+            topics: TopicNames::new(&config.kafka.topic_prefix),
             producer: RwLock::new(producer),
             all_brokers_down,
             mode: tokio::sync::Mutex::new(mode),
@@ -394,80 +429,37 @@ impl KafkaSink {
         let (stop, stopped) = watch::channel(false);
         let drain = tokio::spawn(drain_spool(shared.clone(), stopped.clone()));
         let watch = tokio::spawn(watch_brokers(shared.clone(), stopped));
+        let (queue, calls) = KafkaQueue::new();
+        let dispatcher = tokio::spawn(dispatch(shared.clone(), calls));
         Ok(KafkaSink {
             shared,
-            in_flight: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            queue,
             writer,
             stop,
+            dispatcher: Some(dispatcher),
             drain: Some(drain),
             watch: Some(watch),
         })
     }
 
-    /// Produces (or, while spooling, spools) the events of one call in a task that answers
-    /// `reply`; waits while [`MAX_CALLS_IN_FLIGHT`] calls are already waiting.
-    pub async fn submit(
-        &mut self,
-        events: Vec<Event>,
-        reply: RpcReplyPort<Result<(), PublishError>>,
-    ) {
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-            let _ = reply.send(Err(PublishError::Stopped));
-            return;
-        };
-        let accepted_ms = chrono::Utc::now().timestamp_millis();
-        let entries: Vec<SpoolEntry> = events
-            .iter()
-            .map(|e| SpoolEntry {
-                topic: e.topic,
-                imei: e.imei,
-                json: e.to_json(),
-                accepted_ms,
-            })
-            .collect();
-        let shared = self.shared.clone();
-        let mode = shared.mode.lock().await;
-        match *mode {
-            Mode::Direct => {
-                drop(mode);
-                tokio::spawn(produce_call(shared, entries, reply, permit));
-            }
-            Mode::Spooling => {
-                let started = Instant::now();
-                let counts = topic_counts(&entries);
-                let pending = shared.spool.append(entries).await;
-                drop(mode);
-                tokio::spawn(async move {
-                    let answer = spool_answer(pending).await;
-                    metrics::histogram!("iothub_publish_batch_seconds", "sink" => "kafka_spool")
-                        .record(started.elapsed().as_secs_f64());
-                    if answer.is_ok() {
-                        record_published(&counts);
-                    } else {
-                        metrics::counter!("iothub_publish_failures_total", "sink" => "kafka")
-                            .increment(1);
-                    }
-                    let _ = reply.send(answer);
-                    drop(permit);
-                });
-            }
-        }
+    pub fn queue(&self) -> KafkaQueue {
+        self.queue.clone()
     }
 
-    /// Finishes the calls in flight (produced, or committed to the spool), stops the drain
+    /// Finishes what is queued (produced, or committed to the spool), stops the drain
     /// (whatever is still spooled stays on disk for the next start), then flushes the producer.
     pub async fn close(&mut self) {
-        let _ = self.stop.send(true);
-        let all = u32::try_from(MAX_CALLS_IN_FLIGHT).unwrap_or(u32::MAX);
-        let waited = tokio::time::timeout(
-            DELIVERY_TIMEOUT + Duration::from_secs(5),
-            self.in_flight.acquire_many(all),
-        )
-        .await;
-        if waited.is_err() {
-            tracing::warn!("kafka publish calls still in flight at shutdown");
+        self.queue.close().await;
+        if let Some(dispatcher) = self.dispatcher.take() {
+            // A batch caught by an outage is spooled within the delivery timeout.
+            let abort = dispatcher.abort_handle();
+            let limit = DELIVERY_TIMEOUT + Duration::from_secs(5);
+            if tokio::time::timeout(limit, dispatcher).await.is_err() {
+                tracing::warn!("kafka publish calls still in flight at shutdown");
+                abort.abort();
+            }
         }
-        self.in_flight.close();
+        let _ = self.stop.send(true);
         for task in [self.drain.take(), self.watch.take()].into_iter().flatten() {
             // A drain batch in flight when Kafka is down would wait for its delivery timeout;
             // cut it short then: its events are still in the spool and go out at the next start.
@@ -496,16 +488,6 @@ impl KafkaSink {
     }
 }
 
-fn topic_counts(entries: &[SpoolEntry]) -> [u64; Topic::ALL.len()] {
-    let mut counts = [0u64; Topic::ALL.len()];
-    for e in entries {
-        if let Some(i) = Topic::ALL.iter().position(|t| *t == e.topic) {
-            counts[i] += 1;
-        }
-    }
-    counts
-}
-
 fn record_published(counts: &[u64; Topic::ALL.len()]) {
     for (i, n) in counts.iter().enumerate() {
         if *n > 0 {
@@ -523,68 +505,140 @@ async fn spool_answer(pending: PendingAppend) -> Result<(), PublishError> {
     }
 }
 
-/// One call in direct mode: produced, or spooled from its first undelivered event on when
-/// Kafka turns out unreachable.
-async fn produce_call(
-    shared: Arc<Shared>,
-    mut entries: Vec<SpoolEntry>,
-    reply: RpcReplyPort<Result<(), PublishError>>,
-    permit: OwnedSemaphorePermit,
-) {
+/// The dispatcher: takes the queued calls as batches, one batch in flight at a time (see the
+/// module docs), until the queue is closed.
+async fn dispatch(shared: Arc<Shared>, mut calls: mpsc::Receiver<Job<SpoolEntry>>) {
+    let mut closing = false;
+    while !closing {
+        let Some(mut batch) = calls.recv().await.and_then(Batch::of) else {
+            break;
+        };
+        batch.fill(&mut calls, MAX_BATCH_EVENTS, &mut closing);
+        deliver(&shared, batch).await;
+    }
+}
+
+/// Produces one batch, or spools it while Kafka is unreachable, and answers its callers.
+async fn deliver(shared: &Shared, batch: Batch<SpoolEntry>) {
     let started = Instant::now();
-    let n = entries.len();
-    let counts = topic_counts(&entries);
+    let Batch { events, calls } = batch;
+    let n = events.len();
+    let topics: Vec<Topic> = events.iter().map(|e| e.topic).collect();
+    let mode = shared.mode.lock().await;
+    let (answers, sink) = if *mode == Mode::Spooling {
+        let pending = shared.spool.append(events).await;
+        drop(mode);
+        let answer = spool_answer(pending).await;
+        (vec![answer; calls.len()], "kafka_spool")
+    } else {
+        drop(mode);
+        (produce_batch(shared, events, &calls).await, "kafka")
+    };
+    metrics::histogram!("iothub_publish_batch_seconds", "sink" => sink)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("iothub_publish_batch_size", "sink" => "kafka").record(n as f64);
+    let mut published = [0u64; Topic::ALL.len()];
+    let mut start = 0;
+    for ((end, reply), answer) in calls.into_iter().zip(answers) {
+        match &answer {
+            Ok(()) => {
+                for topic in &topics[start..end] {
+                    published[*topic as usize] += 1;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("iothub_publish_failures_total", "sink" => "kafka").increment(1);
+                if reply.is_none() {
+                    // Nothing was promised to the device, so there is nobody to tell.
+                    tracing::error!(error = %e, events = end - start, "unacknowledged events not published");
+                }
+            }
+        }
+        start = end;
+        if let Some(reply) = reply {
+            // The caller may have given up; nothing to do then.
+            let _ = reply.send(answer);
+        }
+    }
+    record_published(&published);
+}
+
+/// Produces a batch directly and returns each call's answer. When Kafka turns out unreachable,
+/// the events from the batch's first undelivered one on are spooled, in order, so each
+/// device's events keep their order in its partition. A call with an event Kafka refuses for
+/// good (or for a reason retrying cannot fix) fails as a whole and has nothing spooled: its
+/// caller does not acknowledge the device, which sends the data again.
+async fn produce_batch(
+    shared: &Shared,
+    events: Vec<SpoolEntry>,
+    calls: &[(usize, Option<super::queue::Reply>)],
+) -> Vec<Result<(), PublishError>> {
+    let n = events.len();
     let mut outage = shared.outage.subscribe();
     let producer = shared.producer();
     let results = tokio::select! {
-        results = produce(&producer, &shared.prefix, &entries, false) => results,
+        results = produce(&producer, &shared.topics, &events, false) => results,
         Ok(()) = outage.changed() => {
-            // Kafka went down while this call waited for its delivery reports (another
-            // call's failure or librdkafka's "all brokers down" said so): spool every event
-            // of the call now, within the time a device waits for its acknowledgement.
-            // Those librdkafka still manages to deliver arrive twice, never zero times.
+            // Kafka went down while this batch waited for its delivery reports (librdkafka's
+            // "all brokers down" said so): spool every event of the batch now, within the
+            // time a device waits for its acknowledgement. Those librdkafka still manages to
+            // deliver arrive twice, never zero times.
             vec![Err(KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown)); n]
         }
     };
-    metrics::histogram!("iothub_publish_batch_size", "sink" => "kafka").record(n as f64);
-    let first_failed = results.iter().position(Result::is_err);
-    let refusal = results
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .find(|e| classify(e) != Failure::Unreachable);
-    let answer = match (first_failed, refusal) {
-        (None, _) => Ok(()),
-        (Some(_), Some(refusal)) => {
-            tracing::warn!(error = %refusal, events = n, "kafka publish failed");
-            Err(PublishError::Store(format!("kafka: {refusal}")))
+    let mut refusals: Vec<Option<&KafkaError>> = Vec::with_capacity(calls.len());
+    let mut first_undelivered = None;
+    let mut start = 0;
+    for (end, _) in calls {
+        let own = &results[start..*end];
+        let refusal = own
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .find(|e| classify(e) != Failure::Unreachable);
+        if refusal.is_none() && first_undelivered.is_none() {
+            first_undelivered = own.iter().position(Result::is_err).map(|i| start + i);
         }
-        (Some(from), None) => {
-            // Events before `from` were delivered; the rest are spooled in call order, so
-            // this device's events keep their order in each partition.
+        refusals.push(refusal);
+        start = *end;
+    }
+    let spooled = match first_undelivered {
+        None => None,
+        Some(from) => {
             let reason = results[from]
                 .as_ref()
                 .err()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            let rest = entries.split_off(from);
+            let mut rest = Vec::with_capacity(n - from);
+            let mut call = 0;
+            for (i, event) in events.into_iter().enumerate() {
+                while i >= calls[call].0 {
+                    call += 1;
+                }
+                if i >= from && refusals[call].is_none() {
+                    rest.push(event);
+                }
+            }
             let pending = {
                 let mut mode = shared.mode.lock().await;
                 shared.start_spooling(&mut mode, &reason);
                 shared.spool.append(rest).await
             };
-            spool_answer(pending).await
+            Some((from, spool_answer(pending).await))
         }
     };
-    metrics::histogram!("iothub_publish_batch_seconds", "sink" => "kafka")
-        .record(started.elapsed().as_secs_f64());
-    match &answer {
-        Ok(()) => record_published(&counts),
-        Err(_) => {
-            metrics::counter!("iothub_publish_failures_total", "sink" => "kafka").increment(1)
-        }
-    }
-    let _ = reply.send(answer);
-    drop(permit);
+    calls
+        .iter()
+        .zip(refusals)
+        .map(|((end, _), refusal)| match (refusal, &spooled) {
+            (Some(refusal), _) => {
+                tracing::warn!(error = %refusal, "kafka publish failed");
+                Err(PublishError::Store(format!("kafka: {refusal}")))
+            }
+            (None, Some((from, answer))) if end > from => answer.clone(),
+            (None, _) => Ok(()),
+        })
+        .collect()
 }
 
 /// Hands the events to librdkafka in order and awaits all their delivery reports: one result
@@ -594,7 +648,7 @@ async fn produce_call(
 /// with the same error), so none of them gets ahead of it in its partition.
 async fn produce(
     producer: &SinkProducer,
-    prefix: &str,
+    topics: &TopicNames,
     entries: &[SpoolEntry],
     stamp: bool,
 ) -> Vec<Result<(), KafkaError>> {
@@ -606,10 +660,10 @@ async fn produce(
             results[i] = Err(err.clone());
             continue;
         }
-        let topic = topic_name(prefix, e.topic);
+        let topic = topics.of(e.topic);
         let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
         loop {
-            let mut record = FutureRecord::to(&topic)
+            let mut record = FutureRecord::to(topic)
                 .key(e.imei.as_str())
                 .payload(&e.json);
             if stamp {
@@ -750,7 +804,7 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
     };
     let (seqs, entries): (Vec<u64>, Vec<SpoolEntry>) =
         batch.entries.into_iter().map(|s| (s.seq, s.entry)).unzip();
-    let results = produce(&shared.producer(), &shared.prefix, &entries, *stamp).await;
+    let results = produce(&shared.producer(), &shared.topics, &entries, *stamp).await;
 
     let mut produced = 0u64;
     let mut done_through = None;
@@ -906,6 +960,14 @@ mod tests {
             _ => None,
         });
         assert!(off.is_ok(), "{off:?}");
+    }
+
+    #[test]
+    fn publish_topic_names_are_found_by_event_kind() {
+        let names = TopicNames::new("jimi");
+        for topic in Topic::ALL {
+            assert_eq!(names.of(topic), format!("jimi.{}", topic.name()));
+        }
     }
 
     #[test]
