@@ -1,9 +1,11 @@
 //! Shared harness of the system tests: runs the real `iothubd` binary on loopback ports with
 //! its own data directory, and stops, kills or restarts it like an operator would.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Path of the iothubd binary: `IOTHUBD_BIN`, else the one cargo built beside this test.
@@ -26,12 +28,23 @@ pub fn iothubd_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; the hub binds it right after).
+/// A free loopback port (bound and released; the hub binds it right after), never one this
+/// test process handed out before: the tests of a binary run in parallel, and a port freed by
+/// a stopped broker must not come back as another test's broker, which the hub of the first
+/// test would then take for its own broker back up.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no loopback port left that this test process has not used already")
 }
 
 /// One running iothubd process.
