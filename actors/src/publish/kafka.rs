@@ -3,8 +3,9 @@
 //!
 //! The producer is idempotent with `acks=all`, so a retried send is neither lost nor
 //! duplicated by the broker. Calls go into the sink's bounded queue ([`super::queue`]); one
-//! dispatcher task takes everything queued as a batch, hands its events to librdkafka with
-//! `send_result` (which enqueues at once) and awaits their delivery reports together, then
+//! dispatcher task takes everything queued as a batch, hands its events to librdkafka (which
+//! enqueues at once) and awaits their delivery reports together, counted per batch in the
+//! producer's delivery callback ([`super::deliveries`]), then
 //! answers the batch's callers and takes the next batch. One batch in flight at a time is
 //! what keeps every device's events in order through an outage (below) without per-device
 //! bookkeeping; throughput comes from the batch size, which grows with the load as the
@@ -46,10 +47,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::deliveries::{Deliveries, MAX_TRACKED_EVENTS};
 use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, SpoolWriter};
 use super::PublishError;
@@ -63,6 +65,10 @@ pub const MAX_BATCH_EVENTS: usize = 16_384;
 /// within a second after this, and the spool commit takes milliseconds, so a call caught by an
 /// outage (its events sent before the brokers were known down) is still answered in time.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after [`DELIVERY_TIMEOUT`] a batch still waits for reports librdkafka owes it
+/// before it counts those events as undelivered (it never should have to).
+const REPORTS_GRACE: Duration = Duration::from_secs(10);
+const _: () = assert!(MAX_BATCH_EVENTS <= MAX_TRACKED_EVENTS && DRAIN_BATCH <= MAX_TRACKED_EVENTS);
 /// Failed drain rounds in a row (Kafka reachable) after which the producer is replaced.
 const REPLACE_AFTER_FAILED_DRAINS: u32 = 2;
 /// Admin requests (topic creation).
@@ -168,7 +174,7 @@ enum Failure {
 
 fn classify(error: &KafkaError) -> Failure {
     match error {
-        // The delivery future was dropped with the producer (replaced or shutting down).
+        // No delivery report came (the producer was dropped before it reported).
         KafkaError::Canceled => Failure::Unreachable,
         _ => error
             .rdkafka_error_code()
@@ -222,10 +228,21 @@ fn classify_code(code: RDKafkaErrorCode) -> Failure {
     }
 }
 
-/// librdkafka's global errors: logged, and "all brokers down" wakes the sink so it spools new
-/// calls at once instead of letting each wait for its delivery timeout.
+/// What librdkafka reports to the producer: each message's delivery, counted in its batch
+/// ([`super::deliveries`]); global errors, logged, with "all brokers down" waking the sink so
+/// it spools new calls at once instead of letting each wait for its delivery timeout.
 struct ProducerEvents {
     all_brokers_down: Arc<Notify>,
+    deliveries: Deliveries,
+}
+
+impl ProducerContext for ProducerEvents {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        self.deliveries
+            .report(opaque, result.as_ref().map(|_| ()).map_err(|(e, _)| e));
+    }
 }
 
 impl ClientContext for ProducerEvents {
@@ -239,7 +256,7 @@ impl ClientContext for ProducerEvents {
     }
 }
 
-type SinkProducer = FutureProducer<ProducerEvents>;
+type SinkProducer = ThreadedProducer<ProducerEvents>;
 
 fn create_producer(config: &Config, all_brokers_down: Arc<Notify>) -> anyhow::Result<SinkProducer> {
     client_config(config)
@@ -250,7 +267,10 @@ fn create_producer(config: &Config, all_brokers_down: Arc<Notify>) -> anyhow::Re
             "message.timeout.ms",
             DELIVERY_TIMEOUT.as_millis().to_string(),
         )
-        .create_with_context(ProducerEvents { all_brokers_down })
+        .create_with_context(ProducerEvents {
+            all_brokers_down,
+            deliveries: Deliveries::default(),
+        })
         .map_err(|e| anyhow::anyhow!("kafka: cannot create producer: {e}"))
 }
 
@@ -652,54 +672,47 @@ async fn produce(
     entries: &[SpoolEntry],
     stamp: bool,
 ) -> Vec<Result<(), KafkaError>> {
-    let mut results: Vec<Result<(), KafkaError>> = (0..entries.len()).map(|_| Ok(())).collect();
-    let mut deliveries = Vec::with_capacity(entries.len());
+    let batch = producer.context().deliveries.track(entries.len());
+    let mut not_sent: Vec<(usize, KafkaError)> = Vec::new();
     let mut abandoned: Option<KafkaError> = None;
     for (i, e) in entries.iter().enumerate() {
         if let Some(err) = &abandoned {
-            results[i] = Err(err.clone());
+            not_sent.push((i, err.clone()));
             continue;
         }
         let topic = topics.of(e.topic);
         let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
         loop {
-            let mut record = FutureRecord::to(topic)
+            let mut record = BaseRecord::with_opaque_to(topic, batch.opaque(i))
                 .key(e.imei.as_str())
-                .payload(&e.json);
+                .payload(e.json.as_slice());
             if stamp {
                 record = record.timestamp(e.accepted_ms);
             }
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push((i, delivery));
-                    break;
-                }
+            batch.expect_report();
+            match producer.send(record) {
+                Ok(()) => break,
                 // librdkafka's local queue is full: wait for it to drain, within the deadline.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if tokio::time::Instant::now() < deadline =>
                 {
+                    batch.no_report();
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err((err, _)) => {
+                    batch.no_report();
                     if classify(&err) != Failure::Rejected {
                         abandoned = Some(err.clone());
                     }
-                    results[i] = Err(err);
+                    not_sent.push((i, err));
                     break;
                 }
             }
         }
     }
-    let (indices, futures): (Vec<usize>, Vec<_>) = deliveries.into_iter().unzip();
-    for (i, delivered) in indices
-        .into_iter()
-        .zip(futures::future::join_all(futures).await)
-    {
-        results[i] = match delivered {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((err, _))) => Err(err),
-            Err(_) => Err(KafkaError::Canceled),
-        };
+    let mut results = batch.wait(DELIVERY_TIMEOUT + REPORTS_GRACE).await;
+    for (i, err) in not_sent {
+        results[i] = Err(err);
     }
     results
 }

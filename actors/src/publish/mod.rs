@@ -20,6 +20,7 @@
 //! resends. A failed call whose events nothing acknowledges has nobody to tell: it is logged
 //! and counted, as the device would not have sent those events again anyway.
 
+pub mod deliveries;
 pub mod embedded;
 pub mod kafka;
 pub mod queue;
