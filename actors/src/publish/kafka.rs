@@ -672,11 +672,28 @@ async fn produce(
     entries: &[SpoolEntry],
     stamp: bool,
 ) -> Vec<Result<(), KafkaError>> {
+    // A batch holds at most one call more than MAX_BATCH_EVENTS; a call larger than what
+    // one tracked batch can number goes out in parts, each after the one before is reported.
+    let mut results = Vec::with_capacity(entries.len());
+    let mut abandoned: Option<KafkaError> = None;
+    for part in entries.chunks(MAX_TRACKED_EVENTS) {
+        results.extend(produce_tracked(producer, topics, part, stamp, &mut abandoned).await);
+    }
+    results
+}
+
+/// [`produce`] for at most [`MAX_TRACKED_EVENTS`] events.
+async fn produce_tracked(
+    producer: &SinkProducer,
+    topics: &TopicNames,
+    entries: &[SpoolEntry],
+    stamp: bool,
+    abandoned: &mut Option<KafkaError>,
+) -> Vec<Result<(), KafkaError>> {
     let batch = producer.context().deliveries.track(entries.len());
     let mut not_sent: Vec<(usize, KafkaError)> = Vec::new();
-    let mut abandoned: Option<KafkaError> = None;
     for (i, e) in entries.iter().enumerate() {
-        if let Some(err) = &abandoned {
+        if let Some(err) = abandoned.as_ref() {
             not_sent.push((i, err.clone()));
             continue;
         }
@@ -702,7 +719,7 @@ async fn produce(
                 Err((err, _)) => {
                     batch.no_report();
                     if classify(&err) != Failure::Rejected {
-                        abandoned = Some(err.clone());
+                        *abandoned = Some(err.clone());
                     }
                     not_sent.push((i, err));
                     break;
