@@ -3,7 +3,8 @@
 //! seconds (positions, heartbeats, alarms),
 //! an instruction load of 20 sendInstructs per second against them, and the built-in push
 //! receiver counting every record per IMEI. Nothing may be lost or duplicated, and every
-//! instruction must come back `_code` 100.
+//! instruction must come back `_code` 100. The same run again on a hub with one worker
+//! thread (`IOTHUB_WORKER_THREADS=1`), the setting small machines are advised to try.
 
 use std::time::Duration;
 
@@ -19,11 +20,40 @@ const PUSHED: [Kind; 4] = [Kind::Login, Kind::Heartbeat, Kind::Gps, Kind::Alarm]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_fleet_with_instructions_loses_nothing() {
+    let hub = mixed_fleet_loses_nothing(&[]).await;
+    // The default is one worker per core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(runtime_workers(&hub).await, cores);
+}
+
+/// The hub's `iothub_runtime_workers` gauge.
+async fn runtime_workers(hub: &Hub) -> usize {
+    let text = hub.metrics_text().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("iothub_runtime_workers "))
+        .unwrap_or_else(|| panic!("no iothub_runtime_workers in /metrics:\n{text}"));
+    line["iothub_runtime_workers ".len()..]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_fleet_on_one_worker_thread_loses_nothing() {
+    let hub = mixed_fleet_loses_nothing(&[("IOTHUB_WORKER_THREADS", "1")]).await;
+    assert_eq!(runtime_workers(&hub).await, 1);
+}
+
+/// Runs the fleet against a new hub started with `hub_env`; returns the hub, still running.
+async fn mixed_fleet_loses_nothing(hub_env: &[(&str, &str)]) -> Hub {
     let rx = PushReceiver::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("start push receiver");
     let url = rx.url();
-    let hub = Hub::start(&[("pushURL", &url)]);
+    let mut env = vec![("pushURL", url.as_str())];
+    env.extend_from_slice(hub_env);
+    let hub = Hub::start(&env);
 
     let mut config = FleetConfig::new(hub.gt06, 150);
     config.gps_interval = Duration::from_secs(1);
@@ -98,4 +128,5 @@ async fn mixed_fleet_with_instructions_loses_nothing() {
         "{table}"
     );
     assert_eq!(instructions.skipped_in_flight, 0, "{table}");
+    hub
 }

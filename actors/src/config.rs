@@ -21,7 +21,7 @@
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
-//! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`.
+//! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,6 +51,13 @@ pub struct Config {
     pub push: PushConfig,
     pub redis: RedisConfig,
     pub cluster: ClusterConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Threads running the hub's tasks and actors; `None` = one per available core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +338,10 @@ section!(RedisFile {
     lease_secs: u64,
 });
 
+section!(RuntimeFile {
+    worker_threads: u64
+});
+
 section!(ClusterFile {
     internal_listen: String,
     internal_advertise: String,
@@ -370,6 +381,8 @@ struct FileConfig {
     cluster: ClusterFile,
     #[serde(default)]
     push: PushFile,
+    #[serde(default)]
+    runtime: RuntimeFile,
 }
 
 impl FileConfig {
@@ -384,6 +397,7 @@ impl FileConfig {
             redis: self.redis.overlay(base.redis),
             cluster: self.cluster.overlay(base.cluster),
             push: self.push.overlay(base.push),
+            runtime: self.runtime.overlay(base.runtime),
         }
     }
 }
@@ -995,6 +1009,17 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         )?,
     };
 
+    let worker_threads = integer_in(
+        env,
+        "runtime.worker_threads",
+        &["IOTHUB_WORKER_THREADS"],
+        f.runtime.worker_threads,
+        0..=1024,
+    )?;
+    let runtime = RuntimeConfig {
+        worker_threads: (worker_threads > 0).then_some(worker_threads as usize),
+    };
+
     Ok(Config {
         gate_id: gate_id.value,
         gateway,
@@ -1005,6 +1030,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         push,
         redis,
         cluster,
+        runtime,
     })
 }
 

@@ -20,8 +20,7 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging();
     let config = match Config::load(cli.config.as_deref()) {
@@ -31,7 +30,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match run(config).await {
+    // The runtime is built after the configuration is read because its size is configured.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = config.runtime.worker_threads {
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("iothubd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("iothubd stopped: {e:#}");
@@ -49,6 +61,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let metrics_addr = telemetry::start_metrics(config.metrics.listen).await?;
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!("iothub_runtime_workers").set(workers as f64);
     let mut hub = Hub::start(&config).await?;
     tracing::info!(
         gate_id = %config.gate_id,
@@ -57,6 +71,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         api = %hub.api_addr,
         metrics = %metrics_addr,
         kafka = config.kafka.enable,
+        workers,
         "iothubd ready"
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

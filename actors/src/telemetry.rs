@@ -105,6 +105,10 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to answer a sendInstruct request, device round trip included"
     );
+    describe_gauge!(
+        "iothub_runtime_workers",
+        "Worker threads running connections, sessions and the API (runtime.worker_threads)"
+    );
     // Gateways and sessions.
     describe_gauge!("iothub_connections", "Open device connections");
     describe_counter!(

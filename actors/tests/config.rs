@@ -102,6 +102,30 @@ fn a_commit_interval_over_a_second_is_refused_by_name() {
 }
 
 #[test]
+fn worker_threads_default_to_one_per_core() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.runtime.worker_threads, None);
+}
+
+#[test]
+fn worker_threads_come_from_their_variable() {
+    let c = load("", &[("IOTHUB_WORKER_THREADS", "1")]).unwrap();
+    assert_eq!(c.runtime.worker_threads, Some(1));
+}
+
+#[test]
+fn worker_threads_come_from_the_file() {
+    let c = load("[runtime]\nworker_threads = 3\n", &[]).unwrap();
+    assert_eq!(c.runtime.worker_threads, Some(3));
+}
+
+#[test]
+fn too_many_worker_threads_are_refused_by_name() {
+    let err = error("", &[("IOTHUB_WORKER_THREADS", "5000")]);
+    assert!(err.contains("IOTHUB_WORKER_THREADS"), "{err}");
+}
+
+#[test]
 fn embedded_defaults_are_the_repository_file() {
     let file = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/iothub.toml"),
