@@ -13,7 +13,7 @@ use iothub_loadgen::instruct::InstructConfig;
 use iothub_loadgen::receiver::PushReceiver;
 use iothub_loadgen::roster::Family;
 use iothub_loadgen::Kind;
-use iothub_system_tests::{Hub, TOKEN};
+use iothub_system_tests::{metric_value, Hub, TOKEN};
 
 /// The kinds the hub pushes, each of which the run produces.
 const PUSHED: [Kind; 4] = [Kind::Login, Kind::Heartbeat, Kind::Gps, Kind::Alarm];
@@ -26,17 +26,9 @@ async fn mixed_fleet_with_instructions_loses_nothing() {
     assert_eq!(runtime_workers(&hub).await, cores);
 }
 
-/// The hub's `iothub_runtime_workers` gauge.
+/// The hub's `iothub_runtime_workers` gauge (0 when the hub does not export it).
 async fn runtime_workers(hub: &Hub) -> usize {
-    let text = hub.metrics_text().await;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("iothub_runtime_workers "))
-        .unwrap_or_else(|| panic!("no iothub_runtime_workers in /metrics:\n{text}"));
-    line["iothub_runtime_workers ".len()..]
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{line}: {e}"))
+    metric_value(&hub.metrics_text().await, "iothub_runtime_workers", &[]) as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
