@@ -129,11 +129,46 @@ impl Event {
         // A location record is 300 to 400 bytes: one allocation instead of growing from
         // serde_json's 128 bytes by doubling.
         let mut json = Vec::with_capacity(512);
+        if let Record::Gps(gps) = &self.record {
+            gps.write_json(&mut json);
+            return json;
+        }
         // Serializing these plain structs into memory cannot fail.
         if serde_json::to_writer(&mut json, &self.record).is_err() {
             json.clear();
         }
         json
+    }
+}
+
+/// Appends `value` as serde_json writes it (numbers, `null` for a non-finite float).
+fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Appends `value` as a JSON string. The strings of a GPS record (times, hex) never need
+/// escaping, so they are copied as they are; any other string goes through serde_json.
+fn json_str(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        json_value(out, value);
+    }
+}
+
+/// Appends `key` (the comma, the quoted name and the colon) and `value`.
+fn json_field<T: Serialize>(out: &mut Vec<u8>, key: &[u8], value: &T) {
+    out.extend_from_slice(key);
+    json_value(out, value);
+}
+
+/// Appends `,"key":value` when `value` is present.
+fn json_optional<T: Serialize>(out: &mut Vec<u8>, key: &[u8], value: &Option<T>) {
+    if let Some(v) = value {
+        json_field(out, key, v);
     }
 }
 
@@ -252,6 +287,52 @@ pub struct GpsRecord {
     /// What JT/T 808 additional-information items add; empty for GT06.
     #[serde(flatten)]
     pub extra: GpsExtra,
+}
+
+impl GpsRecord {
+    /// Appends the record's JSON: byte for byte what its derived `Serialize` gives through
+    /// serde_json (a property test holds the two together), written directly. Every location
+    /// frame of every device is serialized once, and the generic path, which escapes each
+    /// static key and goes through serde's map machinery for the flattened `extra`, cost more
+    /// than decoding the frame.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"deviceImei\":");
+        json_str(out, self.device_imei.as_str());
+        out.extend_from_slice(b",\"gpsTime\":");
+        json_str(out, &self.gps_time);
+        out.extend_from_slice(b",\"gateTime\":");
+        json_str(out, &self.gate_time);
+        json_field(out, b",\"satelliteNum\":", &self.satellite_num);
+        json_field(out, b",\"lng\":", &self.lng);
+        json_field(out, b",\"lat\":", &self.lat);
+        json_field(out, b",\"gpsMode\":", &self.gps_mode);
+        json_field(out, b",\"gpsSpeed\":", &self.gps_speed);
+        json_field(out, b",\"direction\":", &self.direction);
+        json_field(out, b",\"acc\":", &self.acc);
+        json_field(out, b",\"postType\":", &self.post_type);
+        json_optional(out, b",\"postMethod\":", &self.post_method);
+        json_field(out, b",\"altitude\":", &self.altitude);
+        json_field(out, b",\"distance\":", &self.distance);
+        json_field(out, b",\"status\":", &self.status);
+        json_optional(out, b",\"mcc\":", &self.mcc);
+        json_optional(out, b",\"mnc\":", &self.mnc);
+        json_optional(out, b",\"lac\":", &self.lac);
+        json_optional(out, b",\"cellId\":", &self.cell_id);
+        let extra = &self.extra;
+        json_optional(out, b",\"alarmFlag\":", &extra.alarm_flag);
+        json_optional(out, b",\"fuel\":", &extra.fuel);
+        json_optional(out, b",\"recorderSpeed\":", &extra.recorder_speed);
+        json_optional(out, b",\"alarmEventId\":", &extra.alarm_event_id);
+        json_optional(out, b",\"extendedSignals\":", &extra.extended_signals);
+        json_optional(out, b",\"ioStatus\":", &extra.io_status);
+        json_optional(out, b",\"analog\":", &extra.analog);
+        json_optional(out, b",\"gsmSign\":", &extra.gsm_sign);
+        if let Some(hex) = &extra.undecoded_gps_add_info {
+            out.extend_from_slice(b",\"undecodedGpsAddInfo\":");
+            json_str(out, hex);
+        }
+        out.push(b'}');
+    }
 }
 
 /// The JT/T 808 0x0200 additional-information items of a `/pushgps` record that have no
@@ -491,8 +572,137 @@ pub struct PassThroughRecord {
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
 
-    use super::jimi_time;
+    use super::{jimi_time, Event, GpsExtra, GpsRecord, Record};
+    use crate::imei::Imei;
+
+    fn gt06_fix() -> GpsRecord {
+        GpsRecord {
+            device_imei: Imei::parse("864717003283581").unwrap(),
+            gps_time: "2026-11-27 06:30:00".into(),
+            gate_time: "2026-11-27 06:30:01".into(),
+            satellite_num: 9,
+            lng: 114.053551,
+            lat: 22.541355,
+            gps_mode: 0,
+            gps_speed: 36.0,
+            direction: 271,
+            acc: 1,
+            post_type: 1,
+            post_method: None,
+            altitude: 0.0,
+            distance: 0,
+            status: 3,
+            mcc: Some(460),
+            mnc: Some(0),
+            lac: Some(9_580),
+            cell_id: Some(3_960),
+            extra: GpsExtra::default(),
+        }
+    }
+
+    fn written(record: &GpsRecord) -> String {
+        let mut out = Vec::new();
+        record.write_json(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_gt06_fix_is_written_as_serde_writes_it() {
+        let record = gt06_fix();
+        assert_eq!(
+            written(&record),
+            serde_json::to_string(&Record::Gps(record)).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_fix_serializes_through_the_direct_writer() {
+        let record = gt06_fix();
+        let event = Event {
+            topic: super::Topic::Gps,
+            imei: record.device_imei,
+            record: Record::Gps(record.clone()),
+        };
+        assert_eq!(
+            String::from_utf8(event.to_json()).unwrap(),
+            written(&record)
+        );
+    }
+
+    #[test]
+    fn a_string_that_needs_escaping_is_escaped() {
+        let mut record = gt06_fix();
+        record.gps_time = "a\"b\\c\n".into();
+        assert!(written(&record).contains(r#""gpsTime":"a\"b\\c\n""#));
+    }
+
+    fn any_f64() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            -180.0..180.0f64,
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(-0.0)
+        ]
+    }
+
+    prop_compose! {
+        fn any_extra()(
+            alarm_flag in any::<Option<u32>>(),
+            fuel in proptest::option::of(any_f64()),
+            recorder_speed in proptest::option::of(any_f64()),
+            alarm_event_id in any::<Option<u16>>(),
+            extended_signals in any::<Option<u32>>(),
+            io_status in any::<Option<u16>>(),
+            analog in any::<Option<u32>>(),
+            gsm_sign in any::<Option<u8>>(),
+            undecoded_gps_add_info in any::<Option<String>>(),
+        ) -> GpsExtra {
+            GpsExtra {
+                alarm_flag, fuel, recorder_speed, alarm_event_id, extended_signals,
+                io_status, analog, gsm_sign, undecoded_gps_add_info,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn any_gps_record()(
+            imei in "[0-9]{15}",
+            gps_time in any::<String>(),
+            gate_time in "[0-9: -]{0,19}",
+            satellite_num in any::<u32>(),
+            lng in any_f64(),
+            lat in any_f64(),
+            gps_mode in any::<u8>(),
+            gps_speed in any_f64(),
+            direction in any::<u32>(),
+            acc in any::<u8>(),
+            post_type in any::<u8>(),
+            post_method in any::<Option<u8>>(),
+            altitude in any_f64(),
+            distance in any::<u64>(),
+            status in any::<u64>(),
+            cell in any::<(Option<u32>, Option<u32>, Option<u64>, Option<u64>)>(),
+            extra in any_extra(),
+        ) -> GpsRecord {
+            GpsRecord {
+                device_imei: Imei::parse(&imei).unwrap(),
+                gps_time, gate_time, satellite_num, lng, lat, gps_mode, gps_speed, direction,
+                acc, post_type, post_method, altitude, distance, status,
+                mcc: cell.0, mnc: cell.1, lac: cell.2, cell_id: cell.3, extra,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_direct_writer_matches_serde_for_any_record(record in any_gps_record()) {
+            let by_serde = serde_json::to_string(&Record::Gps(record.clone())).unwrap();
+            prop_assert_eq!(written(&record), by_serde);
+        }
+    }
 
     #[test]
     fn jimi_time_pads_every_field() {
