@@ -414,7 +414,9 @@ fn run_frames<P: Protocol>(
 thread_local! {
     /// This thread's `iothub_frames_total` handles by their (protocol, type) labels. Counting
     /// through `metrics::counter!` builds and hashes the labelled key and looks it up in the
-    /// registry on every frame; a held handle is one atomic add.
+    /// registry on every frame; a held handle is one atomic add. A handle counts into the
+    /// recorder that was installed when it was made: iothubd installs its recorder before it
+    /// starts any listener, so that is always the node's.
     static FRAME_COUNTERS: RefCell<HashMap<FrameLabel, metrics::Counter>> =
         RefCell::new(HashMap::new());
 }
