@@ -21,16 +21,9 @@ const LOGIN: &str = "787811010864717003664467100f190a0002c6d20d0a";
 const LOCATION_22: &str =
     "787822221607160f1000cf0225e03f0bd723182c149701cc0075c300933301000002a5f0860d0a";
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("bench hex"))
-        .collect()
-}
-
 /// The events the channel publishes for `hex`.
 fn published(channel: &mut Gt06Channel, hex: &str) -> Vec<Event> {
-    let frame = match decode(&unhex(hex), CrcPolicy::Reject) {
+    let frame = match decode(&hex::decode(hex).expect("bench hex"), CrcPolicy::Reject) {
         Ok(Some(d)) => d.frame,
         other => panic!("{hex} does not decode: {other:?}"),
     };

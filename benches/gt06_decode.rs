@@ -17,13 +17,6 @@ const LOCATION_12: &str =
 /// 0x01 login with type id and time zone (22 bytes).
 const LOGIN: &str = "787811010864717003664467100f190a0002c6d20d0a";
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("bench hex"))
-        .collect()
-}
-
 fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("gt06_decode");
     group.throughput(Throughput::Elements(1));
@@ -32,7 +25,7 @@ fn bench_decode(c: &mut Criterion) {
         ("location_0x12", LOCATION_12),
         ("login_0x01", LOGIN),
     ] {
-        let frame = unhex(hex);
+        let frame = hex::decode(hex).expect("bench hex");
         assert!(
             matches!(decode(&frame, CrcPolicy::Reject), Ok(Some(_))),
             "{name} decodes"

@@ -17,13 +17,6 @@ const LOCATION_2019: &str = "7e0200404301000008606157542959170\
 6b2109171725590104000000013001193101\
 0a610204dce21547423230312d47534d2d32313030312d312e312e31c57e";
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("bench hex"))
-        .collect()
-}
-
 fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("jt808_decode");
     group.throughput(Throughput::Elements(1));
@@ -31,7 +24,7 @@ fn bench_decode(c: &mut Criterion) {
         ("location_0x0200_2013", LOCATION_2013),
         ("location_0x0200_2019", LOCATION_2019),
     ] {
-        let frame = unhex(hex);
+        let frame = hex::decode(hex).expect("bench hex");
         assert!(
             matches!(decode(&frame, CrcPolicy::Reject), Ok(Some(_))),
             "{name} decodes"
