@@ -46,6 +46,9 @@ start_hub() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$HUB/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$HUB/status"; }
+# The anonymous part of RSS: the memory the sessions cost, without the pages of the binary
+# that their code touched for the first time (file pages, shared with the page cache).
+anon_kb() { awk '/^RssAnon/ {print $2}' "/proc/$HUB/status"; }
 frames() {
     curl -s "127.0.0.1:$METRICS_PORT/metrics" |
         awk '/^iothub_frames_total/ {s += $2} END {printf "%d\n", s}'
@@ -90,7 +93,7 @@ EOF
 idle)
     start_hub
     sleep 1
-    before=$(rss_kb)
+    before=$(rss_kb) anon_before=$(anon_kb)
     count="${IDLE_COUNT:-19000}"
     "$LOADGEN" trackers --target "127.0.0.1:$GT06_PORT" --count "$count" --gps-interval 0s \
         --heartbeat-interval 170s --duration "$((${IDLE_WAIT:-40} + 5))s" --connect-rate 0 \
@@ -100,13 +103,16 @@ idle)
         sleep 10
         echo "t=${t}s: RSS $(rss_kb) KiB, $(connections) connections"
     done
-    after=$(rss_kb)
-    python3 - "$before" "$after" "$count" <<'EOF'
+    after=$(rss_kb) anon_after=$(anon_kb)
+    python3 - "$before" "$after" "$count" "$anon_before" "$anon_after" <<'EOF'
 import sys
-before, after, n = map(float, sys.argv[1:])
+before, after, n, anon_before, anon_after = map(float, sys.argv[1:])
 per = (after - before) * 1024 / n
 print(f"RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with {n:.0f} sessions: "
       f"{per:,.0f} bytes ({per / 1000:.2f} KB, {per / 1024:.2f} KiB) per session")
+anon = (anon_after - anon_before) * 1024 / n
+print(f"of it anonymous memory: {anon_before / 1024:.1f} MiB before, {anon_after / 1024:.1f} MiB "
+      f"after: {anon:,.0f} bytes ({anon / 1000:.2f} KB) per session")
 EOF
     ;;
 *)

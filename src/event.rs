@@ -115,6 +115,9 @@ impl Topic {
     }
 }
 
+/// Bytes to reserve for one record's JSON: a location record is 300 to 400 bytes.
+pub const JSON_CAPACITY: usize = 512;
+
 /// One device event: which stream it belongs to, whose it is, and its push record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -126,18 +129,23 @@ pub struct Event {
 impl Event {
     /// The record as the JSON object that is stored, produced to Kafka and pushed.
     pub fn to_json(&self) -> Vec<u8> {
-        // A location record is 300 to 400 bytes: one allocation instead of growing from
-        // serde_json's 128 bytes by doubling.
-        let mut json = Vec::with_capacity(512);
-        if let Record::Gps(gps) = &self.record {
-            gps.write_json(&mut json);
-            return json;
-        }
-        // Serializing these plain structs into memory cannot fail.
-        if serde_json::to_writer(&mut json, &self.record).is_err() {
-            json.clear();
-        }
+        // One allocation instead of growing from serde_json's 128 bytes by doubling.
+        let mut json = Vec::with_capacity(JSON_CAPACITY);
+        self.write_json(&mut json);
         json
+    }
+
+    /// Appends [`Event::to_json`]'s bytes to `out`, so that a caller can reuse its buffers.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        if let Record::Gps(gps) = &self.record {
+            gps.write_json(out);
+            return;
+        }
+        let start = out.len();
+        // Serializing these plain structs into memory cannot fail.
+        if serde_json::to_writer(&mut *out, &self.record).is_err() {
+            out.truncate(start);
+        }
     }
 }
 
@@ -629,6 +637,36 @@ mod tests {
             String::from_utf8(event.to_json()).unwrap(),
             written(&record)
         );
+    }
+
+    #[test]
+    fn write_json_appends_after_what_the_buffer_holds() {
+        let record = gt06_fix();
+        let event = Event {
+            topic: super::Topic::Gps,
+            imei: record.device_imei,
+            record: Record::Gps(record),
+        };
+        let mut buffer = b"kept".to_vec();
+        event.write_json(&mut buffer);
+        assert_eq!(buffer, [b"kept".as_slice(), &event.to_json()].concat());
+    }
+
+    #[test]
+    fn write_json_of_a_record_serde_writes_appends_after_what_the_buffer_holds() {
+        let event = Event {
+            topic: super::Topic::PassThrough,
+            imei: Imei::parse("864717003283581").unwrap(),
+            record: Record::PassThrough(super::PassThroughRecord {
+                device_imei: Imei::parse("864717003283581").unwrap(),
+                gate_time: "2026-11-27 06:30:01".into(),
+                pass_through_type: 0x41,
+                data: "0102".into(),
+            }),
+        };
+        let mut buffer = b"kept".to_vec();
+        event.write_json(&mut buffer);
+        assert_eq!(buffer, [b"kept".as_slice(), &event.to_json()].concat());
     }
 
     #[test]

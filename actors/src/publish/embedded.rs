@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use iothub::event::{Event, Topic};
 use tokio::sync::mpsc;
 
+use super::json_buffers;
 use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::PublishError;
 use crate::storage::{NewEvent, Storage};
@@ -35,8 +36,10 @@ pub type LogQueue = SinkQueue<NewEvent>;
 impl SinkEvent for NewEvent {
     /// The log stamps its entries when it commits them.
     fn serialize(event: Event, _accepted_ms: i64) -> NewEvent {
+        let mut json = json_buffers::take();
+        event.write_json(&mut json);
         NewEvent {
-            json: event.to_json(),
+            json,
             topic: event.topic,
             imei: event.imei,
         }
@@ -142,6 +145,7 @@ fn write_loop(
             // The caller may have given up; nothing to do then.
             let _ = reply.send(answer);
         }
+        json_buffers::give_back(new.into_iter().map(|e| e.json));
         prune(storage, retention, &mut last_prune);
     }
 }

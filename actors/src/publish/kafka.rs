@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::deliveries::{Deliveries, MAX_TRACKED_EVENTS};
+use super::json_buffers;
 use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, SpoolWriter};
 use super::PublishError;
@@ -367,8 +368,10 @@ impl TopicNames {
 
 impl SinkEvent for SpoolEntry {
     fn serialize(event: Event, accepted_ms: i64) -> SpoolEntry {
+        let mut json = json_buffers::take();
+        event.write_json(&mut json);
         SpoolEntry {
-            json: event.to_json(),
+            json,
             topic: event.topic,
             imei: event.imei,
             accepted_ms,
@@ -622,7 +625,11 @@ async fn produce_batch(
         start = *end;
     }
     let spooled = match first_undelivered {
-        None => None,
+        None => {
+            // librdkafka copied every payload: the buffers can be filled again.
+            json_buffers::give_back(events.into_iter().map(|e| e.json));
+            None
+        }
         Some(from) => {
             let reason = results[from]
                 .as_ref()

@@ -22,6 +22,7 @@
 
 pub mod deliveries;
 pub mod embedded;
+pub mod json_buffers;
 pub mod kafka;
 pub mod queue;
 pub mod spool;
@@ -71,8 +72,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What [`Publisher::try_publish_unacknowledged`] could not do without waiting; hand it to
 /// [`Publisher::finish_unqueued`].
 pub enum Unqueued {
-    /// The sink's queue is full; the events, serialized, wait for room.
-    Full(Prepared),
+    /// The sink's queue is full; the events, serialized, wait for room. Boxed because this
+    /// is rare and an `Unqueued` is part of every session's and reader's futures, whose size
+    /// every idle connection pays.
+    Full(Box<Prepared>),
     /// The sink has stopped.
     Stopped,
 }
@@ -87,7 +90,7 @@ enum PreparedFor {
 
 fn unqueued<E>(error: TryEnqueueError<E>, wrap: fn(queue::Prepared<E>) -> PreparedFor) -> Unqueued {
     match error {
-        TryEnqueueError::Full(prepared) => Unqueued::Full(Prepared(wrap(prepared))),
+        TryEnqueueError::Full(prepared) => Unqueued::Full(Box::new(Prepared(wrap(prepared)))),
         TryEnqueueError::Stopped => Unqueued::Stopped,
     }
 }
@@ -148,15 +151,14 @@ impl Publisher {
     /// Queues what [`Publisher::try_publish_unacknowledged`] left, waiting for room; returns
     /// without waiting for the events to be durable.
     pub async fn finish_unqueued(&self, unqueued: Unqueued) -> Result<(), PublishError> {
-        match (unqueued, &self.queue) {
-            (Unqueued::Full(Prepared(PreparedFor::Log(p))), Queue::Log(q)) => {
-                q.enqueue_prepared(p).await
-            }
-            (Unqueued::Full(Prepared(PreparedFor::Kafka(p))), Queue::Kafka(q)) => {
-                q.enqueue_prepared(p).await
-            }
+        let Unqueued::Full(prepared) = unqueued else {
+            return Err(PublishError::Stopped);
+        };
+        match (prepared.0, &self.queue) {
+            (PreparedFor::Log(p), Queue::Log(q)) => q.enqueue_prepared(p).await,
+            (PreparedFor::Kafka(p), Queue::Kafka(q)) => q.enqueue_prepared(p).await,
             // Prepared by another publisher's sink: cannot happen with one publisher a node.
-            (Unqueued::Full(_), _) | (Unqueued::Stopped, _) => Err(PublishError::Stopped),
+            _ => Err(PublishError::Stopped),
         }
     }
 

@@ -137,6 +137,8 @@ impl<E> Batch<E> {
 
     /// Adds the calls queued now, up to `max_events` events.
     pub fn fill(&mut self, rx: &mut mpsc::Receiver<Job<E>>, max_events: usize, closing: &mut bool) {
+        // Nearly every call is one event: room for all queued now, in one allocation.
+        self.events.reserve(rx.len().min(max_events));
         while !*closing && self.events.len() < max_events {
             match rx.try_recv() {
                 Ok(Job::Append { events, reply }) => self.add(events, reply),
