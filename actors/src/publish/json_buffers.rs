@@ -8,10 +8,10 @@
 //! each read carries one location. A sink now gives its buffers back here once it is done
 //! with them, and the workers take them again, so a buffer is allocated once and reused.
 //!
-//! Bounded: the shared pool keeps at most [`POOL_BUFFERS`] buffers (about one commit's worth
-//! at 20,000 events per second), each thread at most [`LOCAL_BUFFERS`], and a buffer that
-//! grew past [`MAX_KEPT_CAPACITY`] is freed rather than kept. Buffers beyond those bounds are
-//! simply freed, as before.
+//! Bounded: the shared pool keeps at most [`POOL_BUFFERS`] buffers (four commits' worth at
+//! 20,000 events per second and the default 25 ms between commits), each thread at most
+//! [`LOCAL_BUFFERS`], and a buffer that grew past [`MAX_KEPT_CAPACITY`] is freed rather than
+//! kept. Buffers beyond those bounds are simply freed, as before.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
