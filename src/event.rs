@@ -610,6 +610,21 @@ mod tests {
         }
     }
 
+    fn gps_event(record: GpsRecord) -> Event {
+        Event {
+            topic: super::Topic::Gps,
+            imei: record.device_imei,
+            record: Record::Gps(record),
+        }
+    }
+
+    /// What `write_json` leaves in a buffer that already held `kept`.
+    fn written_after_kept(event: &Event) -> Vec<u8> {
+        let mut buffer = b"kept".to_vec();
+        event.write_json(&mut buffer);
+        buffer
+    }
+
     fn written(record: &GpsRecord) -> String {
         let mut out = Vec::new();
         record.write_json(&mut out);
@@ -628,11 +643,7 @@ mod tests {
     #[test]
     fn an_event_of_a_fix_serializes_through_the_direct_writer() {
         let record = gt06_fix();
-        let event = Event {
-            topic: super::Topic::Gps,
-            imei: record.device_imei,
-            record: Record::Gps(record.clone()),
-        };
+        let event = gps_event(record.clone());
         assert_eq!(
             String::from_utf8(event.to_json()).unwrap(),
             written(&record)
@@ -641,15 +652,11 @@ mod tests {
 
     #[test]
     fn write_json_appends_after_what_the_buffer_holds() {
-        let record = gt06_fix();
-        let event = Event {
-            topic: super::Topic::Gps,
-            imei: record.device_imei,
-            record: Record::Gps(record),
-        };
-        let mut buffer = b"kept".to_vec();
-        event.write_json(&mut buffer);
-        assert_eq!(buffer, [b"kept".as_slice(), &event.to_json()].concat());
+        let event = gps_event(gt06_fix());
+        assert_eq!(
+            written_after_kept(&event),
+            [b"kept".as_slice(), &event.to_json()].concat()
+        );
     }
 
     #[test]
@@ -664,9 +671,10 @@ mod tests {
                 data: "0102".into(),
             }),
         };
-        let mut buffer = b"kept".to_vec();
-        event.write_json(&mut buffer);
-        assert_eq!(buffer, [b"kept".as_slice(), &event.to_json()].concat());
+        assert_eq!(
+            written_after_kept(&event),
+            [b"kept".as_slice(), &event.to_json()].concat()
+        );
     }
 
     #[test]

@@ -26,12 +26,12 @@ pub const LOCAL_BUFFERS: usize = 64;
 pub const MAX_KEPT_CAPACITY: usize = 4096;
 
 /// Buffers given back, shared by all threads.
-pub struct Pool {
+struct Pool {
     buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Pool {
-    pub const fn new() -> Pool {
+    const fn new() -> Pool {
         Pool {
             buffers: Mutex::new(Vec::new()),
         }
@@ -50,7 +50,7 @@ impl Pool {
     }
 
     /// Keeps the buffers, emptied, up to the bounds; frees the others.
-    pub fn give_back(&self, given: impl IntoIterator<Item = Vec<u8>>) {
+    fn give_back(&self, given: impl IntoIterator<Item = Vec<u8>>) {
         let mut buffers = self.lock();
         for mut buffer in given {
             if buffers.len() >= POOL_BUFFERS {
@@ -67,12 +67,6 @@ impl Pool {
         // Poisoned only if a thread panicked while holding it; the buffers are still
         // plain vectors, emptied before they were pushed.
         self.buffers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Pool::new()
     }
 }
 
