@@ -36,8 +36,7 @@ pub type LogQueue = SinkQueue<NewEvent>;
 impl SinkEvent for NewEvent {
     /// The log stamps its entries when it commits them.
     fn serialize(event: Event, _accepted_ms: i64) -> NewEvent {
-        let mut json = json_buffers::take();
-        event.write_json(&mut json);
+        let json = json_buffers::json_of(&event);
         NewEvent {
             json,
             topic: event.topic,

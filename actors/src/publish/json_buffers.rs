@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::sync::Mutex;
 
-use iothub::event::JSON_CAPACITY;
+use iothub::event::{Event, JSON_CAPACITY};
 
 /// Most buffers the shared pool keeps: 2,048 × 512 bytes, 1 MiB.
 pub const POOL_BUFFERS: usize = 2048;
@@ -78,9 +78,11 @@ thread_local! {
     static LOCAL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer with room for one record: one given back, or a new one.
-pub fn take() -> Vec<u8> {
-    LOCAL.with_borrow_mut(|local| POOL.take(local))
+/// The event's record as JSON, in a buffer given back if there is one, else a new one.
+pub fn json_of(event: &Event) -> Vec<u8> {
+    let mut json = LOCAL.with_borrow_mut(|local| POOL.take(local));
+    event.write_json(&mut json);
+    json
 }
 
 /// Gives buffers back once their events are durable; those past the bounds are freed.

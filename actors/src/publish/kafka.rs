@@ -368,8 +368,7 @@ impl TopicNames {
 
 impl SinkEvent for SpoolEntry {
     fn serialize(event: Event, accepted_ms: i64) -> SpoolEntry {
-        let mut json = json_buffers::take();
-        event.write_json(&mut json);
+        let json = json_buffers::json_of(&event);
         SpoolEntry {
             json,
             topic: event.topic,
