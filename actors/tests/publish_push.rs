@@ -451,6 +451,41 @@ async fn unacknowledged_publish_after_stop_fails() {
 }
 
 #[tokio::test]
+async fn a_publish_queued_without_waiting_is_durable_once_its_wait_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    cfg.storage.commit_interval = Duration::from_millis(200);
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    for seq in 1..=5 {
+        assert!(publisher
+            .try_publish_unacknowledged(vec![gps(imei(3), seq)])
+            .is_ok());
+    }
+    // The path a session's reader takes for a report it acknowledges itself.
+    let Ok(durable) = publisher.try_publish(vec![gps(imei(3), 6), gps(imei(3), 7)]) else {
+        panic!("an idle queue has room");
+    };
+    durable.wait().await.unwrap();
+    let stored = storage.read(Topic::Gps, 0, 100).unwrap();
+    assert_eq!(distances(&stored), (1..=7).collect::<Vec<_>>());
+    publisher.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_queued_without_waiting_after_stop_gives_the_events_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    publisher.stop().await;
+    let Err(events) = publisher.try_publish(vec![gps(imei(1), 1), gps(imei(1), 2)]) else {
+        panic!("a stopped publisher queued events");
+    };
+    assert_eq!(events.len(), 2);
+}
+
+#[tokio::test]
 async fn publish_after_stop_fails() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");

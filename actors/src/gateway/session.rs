@@ -1,17 +1,20 @@
 //! DeviceSession: one actor per device connection, for every protocol.
 //!
-//! The session owns the socket's write half. A reader task owns the read half: it decodes
-//! frames, so the mailbox never blocks on a read and an idle tracker can still be stopped,
-//! taken over or sent a command.
+//! A reader task owns the socket's read half: it decodes frames, so the mailbox never blocks
+//! on a read and an idle tracker can still be stopped, taken over or sent a command. The write
+//! half is shared by the two behind an async mutex, so that each write goes out whole.
 //!
 //! The protocol's pure channel is shared by the two under a mutex that is never held across
 //! an await. When the session has none of the connection's frames in hand, the reader runs a
 //! read's frames through the channel itself, and when all they produce is events nothing
 //! acknowledges (a GT06 location, say) it queues them on the publisher's queue and reads on:
 //! the commonest read of a busy node costs no actor message and no wake-up of the session.
-//! Any other outcome (an acknowledgement to send, a login, an instruction's answer, events
-//! that cannot be queued without waiting) goes to the session as one message with the
-//! channel's actions. While the session has frames or actions of the reader in hand, later
+//! When the frames produce only events and replies (a JT/T 808 location report and its 0x8001,
+//! a GT06 heartbeat and its ack), the reader queues the events, waits until they are durable
+//! and then writes the replies itself, before it reads on: an acknowledged report costs no
+//! actor message either. Any other outcome (a login, an instruction's answer, an
+//! authentication check, events that cannot be queued without waiting) goes to the session as
+//! one message with the channel's actions. While the session has frames or actions of the reader in hand, later
 //! reads go to it as frames, so the channel always sees frames in arrival order and never
 //! one whose predecessor's actions (an authentication check, say) are still being carried
 //! out. The reader holds one permit of a small semaphore per message in flight until the
@@ -25,7 +28,9 @@
 //!
 //! The session runs the channel's actions strictly in order. `Publish` is awaited before the
 //! next action, so an acknowledgement the channel placed after it only reaches the device
-//! once the event is durable: that is the "no acknowledged event is lost" invariant.
+//! once the event is durable: that is the "no acknowledged event is lost" invariant. The
+//! reader keeps it by writing a read's replies only after all of the read's events are
+//! durable.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -49,13 +54,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use crate::auth_codes::AuthCodes;
 use crate::offline::{OfflineCommands, QueuedInstruction};
-use crate::publish::{Publisher, Unqueued};
+use crate::publish::{Durable, PublishError, Publisher, Unqueued};
 use crate::registry::Registry;
 
 /// Reads (each a batch of frames) a reader may have decoded and not yet seen handled.
@@ -139,6 +144,10 @@ struct ChannelCell<C> {
 
 type SharedChannel<C> = Arc<Mutex<ChannelCell<C>>>;
 
+/// The socket's write half as the session and its reader share it: a write holds the lock
+/// until its last byte is out, so two writers never interleave their bytes.
+type SharedWriter = Arc<AsyncMutex<OwnedWriteHalf>>;
+
 /// The channel's methods do not panic, so a poisoned lock still holds a consistent channel.
 fn lock<C>(shared: &SharedChannel<C>) -> MutexGuard<'_, ChannelCell<C>> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -148,8 +157,54 @@ fn lock<C>(shared: &SharedChannel<C>) -> MutexGuard<'_, ChannelCell<C>> {
 pub enum ReaderEnd {
     Eof,
     Io(std::io::Error),
-    Decode { kind: &'static str, detail: String },
+    Decode {
+        kind: &'static str,
+        detail: String,
+    },
     BufferOverflow,
+    /// The events of a read the reader acknowledges itself could not be made durable: it
+    /// wrote no reply, so the device sends them again.
+    PublishFailed(PublishError),
+    /// The reader's write of a reply failed or timed out.
+    Write(WriteFailure),
+}
+
+#[derive(Debug)]
+pub enum WriteFailure {
+    Io(std::io::Error),
+    TimedOut,
+}
+
+impl WriteFailure {
+    fn label(&self) -> &'static str {
+        match self {
+            WriteFailure::Io(_) => "write_failed",
+            WriteFailure::TimedOut => "write_timeout",
+        }
+    }
+}
+
+/// Writes all of `bytes`, waiting for the other writer (see [`SharedWriter`]) within the same
+/// time limit.
+async fn write_to(
+    writer: &SharedWriter,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), WriteFailure> {
+    let write = async { writer.lock().await.write_all(bytes).await };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteFailure::Io(e)),
+        Err(_) => Err(WriteFailure::TimedOut),
+    }
+}
+
+/// Logs why a write failed; the caller closes the connection with the failure's label.
+fn log_write_failure(imei: Option<Imei>, failure: &WriteFailure) {
+    match failure {
+        WriteFailure::Io(e) => tracing::debug!(?imei, error = %e, "write failed"),
+        WriteFailure::TimedOut => tracing::info!(?imei, "write timed out, closing slow connection"),
+    }
 }
 
 /// Who is waiting for the answer to the instruction in flight.
@@ -169,7 +224,7 @@ struct InFlight {
 pub struct SessionState<P: Protocol> {
     protocol: Arc<P>,
     channel: SharedChannel<P::Channel>,
-    writer: OwnedWriteHalf,
+    writer: SharedWriter,
     reader: JoinHandle<()>,
     deps: Arc<SessionDeps>,
     imei: Option<Imei>,
@@ -210,6 +265,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = args.stream.set_nodelay(true);
         let (read_half, writer) = args.stream.into_split();
+        let writer = Arc::new(AsyncMutex::new(writer));
         let channel = Arc::new(Mutex::new(ChannelCell {
             channel: args.protocol.new_channel(Utc::now()),
             closing: false,
@@ -218,6 +274,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             Reader {
                 protocol: args.protocol.clone(),
                 channel: channel.clone(),
+                writer: writer.clone(),
                 deps: args.deps.clone(),
                 session: myself,
             },
@@ -285,7 +342,9 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         if let Some(imei) = state.imei {
             state.deps.registry.unregister(imei, myself.get_id());
         }
-        let _ = state.writer.shutdown().await;
+        // The reader, aborted above, may still hold the writer for as long as its write's
+        // time limit.
+        let _ = state.writer.lock().await.shutdown().await;
         metrics::gauge!("iothub_connections", "protocol" => state.protocol.name()).decrement(1.0);
         Ok(())
     }
@@ -352,6 +411,10 @@ async fn handle_message<P: Protocol>(
                     )
                     .increment(1);
                 }
+                ReaderEnd::PublishFailed(e) => {
+                    tracing::error!(imei = ?state.imei, error = %e, "event not stored, closing without ack")
+                }
+                ReaderEnd::Write(failure) => log_write_failure(state.imei, failure),
             }
             state.close(&myself, reader_end_label(&end));
         }
@@ -573,16 +636,9 @@ impl<P: Protocol> SessionState<P> {
     }
 
     async fn write(&mut self, myself: &ActorRef<SessionMsg<P::Frame>>, bytes: &[u8]) {
-        match tokio::time::timeout(self.deps.write_timeout, self.writer.write_all(bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(imei = ?self.imei, error = %e, "write failed");
-                self.close(myself, "write_failed");
-            }
-            Err(_) => {
-                tracing::info!(imei = ?self.imei, "write timed out, closing slow connection");
-                self.close(myself, "write_timeout");
-            }
+        if let Err(failure) = write_to(&self.writer, bytes, self.deps.write_timeout).await {
+            log_write_failure(self.imei, &failure);
+            self.close(myself, failure.label());
         }
     }
 
@@ -851,6 +907,8 @@ fn reader_end_label(end: &ReaderEnd) -> &'static str {
         ReaderEnd::Io(_) => "io_error",
         ReaderEnd::Decode { .. } => "malformed_frame",
         ReaderEnd::BufferOverflow => "buffer_overflow",
+        ReaderEnd::PublishFailed(_) => "publish_failed",
+        ReaderEnd::Write(failure) => failure.label(),
     }
 }
 
@@ -869,12 +927,26 @@ thread_local! {
     static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ_BUFFER].into_boxed_slice());
 }
 
-/// What the reader task holds besides the socket.
+/// What the reader task holds besides the socket's read half.
 struct Reader<P: Protocol> {
     protocol: Arc<P>,
     channel: SharedChannel<P::Channel>,
+    writer: SharedWriter,
     deps: Arc<SessionDeps>,
     session: ActorRef<SessionMsg<P::Frame>>,
+}
+
+/// What is left of a read the reader ran through the channel.
+enum ReadWork<F> {
+    /// Nothing: its events are queued, or the session is closing.
+    Done,
+    /// Write `replies` once the events are durable (none if the read produced no event).
+    Acknowledge {
+        durable: Option<Durable>,
+        replies: Vec<Vec<u8>>,
+    },
+    /// The session's to do.
+    Session(Inbound<F>),
 }
 
 /// Reads and decodes frames until the stream ends or fails; runs them through the channel or
@@ -886,21 +958,33 @@ async fn read_loop<P: Protocol>(reader: Reader<P>, mut read_half: OwnedReadHalf)
     let end = loop {
         let read = read_frames(&*reader.protocol, &mut read_half, &mut remainder).await;
         if !read.frames.is_empty() {
-            let for_session = if credits.available_permits() == INBOUND_BATCHES_IN_FLIGHT {
+            let work = if credits.available_permits() == INBOUND_BATCHES_IN_FLIGHT {
                 reader.run(read.frames)
             } else {
-                Some(Inbound::Frames(read.frames))
+                ReadWork::Session(Inbound::Frames(read.frames))
             };
-            if let Some(inbound) = for_session {
-                let Ok(permit) = credits.clone().acquire_owned().await else {
-                    return;
-                };
-                if reader
-                    .session
-                    .cast(SessionMsg::Inbound(inbound, permit))
-                    .is_err()
-                {
-                    return;
+            match work {
+                ReadWork::Done => {}
+                ReadWork::Acknowledge { durable, replies } => {
+                    // Boxed: the wait and the write would otherwise make every idle reader's
+                    // task as large as they are (see `DeviceSession::handle`).
+                    let acknowledged: BoxedAcknowledgement<'_> =
+                        Box::pin(reader.acknowledge(durable, replies));
+                    if let Err(end) = acknowledged.await {
+                        break end;
+                    }
+                }
+                ReadWork::Session(inbound) => {
+                    let Ok(permit) = credits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    if reader
+                        .session
+                        .cast(SessionMsg::Inbound(inbound, permit))
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
         }
@@ -911,25 +995,89 @@ async fn read_loop<P: Protocol>(reader: Reader<P>, mut read_half: OwnedReadHalf)
     let _ = reader.session.cast(SessionMsg::ReaderDone(end));
 }
 
+/// The reader's acknowledgement of a read, boxed (see `read_loop`).
+type BoxedAcknowledgement<'a> = Pin<Box<dyn Future<Output = Result<(), ReaderEnd>> + Send + 'a>>;
+
 impl<P: Protocol> Reader<P> {
-    /// Runs a read's frames through the channel (the session has none in hand) and queues
-    /// the events if they are all the frames produced; returns what is left for the session.
-    fn run(&self, frames: Vec<P::Frame>) -> Option<Inbound<P::Frame>> {
+    /// Runs a read's frames through the channel (the session has none in hand). Queues the
+    /// events if they are all the frames produced; if there are replies too, queues the
+    /// events to be awaited before the replies are written. Anything else is the session's.
+    fn run(&self, frames: Vec<P::Frame>) -> ReadWork<P::Frame> {
         let mut cell = lock(&self.channel);
         if cell.closing {
-            return None;
+            return ReadWork::Done;
         }
         let actions = run_frames(&*self.protocol, &mut cell.channel, frames);
-        if !actions.iter().all(|a| matches!(a, Action::Publish(_))) {
-            return Some(Inbound::Actions(actions));
+        // The events are queued with the lock held, so that the session's logout (see
+        // `post_stop`) cannot be queued between this read's channel run and its events.
+        if actions.iter().all(|a| matches!(a, Action::Publish(_))) {
+            return match self
+                .deps
+                .publisher
+                .try_publish_unacknowledged(events_of(actions))
+            {
+                Ok(()) => ReadWork::Done,
+                Err(unqueued) => ReadWork::Session(Inbound::Unqueued(unqueued)),
+            };
         }
-        let events = events_of(actions);
-        // Queued with the lock held, so that the session's logout (see `post_stop`) cannot
-        // be queued between this read's channel run and its events.
-        match self.deps.publisher.try_publish_unacknowledged(events) {
-            Ok(()) => None,
-            Err(unqueued) => Some(Inbound::Unqueued(unqueued)),
+        if !actions
+            .iter()
+            .all(|a| matches!(a, Action::Publish(_) | Action::Send(_)))
+        {
+            return ReadWork::Session(Inbound::Actions(actions));
         }
+        // Every reply waits for every event of the read: the channel puts an event before
+        // the acknowledgement that answers it, and no reply of a protocol needs to overtake
+        // a durable write.
+        let mut events = Vec::with_capacity(actions.len());
+        let mut replies = Vec::with_capacity(1);
+        for action in actions {
+            match action {
+                Action::Publish(event) => events.push(event),
+                Action::Send(bytes) => replies.push(bytes),
+                // None left: checked above.
+                _ => {}
+            }
+        }
+        if events.is_empty() {
+            return ReadWork::Acknowledge {
+                durable: None,
+                replies,
+            };
+        }
+        match self.deps.publisher.try_publish(events) {
+            Ok(durable) => ReadWork::Acknowledge {
+                durable: Some(durable),
+                replies,
+            },
+            // The queue is full: the session waits for room, then acknowledges.
+            Err(events) => ReadWork::Session(Inbound::Actions(
+                events
+                    .into_iter()
+                    .map(Action::Publish)
+                    .chain(replies.into_iter().map(Action::Send))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// Waits until the read's events are durable, then writes its replies. On failure the
+    /// connection is closed by the session; a reply is never written for an event that is
+    /// not durable.
+    async fn acknowledge(
+        &self,
+        durable: Option<Durable>,
+        replies: Vec<Vec<u8>>,
+    ) -> Result<(), ReaderEnd> {
+        if let Some(durable) = durable {
+            durable.wait().await.map_err(ReaderEnd::PublishFailed)?;
+        }
+        for reply in &replies {
+            write_to(&self.writer, reply, self.deps.write_timeout)
+                .await
+                .map_err(ReaderEnd::Write)?;
+        }
+        Ok(())
     }
 }
 

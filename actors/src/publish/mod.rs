@@ -34,6 +34,7 @@ use iothub::event::Event;
 
 use crate::config::Config;
 use crate::storage::{NewEvent, Storage};
+pub use queue::Durable;
 use queue::{SinkQueue, TryEnqueueError};
 use spool::SpoolEntry;
 
@@ -127,6 +128,18 @@ impl Publisher {
         match &self.queue {
             Queue::Log(q) => q.append(events).await,
             Queue::Kafka(q) => q.append(events).await,
+        }
+    }
+
+    /// [`Publisher::publish`] for a caller that must not wait for room in the queue (a
+    /// session's reader, which queues under the channel's lock): queues the events behind
+    /// every earlier call if the queue has room now, which is nearly always, and returns what
+    /// to await before the device may be acknowledged. A full queue (or a stopped sink) gives
+    /// the events back, for [`Publisher::publish`].
+    pub fn try_publish(&self, events: Vec<Event>) -> Result<Durable, Vec<Event>> {
+        match &self.queue {
+            Queue::Log(q) => q.try_append(events),
+            Queue::Kafka(q) => q.try_append(events),
         }
     }
 

@@ -54,6 +54,17 @@ impl<E> Clone for SinkQueue<E> {
 /// Events serialized for a sink, not queued yet.
 pub struct Prepared<E>(Job<E>);
 
+/// The answer to a call [`SinkQueue::try_append`] queued.
+pub struct Durable(oneshot::Receiver<Result<(), PublishError>>);
+
+impl Durable {
+    /// Returns once the call's events are durable, or why they are not.
+    pub async fn wait(self) -> Result<(), PublishError> {
+        // A dropped reply means the consumer stopped before the events were durable.
+        self.0.await.unwrap_or(Err(PublishError::Stopped))
+    }
+}
+
 /// Why [`SinkQueue::try_enqueue`] did not queue.
 pub enum TryEnqueueError<E> {
     /// The queue is full; the events, serialized, wait for [`SinkQueue::enqueue_prepared`].
@@ -73,8 +84,20 @@ impl<E: SinkEvent> SinkQueue<E> {
     pub async fn append(&self, events: Vec<Event>) -> Result<(), PublishError> {
         let (reply, answer) = oneshot::channel();
         self.enqueue_prepared(prepare(events, Some(reply))).await?;
-        // A dropped reply means the consumer stopped before the events were durable.
-        answer.await.unwrap_or(Err(PublishError::Stopped))
+        Durable(answer).wait().await
+    }
+
+    /// Queues the events behind every earlier call if the queue has room now, and returns
+    /// what says when they are durable; never waits. When the queue is full or its consumer
+    /// has stopped, the events come back untouched, for a caller that can wait.
+    pub fn try_append(&self, events: Vec<Event>) -> Result<Durable, Vec<Event>> {
+        // Room first, so that a full queue costs no serialization and keeps the events whole.
+        let Ok(room) = self.tx.try_reserve() else {
+            return Err(events);
+        };
+        let (reply, answer) = oneshot::channel();
+        room.send(prepare(events, Some(reply)).0);
+        Ok(Durable(answer))
     }
 
     /// Queues the events behind every earlier call if the queue has room now; never waits.
@@ -157,5 +180,75 @@ impl<E> Batch<E> {
             self.events.extend(events);
         }
         self.calls.push((self.events.len(), reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iothub::event::{Event, HeartbeatRecord, Record, Topic};
+    use iothub::imei::Imei;
+
+    use super::*;
+    use crate::storage::NewEvent;
+
+    fn heartbeat() -> Event {
+        let imei = Imei::parse("864717003283581").unwrap();
+        Event {
+            topic: Topic::Heartbeat,
+            imei,
+            record: Record::Heartbeat(HeartbeatRecord {
+                device_imei: imei,
+                gate_time: "2026-11-27 12:00:00".into(),
+                power_level: 4,
+                gsm_sign: 3,
+                acc: 1,
+                oil_ele: 0,
+                gps_pos: 1,
+                remote_lock: 0,
+                power_status: 1,
+                fortify: 0,
+                voltage: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_events_of_an_awaited_call_back_whole() {
+        let (queue, _consumer) = SinkQueue::<NewEvent>::new();
+        for _ in 0..QUEUE_CAPACITY {
+            assert!(queue.try_enqueue(vec![heartbeat()]).is_ok());
+        }
+        let Err(events) = queue.try_append(vec![heartbeat(), heartbeat()]) else {
+            panic!("a full queue took another call");
+        };
+        assert_eq!(events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_awaited_call_is_answered_with_what_its_consumer_replies() {
+        let (queue, mut consumer) = SinkQueue::<NewEvent>::new();
+        let Ok(durable) = queue.try_append(vec![heartbeat()]) else {
+            panic!("an empty queue has room");
+        };
+        let Some(Job::Append {
+            reply: Some(reply), ..
+        }) = consumer.recv().await
+        else {
+            panic!("the call was not queued with a reply");
+        };
+        reply
+            .send(Err(PublishError::Store("disk full".into())))
+            .unwrap();
+        assert!(matches!(durable.wait().await, Err(PublishError::Store(_))));
+    }
+
+    #[tokio::test]
+    async fn an_awaited_call_whose_consumer_stopped_fails() {
+        let (queue, consumer) = SinkQueue::<NewEvent>::new();
+        let Ok(durable) = queue.try_append(vec![heartbeat()]) else {
+            panic!("an empty queue has room");
+        };
+        drop(consumer);
+        assert!(matches!(durable.wait().await, Err(PublishError::Stopped)));
     }
 }
