@@ -4,9 +4,10 @@
 
 use chrono::{DateTime, Utc};
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::channel::detect::{AnyChannel, AnyFrame};
+use crate::channel::detect::{AnyChannel, AnyFrame, ChannelConfigs};
 use crate::channel::gt06::{Gt06Channel, Gt06ChannelConfig};
 use crate::channel::jt808::{Jt808Channel, Jt808ChannelConfig};
 use crate::channel::Channel;
@@ -195,11 +196,22 @@ pub struct DetectingProtocol {
     name: &'static str,
     gt06: Gt06Protocol,
     jt808: Jt808Protocol,
+    /// The two protocols' channel settings, shared by every connection's channel.
+    configs: Arc<ChannelConfigs>,
 }
 
 impl DetectingProtocol {
     pub fn new(name: &'static str, gt06: Gt06Protocol, jt808: Jt808Protocol) -> Self {
-        DetectingProtocol { name, gt06, jt808 }
+        let configs = Arc::new(ChannelConfigs {
+            gt06: gt06.channel.clone(),
+            jt808: jt808.channel.clone(),
+        });
+        DetectingProtocol {
+            name,
+            gt06,
+            jt808,
+            configs,
+        }
     }
 }
 
@@ -249,6 +261,6 @@ impl Protocol for DetectingProtocol {
     }
 
     fn new_channel(&self, now: DateTime<Utc>) -> AnyChannel {
-        AnyChannel::new(self.gt06.channel.clone(), self.jt808.channel.clone(), now)
+        AnyChannel::new(self.configs.clone(), now)
     }
 }

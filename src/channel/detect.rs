@@ -6,6 +6,8 @@
 //! connection fixes its protocol for good; a frame of the other protocol later closes the
 //! connection ([`CloseReason::ProtocolChanged`]), since one device never speaks two.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::channel::gt06::{Gt06Channel, Gt06ChannelConfig};
@@ -39,20 +41,26 @@ enum State {
     Jt808(Box<Jt808Channel>),
 }
 
+/// Both protocols' channel settings, made once per gateway and shared by its connections:
+/// a copy in every connection would cost each about 150 bytes.
+#[derive(Debug, Clone)]
+pub struct ChannelConfigs {
+    pub gt06: Gt06ChannelConfig,
+    pub jt808: Jt808ChannelConfig,
+}
+
 /// The channel of a connection whose protocol the first frame decides.
 pub struct AnyChannel {
-    gt06: Gt06ChannelConfig,
-    jt808: Jt808ChannelConfig,
+    configs: Arc<ChannelConfigs>,
     opened_at: DateTime<Utc>,
     state: State,
     closed: bool,
 }
 
 impl AnyChannel {
-    pub fn new(gt06: Gt06ChannelConfig, jt808: Jt808ChannelConfig, now: DateTime<Utc>) -> Self {
+    pub fn new(configs: Arc<ChannelConfigs>, now: DateTime<Utc>) -> Self {
         AnyChannel {
-            gt06,
-            jt808,
+            configs,
             opened_at: now,
             state: State::Undecided,
             closed: false,
@@ -86,14 +94,17 @@ impl Channel for AnyChannel {
             (State::Jt808(c), AnyFrame::Jt808(p)) => c.handle_frame(p, now),
             (State::Undecided, AnyFrame::Gt06(f)) => {
                 // The login timeout keeps counting from when the connection opened.
-                let mut c = Gt06Channel::new(self.gt06.clone(), self.opened_at);
+                let mut c = Gt06Channel::new(self.configs.gt06.clone(), self.opened_at);
                 let mut actions = vec![Action::ProtocolDetected { protocol: "gt06" }];
                 actions.extend(c.handle_frame(f, now));
                 self.state = State::Gt06(c);
                 actions
             }
             (State::Undecided, AnyFrame::Jt808(p)) => {
-                let mut c = Box::new(Jt808Channel::new(self.jt808.clone(), self.opened_at));
+                let mut c = Box::new(Jt808Channel::new(
+                    self.configs.jt808.clone(),
+                    self.opened_at,
+                ));
                 let mut actions = vec![Action::ProtocolDetected { protocol: "jt808" }];
                 actions.extend(c.handle_frame(p, now));
                 self.state = State::Jt808(c);
@@ -139,7 +150,8 @@ impl Channel for AnyChannel {
             State::Undecided => {
                 // A connection that never sends a frame: the shorter login timeout of the
                 // two protocols applies.
-                let timeout = self.gt06.login_timeout.min(self.jt808.login_timeout);
+                let configs = &*self.configs;
+                let timeout = configs.gt06.login_timeout.min(configs.jt808.login_timeout);
                 let timeout = TimeDelta::from_std(timeout).unwrap_or(TimeDelta::MAX);
                 if now.signed_duration_since(self.opened_at) >= timeout {
                     self.close(CloseReason::LoginTimeout)
