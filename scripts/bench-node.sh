@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Single-node benchmarks: one iothubd (embedded log, no pushURL unless PUSH=1) and one loadgen
-# on this machine. CPU is read from /proc/<pid>/stat of iothubd over a window in the middle of
-# the run, frames from its own iothub_frames_total, so loadgen's start and end are left out.
+# Single-node benchmarks: one iothubd (embedded log unless KAFKA is set, no pushURL unless
+# PUSH=1) and one loadgen on this machine. CPU is read from /proc/<pid>/stat of iothubd over a
+# window in the middle of the run, frames from its own iothub_frames_total, so loadgen's start
+# and end are left out.
 #
 #   scripts/bench-node.sh throughput   # location frames per CPU-second of iothubd
+#   DEVICES=dvrs scripts/bench-node.sh throughput   # the same for JT/T 808 0x0200 reports,
+#                                                   # each acknowledged with an 0x8001
 #   scripts/bench-node.sh idle         # RSS per idle GT06 session
 #
 # Knobs (environment):
 #   throughput: COUNT (4000 trackers), GPS_INTERVAL (200ms), GPS_BATCH (1 fix per write;
 #     10 = buffered uploads of 10 frames), DURATION (40s), SETTLE (8 s before the window),
-#     WINDOW (20 s), PUSH (0; 1 = run loadgen's push receiver and count loss end to end)
+#     WINDOW (20 s), PUSH (0; 1 = run loadgen's push receiver and count loss end to end),
+#     KAFKA (unset; host:port of a running Kafka-protocol broker: the hub publishes there
+#     with topic prefix iothub, and loadgen's consumer counts every record, so loss is
+#     counted end to end),
+#     DEVICES (trackers: GT06 0x22 nothing acknowledges; dvrs: COUNT JT/T 808 DVRs reporting
+#     0x0200 every GPS_INTERVAL, one report per write, each acknowledged after it is durable)
 #   idle: IDLE_COUNT (19000), IDLE_WAIT (40 s after the connect storm began)
 #   both: HUB_ENV (extra VAR=value settings for iothubd), OUT (a new temp dir; logs there)
-# Needs release binaries (cargo build --release --workspace) and curl. Every process it starts
-# is stopped at exit; every phase is bounded in time.
+# Needs release binaries (cargo build --release --workspace), curl and ss (iproute2). Every
+# process it starts is stopped at exit; every phase is bounded in time.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,23 +32,28 @@ PORT_BASE=$((32000 + RANDOM % 2000 * 4))
 GT06_PORT=$PORT_BASE
 METRICS_PORT=$((PORT_BASE + 1))
 PUSH_PORT=$((PORT_BASE + 2))
+JT808_PORT=$((PORT_BASE + 3))
 
 start_hub() {
     local push_url=""
+    local kafka_env=()
+    [ -n "${KAFKA:-}" ] && kafka_env=(kafkaEnable=true "kafkaHost=$KAFKA" topicPrefix=iothub)
     [ "${PUSH:-0}" = 1 ] && push_url="http://127.0.0.1:$PUSH_PORT"
     # shellcheck disable=SC2086
     env IOTHUB_DATA_DIR="$OUT/data" IOTHUB_MAX_CONNECTIONS=19500 RUST_LOG=warn \
-        IOTHUB_GT06_LISTEN="127.0.0.1:$GT06_PORT" IOTHUB_JT808_LISTEN=127.0.0.1:0 \
+        IOTHUB_GT06_LISTEN="127.0.0.1:$GT06_PORT" IOTHUB_JT808_LISTEN="127.0.0.1:$JT808_PORT" \
         IOTHUB_API_LISTEN=127.0.0.1:0 IOTHUB_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
-        pushURL="$push_url" apiToken=bench ${HUB_ENV:-} \
+        pushURL="$push_url" apiToken=bench ${kafka_env[@]+"${kafka_env[@]}"} ${HUB_ENV:-} \
         "$IOTHUBD" >"$OUT/iothubd.log" 2>&1 &
     HUB=$!
     PIDS+=("$HUB")
-    for _ in $(seq 50); do
-        curl -sf "127.0.0.1:$METRICS_PORT/metrics" >/dev/null && return
+    # Ready once both gateways listen: the metrics endpoint comes up earlier, and with Kafka
+    # the gateways wait for the topics.
+    for _ in $(seq 100); do
+        [ -n "$(ss -Hltn "( sport = :$GT06_PORT or sport = :$JT808_PORT )" | sed -n 2p)" ] && return
         sleep 0.2
     done
-    echo "iothubd did not start; see $OUT/iothubd.log" >&2
+    echo "iothubd did not start listening; see $OUT/iothubd.log" >&2
     exit 1
 }
 
@@ -63,9 +76,20 @@ throughput)
     start_hub
     push_args=()
     [ "${PUSH:-0}" = 1 ] && push_args=(--push-listen "127.0.0.1:$PUSH_PORT" --drain-timeout 120s)
-    "$LOADGEN" trackers --target "127.0.0.1:$GT06_PORT" --count "${COUNT:-4000}" \
-        --gps-interval "${GPS_INTERVAL:-200ms}" --gps-batch "${GPS_BATCH:-1}" \
-        --heartbeat-interval 60s --duration "${DURATION:-40s}" --connect-rate 2000 \
+    [ -n "${KAFKA:-}" ] && push_args+=(--kafka-brokers "$KAFKA" --kafka-topic-prefix iothub
+        --drain-timeout 120s)
+    case "${DEVICES:-trackers}" in
+    trackers) devices=(--count "${COUNT:-4000}" --gps-interval "${GPS_INTERVAL:-200ms}"
+        --gps-batch "${GPS_BATCH:-1}" --heartbeat-interval 60s) ;;
+    dvrs) devices=(--count 0 --dvrs "${COUNT:-4000}" --dvr-target "127.0.0.1:$JT808_PORT"
+        --dvr-location-interval "${GPS_INTERVAL:-200ms}" --dvr-heartbeat-interval 60s) ;;
+    *)
+        echo "DEVICES is trackers or dvrs" >&2
+        exit 2
+        ;;
+    esac
+    "$LOADGEN" trackers --target "127.0.0.1:$GT06_PORT" "${devices[@]}" \
+        --duration "${DURATION:-40s}" --connect-rate 2000 \
         --source-ips 127.0.1.1-127.0.1.4 --quiet "${push_args[@]}" >"$OUT/loadgen.txt" 2>&1 &
     LOADGEN_PID=$!
     PIDS+=("$LOADGEN_PID")
