@@ -14,10 +14,10 @@
 //! and then writes the replies itself, before it reads on: an acknowledged report costs no
 //! actor message either. Any other outcome (a login, an instruction's answer, an
 //! authentication check, events that cannot be queued without waiting) goes to the session as
-//! one message with the channel's actions. While the session has frames or actions of the reader in hand, later
-//! reads go to it as frames, so the channel always sees frames in arrival order and never
-//! one whose predecessor's actions (an authentication check, say) are still being carried
-//! out. The reader holds one permit of a small semaphore per message in flight until the
+//! one message with the channel's actions. While the session has frames or actions of the
+//! reader in hand, later reads go to it as frames, so the channel always sees frames in
+//! arrival order and never one whose predecessor's actions (an authentication check, say) are
+//! still being carried out. The reader holds one permit of a small semaphore per message in flight until the
 //! session has carried it out; that bounds the session's inbound queue even though actor
 //! mailboxes themselves are unbounded, and "every permit back" is how the reader knows the
 //! session has nothing of its in hand.
