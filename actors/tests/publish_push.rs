@@ -4,6 +4,7 @@
 
 mod push_receiver;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iothub::command::Instruction;
@@ -347,12 +348,25 @@ async fn records_older_than_max_age_are_dropped_not_retried_forever() {
     assert_eq!(receiver.accepted_records("/pushgps"), expected);
 }
 
-#[tokio::test]
-async fn concurrent_publishers_all_get_durable_events() {
+/// A publisher on the embedded log of a fresh directory, with no pushURL: for the tests of
+/// publishing alone. `commit_interval` replaces the configured pacing when given. The
+/// directory lives as long as the returned guard.
+async fn log_publisher(
+    commit_interval: Option<Duration>,
+) -> (tempfile::TempDir, Arc<Storage>, Publisher) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
+    let mut cfg = config(dir.path(), "");
+    if let Some(interval) = commit_interval {
+        cfg.storage.commit_interval = interval;
+    }
     let storage = Storage::open(&cfg.storage).unwrap();
     let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    (dir, storage, publisher)
+}
+
+#[tokio::test]
+async fn concurrent_publishers_all_get_durable_events() {
+    let (_dir, storage, publisher) = log_publisher(None).await;
     let mut tasks = Vec::new();
     for t in 0..50u64 {
         let p = publisher.clone();
@@ -397,12 +411,8 @@ fn distances(stored: &[iothub_actors::storage::StoredEvent]) -> Vec<u64> {
 
 #[tokio::test]
 async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "");
     // Long enough that the unacknowledged calls are still queued when the awaited one comes.
-    cfg.storage.commit_interval = Duration::from_millis(200);
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, storage, publisher) = log_publisher(Some(Duration::from_millis(200))).await;
     for seq in 1..=10 {
         // Queued at once, without waiting: the path a session's reader takes.
         assert!(publisher
@@ -417,11 +427,7 @@ async fn an_awaited_publish_is_durable_only_after_the_unacknowledged_ones_before
 
 #[tokio::test]
 async fn stopping_commits_the_unacknowledged_events_still_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "");
-    cfg.storage.commit_interval = Duration::from_millis(200);
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, storage, publisher) = log_publisher(Some(Duration::from_millis(200))).await;
     for seq in 1..=50 {
         publisher
             .publish_unacknowledged(vec![gps(imei(2), seq)])
@@ -435,10 +441,7 @@ async fn stopping_commits_the_unacknowledged_events_still_queued() {
 
 #[tokio::test]
 async fn unacknowledged_publish_after_stop_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, _storage, publisher) = log_publisher(None).await;
     publisher.stop().await;
     let unqueued = publisher
         .try_publish_unacknowledged(vec![gps(imei(1), 1)])
@@ -452,11 +455,7 @@ async fn unacknowledged_publish_after_stop_fails() {
 
 #[tokio::test]
 async fn a_publish_queued_without_waiting_is_durable_once_its_wait_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "");
-    cfg.storage.commit_interval = Duration::from_millis(200);
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, storage, publisher) = log_publisher(Some(Duration::from_millis(200))).await;
     for seq in 1..=5 {
         assert!(publisher
             .try_publish_unacknowledged(vec![gps(imei(3), seq)])
@@ -474,10 +473,7 @@ async fn a_publish_queued_without_waiting_is_durable_once_its_wait_returns() {
 
 #[tokio::test]
 async fn a_publish_queued_without_waiting_after_stop_gives_the_events_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, _storage, publisher) = log_publisher(None).await;
     publisher.stop().await;
     let Err(events) = publisher.try_publish(vec![gps(imei(1), 1), gps(imei(1), 2)]) else {
         panic!("a stopped publisher queued events");
@@ -487,10 +483,7 @@ async fn a_publish_queued_without_waiting_after_stop_gives_the_events_back() {
 
 #[tokio::test]
 async fn publish_after_stop_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let storage = Storage::open(&cfg.storage).unwrap();
-    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let (_dir, _storage, publisher) = log_publisher(None).await;
     publisher.stop().await;
     assert!(publisher.publish(vec![gps(imei(1), 1)]).await.is_err());
 }

@@ -17,10 +17,10 @@
 //! one message with the channel's actions. While the session has frames or actions of the
 //! reader in hand, later reads go to it as frames, so the channel always sees frames in
 //! arrival order and never one whose predecessor's actions (an authentication check, say) are
-//! still being carried out. The reader holds one permit of a small semaphore per message in flight until the
-//! session has carried it out; that bounds the session's inbound queue even though actor
-//! mailboxes themselves are unbounded, and "every permit back" is how the reader knows the
-//! session has nothing of its in hand.
+//! still being carried out. The reader holds one permit of a small semaphore per message in
+//! flight until the session has carried it out; that bounds the session's inbound queue even
+//! though actor mailboxes themselves are unbounded, and "every permit back" is how the reader
+//! knows the session has nothing of its in hand.
 //!
 //! Readers read into a buffer of their worker thread rather than one of their own: an idle
 //! connection then holds no read buffer at all, and only the bytes of a frame cut in half by
