@@ -64,6 +64,7 @@ async fn mixed_fleet_loses_nothing(hub_env: &[(&str, &str)]) -> Hub {
     config.progress = false;
     let mut instruct = InstructConfig::new(format!("http://{}", hub.api), TOKEN, 20.0);
     instruct.settle = Duration::from_secs(1);
+    instruct.window = Duration::from_secs(2);
     config.instruct = Some(instruct);
 
     let report = fleet::run(config, Verifiers::push(&rx))
@@ -120,5 +121,13 @@ async fn mixed_fleet_loses_nothing(hub_env: &[(&str, &str)]) -> Hub {
         "{table}"
     );
     assert_eq!(instructions.skipped_in_flight, 0, "{table}");
+    // Requests start over the first four seconds: two-second windows, each answer in one.
+    let latency = instructions.latency.as_ref().expect("instruction latency");
+    assert!(instructions.windows.len() >= 2, "{table}");
+    assert_eq!(
+        instructions.windows.iter().map(|w| w.samples).sum::<u64>(),
+        latency.samples,
+        "{table}"
+    );
     hub
 }

@@ -1,7 +1,9 @@
 //! Instruction load: the customer's side of `POST /api/device/sendInstruct`, at a fixed rate,
 //! against the simulated devices that are logged in, while they report. It measures what an
 //! operator sizes the API for: how many instructions per second come back with `_code` 100,
-//! and how long each round trip takes (HDR histogram, p50/p99/max).
+//! and how long each round trip takes (HDR histogram, p50/p99/max), over the whole run and
+//! per window of the run's clock (a minute by default), so that a soak shows whether the
+//! latency drifts as the run goes on.
 //!
 //! The load is open-loop: request `n` is due at `start + n / rate` whatever happened to the
 //! earlier ones, so a slow hub shows up as latency and refusals, not as a quietly lower rate.
@@ -52,6 +54,10 @@ pub const SEND_INSTRUCT_PATH: &str = "/api/device/sendInstruct";
 /// and adds a 2 s margin of its own, so an answer later than this is not coming.
 const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
+/// Most latency windows kept; later requests count in the last one. With the shortest window
+/// (1 s) that is over a quarter of an hour; a minute's window covers 24 h.
+const MAX_WINDOWS: usize = 1440;
+
 /// Largest answer body read (a sendInstruct answer is well under 1 KiB; a parameter list
 /// in `_content` a few KiB).
 const MAX_ANSWER: usize = 256 * 1024;
@@ -78,11 +84,13 @@ pub struct InstructConfig {
     /// No request starts before this much of the run has passed, so the latency measured
     /// is that of a fleet already connected, not of a login storm.
     pub warmup: Duration,
+    /// Length of the windows the latency is also reported per, on the run's clock.
+    pub window: Duration,
 }
 
 impl InstructConfig {
     /// `rate` requests per second against `api` with `token`; `timeOut` 10 s, at most 256 in
-    /// flight, 2 s settle, no warm-up.
+    /// flight, 2 s settle, no warm-up, latency windows of a minute.
     pub fn new(api: impl Into<String>, token: impl Into<String>, rate: f64) -> InstructConfig {
         InstructConfig {
             rate,
@@ -92,6 +100,7 @@ impl InstructConfig {
             max_in_flight: 256,
             settle: Duration::from_secs(2),
             warmup: Duration::ZERO,
+            window: Duration::from_secs(60),
         }
     }
 
@@ -109,6 +118,9 @@ impl InstructConfig {
         let secs = self.timeout.as_secs();
         if !(1..=120).contains(&secs) || self.timeout.subsec_nanos() != 0 {
             bail!("--instruct-timeout must be whole seconds, 1..=120 (the API's timeOut)");
+        }
+        if self.window < Duration::from_secs(1) || self.window.subsec_nanos() != 0 {
+            bail!("--instruct-window must be whole seconds, at least 1s");
         }
         self.endpoint()?;
         Ok(())
@@ -437,6 +449,18 @@ pub struct LatencyMs {
     pub max_ms: f64,
 }
 
+/// Latency of the requests started in one window of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowLatency {
+    /// Seconds since the start of the run where the window begins (inclusive) and ends.
+    pub from_s: u64,
+    pub to_s: u64,
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 /// The outcome of the instruction load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstructReport {
@@ -455,12 +479,19 @@ pub struct InstructReport {
     /// Round trips of the requests that got an HTTP answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyMs>,
+    /// The same round trips per window of the run, by the time each request started;
+    /// windows without an answered request are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowLatency>,
 }
 
 /// Live counts of the load, and the accounting of every finished request.
 #[derive(Debug)]
 pub struct InstructStats {
     rate: f64,
+    /// The start of the run; windows count from here.
+    origin: Instant,
+    window: Duration,
     sent: AtomicU64,
     answered: AtomicU64,
     skipped_in_flight: AtomicU64,
@@ -472,19 +503,27 @@ pub struct InstructStats {
 struct StatsInner {
     /// Microseconds, 1 µs .. 1 h, 3 significant digits; `None` if the bounds were refused.
     latency: Option<Histogram<u64>>,
+    /// One per window, made when its first answer arrives; `None` for a window without one.
+    /// Two significant digits: 1% is as fine as a per-window trend needs, at a tenth of
+    /// the memory of the whole-run histogram.
+    windows: Vec<Option<Histogram<u64>>>,
     codes: BTreeMap<String, u64>,
 }
 
 impl InstructStats {
-    pub fn new(rate: f64) -> InstructStats {
+    /// Accounts for a load at `rate`, with latency windows of `window` counted from `origin`.
+    pub fn new(rate: f64, origin: Instant, window: Duration) -> InstructStats {
         InstructStats {
             rate,
+            origin,
+            window: window.max(Duration::from_secs(1)),
             sent: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             skipped_in_flight: AtomicU64::new(0),
             skipped_no_device: AtomicU64::new(0),
             inner: Mutex::new(StatsInner {
                 latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).ok(),
+                windows: Vec::new(),
                 codes: BTreeMap::new(),
             }),
         }
@@ -503,15 +542,33 @@ impl InstructStats {
         self.skipped_no_device.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request ended with `label`; `round_trip` when an HTTP answer came.
-    pub fn finished(&self, label: &str, round_trip: Option<Duration>) {
+    /// A request started at `started` ended with `label`; `round_trip` when an HTTP answer
+    /// came.
+    pub fn finished(&self, label: &str, started: Instant, round_trip: Option<Duration>) {
         if label == "100" {
             self.answered.fetch_add(1, Ordering::Relaxed);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         *inner.codes.entry(label.to_owned()).or_default() += 1;
-        if let (Some(hist), Some(rtt)) = (inner.latency.as_mut(), round_trip) {
-            let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        let Some(rtt) = round_trip else {
+            return;
+        };
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        if let Some(hist) = inner.latency.as_mut() {
+            hist.saturating_record(micros);
+        }
+        let since = started.saturating_duration_since(self.origin);
+        let index = usize::try_from(since.as_nanos() / self.window.as_nanos())
+            .unwrap_or(usize::MAX)
+            .min(MAX_WINDOWS - 1);
+        if inner.windows.len() <= index {
+            inner.windows.resize_with(index + 1, || None);
+        }
+        let slot = &mut inner.windows[index];
+        if slot.is_none() {
+            *slot = Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+        }
+        if let Some(hist) = slot.as_mut() {
             hist.saturating_record(micros);
         }
     }
@@ -537,6 +594,21 @@ impl InstructStats {
                 p99_ms: ms(h.value_at_quantile(0.99)),
                 max_ms: ms(h.max()),
             });
+        let window_s = self.window.as_secs();
+        let windows = inner
+            .windows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((i as u64, h.as_ref().filter(|h| !h.is_empty())?)))
+            .map(|(i, h)| WindowLatency {
+                from_s: i * window_s,
+                to_s: (i + 1) * window_s,
+                samples: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.50)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            })
+            .collect();
         InstructReport {
             rate_per_s: self.rate,
             sent: self.sent.load(Ordering::Relaxed),
@@ -545,6 +617,7 @@ impl InstructStats {
             skipped_no_device: self.skipped_no_device.load(Ordering::Relaxed),
             codes: inner.codes.clone(),
             latency,
+            windows,
         }
     }
 }
@@ -569,7 +642,11 @@ impl InstructLoad {
         config.validate()?;
         let uri = config.endpoint()?;
         let schedule = Schedule::new(config.rate).context("--instruct-rate")?;
-        let stats = Arc::new(InstructStats::new(config.rate));
+        let stats = Arc::new(InstructStats::new(
+            config.rate,
+            Instant::now(),
+            config.window,
+        ));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -669,7 +746,7 @@ async fn one_request(
     {
         Ok(r) => r,
         Err(_) => {
-            stats.finished(TRANSPORT_ERROR, None);
+            stats.finished(TRANSPORT_ERROR, Instant::now(), None);
             return;
         }
     };
@@ -685,11 +762,13 @@ async fn one_request(
         Some((status, body))
     };
     match tokio::time::timeout(wait, exchange).await {
-        Ok(Some((status, body))) => {
-            stats.finished(&outcome_label(status, &body), Some(started.elapsed()))
-        }
-        Ok(None) => stats.finished(TRANSPORT_ERROR, None),
-        Err(_) => stats.finished(NO_ANSWER, None),
+        Ok(Some((status, body))) => stats.finished(
+            &outcome_label(status, &body),
+            started,
+            Some(started.elapsed()),
+        ),
+        Ok(None) => stats.finished(TRANSPORT_ERROR, started, None),
+        Err(_) => stats.finished(NO_ANSWER, started, None),
     }
 }
 
@@ -869,15 +948,16 @@ mod tests {
 
     #[test]
     fn latency_and_codes_are_accounted() {
-        let stats = InstructStats::new(20.0);
+        let origin = Instant::now();
+        let stats = InstructStats::new(20.0, origin, Duration::from_secs(60));
         for ms in 1..=100u64 {
             stats.sent();
-            stats.finished("100", Some(Duration::from_millis(ms)));
+            stats.finished("100", origin, Some(Duration::from_millis(ms)));
         }
         stats.sent();
-        stats.finished("600", Some(Duration::from_secs(10)));
+        stats.finished("600", origin, Some(Duration::from_secs(10)));
         stats.sent();
-        stats.finished(TRANSPORT_ERROR, None);
+        stats.finished(TRANSPORT_ERROR, origin, None);
         stats.skipped_in_flight();
         let r = stats.report();
         assert_eq!(r.sent, 102);
@@ -890,6 +970,40 @@ mod tests {
         assert_eq!(l.samples, 101);
         assert!((l.p50_ms - 51.0).abs() < 0.1, "p50 {}", l.p50_ms);
         assert!((l.max_ms - 10_000.0).abs() < 10.0, "max {}", l.max_ms);
+    }
+
+    #[test]
+    fn latency_is_also_reported_per_window_of_the_run() {
+        let origin = Instant::now();
+        let stats = InstructStats::new(20.0, origin, Duration::from_secs(10));
+        // 0-10 s: 1 ms each; 10-20 s: nothing; 20-30 s: 5 ms and one of 50 ms.
+        for _ in 0..50 {
+            stats.finished("100", origin, Some(Duration::from_millis(1)));
+        }
+        let third = origin + Duration::from_secs(25);
+        for _ in 0..99 {
+            stats.finished("100", third, Some(Duration::from_millis(5)));
+        }
+        stats.finished("100", third, Some(Duration::from_millis(50)));
+        stats.finished(TRANSPORT_ERROR, third, None);
+        let w = stats.report().windows;
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!((w[0].from_s, w[0].to_s, w[0].samples), (0, 10, 50));
+        assert!((w[0].p99_ms - 1.0).abs() < 0.02, "p99 {}", w[0].p99_ms);
+        assert_eq!((w[1].from_s, w[1].to_s, w[1].samples), (20, 30, 100));
+        assert!((w[1].p99_ms - 5.0).abs() < 0.1, "p99 {}", w[1].p99_ms);
+        assert!((w[1].max_ms - 50.0).abs() < 0.5, "max {}", w[1].max_ms);
+    }
+
+    #[test]
+    fn a_request_past_the_last_window_counts_in_it() {
+        let origin = Instant::now();
+        let stats = InstructStats::new(20.0, origin, Duration::from_secs(1));
+        let late = origin + Duration::from_secs(MAX_WINDOWS as u64 * 3);
+        stats.finished("100", late, Some(Duration::from_millis(2)));
+        let w = stats.report().windows;
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].from_s, MAX_WINDOWS as u64 - 1);
     }
 
     #[test]
@@ -918,6 +1032,13 @@ mod tests {
             .map_err(|e| e.to_string())
             .unwrap_err()
             .contains("--instruct-timeout"));
+        c.timeout = Duration::from_secs(10);
+        c.window = Duration::from_millis(500);
+        assert!(c
+            .validate()
+            .map_err(|e| e.to_string())
+            .unwrap_err()
+            .contains("--instruct-window"));
     }
 
     #[tokio::test]

@@ -167,6 +167,10 @@ struct TrackersArgs {
     /// measured on a connected fleet rather than during its login storm.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     instruct_warmup: Duration,
+    /// The sendInstruct latency is also reported per window of this length on the run's
+    /// clock (whole seconds, at least 1s), so a soak shows whether it drifts.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    instruct_window: Duration,
 
     /// Run the devices in this many worker processes (this binary, started again), each
     /// with its own slice of devices and source addresses and under 20,000 open files; the
@@ -292,6 +296,7 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
         instruct.max_in_flight = args.instruct_max_in_flight;
         instruct.settle = args.instruct_settle;
         instruct.warmup = args.instruct_warmup;
+        instruct.window = args.instruct_window;
         config.instruct = Some(instruct);
     } else if args.instruct_rate < 0.0 || !args.instruct_rate.is_finite() {
         bail!("--instruct-rate must be a number >= 0");

@@ -488,6 +488,13 @@ impl Report {
                     l.p50_ms, l.p99_ms, l.max_ms, l.samples
                 );
             }
+            for w in &i.windows {
+                let _ = writeln!(
+                    out,
+                    "    {:>5}-{:<5} s: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
+                    w.from_s, w.to_s, w.p50_ms, w.p99_ms, w.max_ms, w.samples
+                );
+            }
         }
         for e in &self.error_samples {
             let _ = writeln!(out, "error: {e}");
@@ -744,6 +751,38 @@ mod tests {
         assert!(table.contains("jt808 -> 127.0.0.1:21121"), "{table}");
         assert!(table.contains("heartbeat"), "{table}");
         assert!(table.contains("INCOMPLETE"), "{table}");
+    }
+
+    #[test]
+    fn table_shows_instruction_latency_per_window() {
+        let mut r = report();
+        r.instructions = Some(InstructReport {
+            rate_per_s: 100.0,
+            sent: 2,
+            answered: 2,
+            skipped_in_flight: 0,
+            skipped_no_device: 0,
+            codes: [("100".to_owned(), 2)].into_iter().collect(),
+            latency: Some(crate::instruct::LatencyMs {
+                samples: 2,
+                p50_ms: 0.4,
+                p99_ms: 3.9,
+                max_ms: 3.9,
+            }),
+            windows: vec![crate::instruct::WindowLatency {
+                from_s: 540,
+                to_s: 600,
+                samples: 1,
+                p50_ms: 3.9,
+                p99_ms: 3.9,
+                max_ms: 3.9,
+            }],
+        });
+        let table = r.table();
+        assert!(
+            table.contains("540-600   s: p50 3.9 ms  p99 3.9 ms"),
+            "{table}"
+        );
     }
 
     #[test]
