@@ -431,6 +431,83 @@ async fn kafka_unreachable_at_publish_time_is_spooled_and_acknowledged() {
     publisher.stop().await;
 }
 
+/// A member of the push consumer group on the alarm topic, as another delivery loop of the
+/// node is: it joins the group, takes what it is given and polls until the test ends.
+fn alarm_member(broker: &str, group: &str) -> tokio::task::JoinHandle<()> {
+    let member: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    member.subscribe(&["iothubtest.alarm"]).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let _ = member.recv().await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_push_members_joining_the_group_push_nothing_twice() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0).await;
+    // A slow customer, so the backlog takes seconds to push and the group rebalances while
+    // batches of it are read and not yet committed.
+    receiver.set_delay(Duration::from_millis(40));
+    let cfg = config(dir.path(), &broker.addr, &receiver.url());
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let sent = publish(&publisher, 20, 150, 0).await;
+    publisher.stop().await;
+    let expected: Vec<serde_json::Value> = sent.iter().map(json).collect();
+    let topic = read_whole_gps_topic(&broker.addr, "rebalance-reader", |read| {
+        first_deliveries(per_device(read)) == per_device(&expected)
+    })
+    .await;
+
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
+    receiver
+        .wait_for(WAIT, "the first gps push", |r| {
+            !r.accepted_records("/pushgps").is_empty()
+        })
+        .await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(alarm_member(&broker.addr, &cfg.kafka.consumer_group));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        receiver.accepted_records("/pushgps").len() < topic.len(),
+        "the members joined while the backlog was being pushed"
+    );
+    receiver
+        .wait_for(WAIT, "the whole backlog pushed", |r| {
+            r.accepted_records("/pushgps").len() >= topic.len()
+        })
+        .await;
+    // A record read again after a rebalance would be pushed within this.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    push.stop().await;
+    for m in members {
+        m.abort();
+    }
+    let pushed = receiver.accepted_records("/pushgps");
+    assert_eq!(
+        pushed.len(),
+        topic.len(),
+        "each record of the topic pushed once while the group rebalanced"
+    );
+    assert_eq!(
+        per_device(&pushed),
+        per_device(&topic),
+        "in order per device"
+    );
+}
+
 /// The push dispatcher's rejoin signal, for a node that never sees another node leave.
 fn no_rejoin() -> tokio::sync::watch::Receiver<u64> {
     tokio::sync::watch::channel(0).1

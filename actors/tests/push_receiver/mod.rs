@@ -1,9 +1,10 @@
 #![allow(dead_code)] // each test crate uses part of this helper
 //! A customer push endpoint for tests: a real HTTP server on 127.0.0.1 (ephemeral port) that
-//! records every request and answers `{"code":0}`, or fails on purpose while told to.
+//! records every request and answers `{"code":0}`, or fails on purpose or answers slowly while
+//! told to.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct Receiver {
     requests: Arc<Mutex<Vec<Received>>>,
     failures_left: Arc<AtomicUsize>,
     accepted_records: Arc<AtomicUsize>,
+    /// How long each request waits before it is answered, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -54,15 +57,25 @@ impl Receiver {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let failures_left = Arc::new(AtomicUsize::new(failures));
         let accepted_records = Arc::new(AtomicUsize::new(0));
-        let (reqs, left, count) = (
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (reqs, left, count, delay) = (
             requests.clone(),
             failures_left.clone(),
             accepted_records.clone(),
+            delay_ms.clone(),
         );
         let route = warp::post()
             .and(warp::path::full())
             .and(warp::header::optional::<String>("content-type"))
             .and(warp::body::bytes())
+            .and_then(move |path, ct, body| {
+                let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
+                async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>((path, ct, body))
+                }
+            })
+            .untuple_one()
             .map(
                 move |path: warp::path::FullPath, ct: Option<String>, body: bytes::Bytes| {
                     let remaining = left
@@ -120,6 +133,7 @@ impl Receiver {
             requests,
             failures_left,
             accepted_records,
+            delay_ms,
             shutdown: Some(tx),
         }
     }
@@ -130,6 +144,14 @@ impl Receiver {
 
     pub fn set_failures(&self, n: usize) {
         self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every request from now on wait `delay` before it is answered: a slow customer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis().try_into().unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Records in accepted requests so far (a callback request counts as one).
