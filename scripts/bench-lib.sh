@@ -1,5 +1,6 @@
 # Sourced by the scripts/bench-*.sh benchmarks, not run: finds the release binaries, makes the
-# output directory, raises the open-file limit and stops every process listed in PIDS at exit.
+# output directory, raises the open-file limit, stops every process listed in PIDS at exit and
+# waits for listeners (wait_listening).
 # Reads CARGO_TARGET_DIR, IOTHUBD_BIN, IOTHUB_LOADGEN_BIN and OUT.
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -19,3 +20,18 @@ cleanup() {
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
+
+# Waits up to $1 seconds until every TCP port after it listens on this machine; fails after.
+wait_listening() {
+    local seconds=$1 port all
+    shift
+    for _ in $(seq $((seconds * 5))); do
+        all=yes
+        for port in "$@"; do
+            [ -n "$(ss -Hltn "( sport = :$port )")" ] || all=no
+        done
+        [ "$all" = yes ] && return 0
+        sleep 0.2
+    done
+    return 1
+}

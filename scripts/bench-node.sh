@@ -49,10 +49,7 @@ start_hub() {
     PIDS+=("$HUB")
     # Ready once both gateways listen: the metrics endpoint comes up earlier, and with Kafka
     # the gateways wait for the topics.
-    for _ in $(seq 100); do
-        [ -n "$(ss -Hltn "( sport = :$GT06_PORT or sport = :$JT808_PORT )" | sed -n 2p)" ] && return
-        sleep 0.2
-    done
+    wait_listening 20 "$GT06_PORT" "$JT808_PORT" && return
     echo "iothubd did not start listening; see $OUT/iothubd.log" >&2
     exit 1
 }
