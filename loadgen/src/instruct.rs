@@ -504,8 +504,8 @@ struct StatsInner {
     /// Microseconds, 1 µs .. 1 h, 3 significant digits; `None` if the bounds were refused.
     latency: Option<Histogram<u64>>,
     /// One per window, made when its first answer arrives; `None` for a window without one.
-    /// Two significant digits: 1% is as fine as a per-window trend needs, at a tenth of
-    /// the memory of the whole-run histogram.
+    /// Two significant digits: 1% is as fine as a per-window trend needs, at about a
+    /// seventh of the memory of the whole-run histogram (3,328 counters against 23,552).
     windows: Vec<Option<Histogram<u64>>>,
     codes: BTreeMap<String, u64>,
 }
