@@ -125,7 +125,11 @@ async fn mixed_fleet_loses_nothing(hub_env: &[(&str, &str)]) -> Hub {
     let latency = instructions.latency.as_ref().expect("instruction latency");
     assert!(instructions.windows.len() >= 2, "{table}");
     assert_eq!(
-        instructions.windows.iter().map(|w| w.samples).sum::<u64>(),
+        instructions
+            .windows
+            .iter()
+            .map(|w| w.latency.samples)
+            .sum::<u64>(),
         latency.samples,
         "{table}"
     );

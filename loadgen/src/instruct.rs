@@ -54,6 +54,9 @@ pub const SEND_INSTRUCT_PATH: &str = "/api/device/sendInstruct";
 /// and adds a 2 s margin of its own, so an answer later than this is not coming.
 const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
+/// Longest round trip a histogram holds, in microseconds (an hour; later ones are clamped).
+const MAX_ROUND_TRIP_MICROS: u64 = 3_600_000_000;
+
 /// Most latency windows kept; later requests count in the last one. With the shortest window
 /// (1 s) that is over a quarter of an hour; a minute's window covers 24 h.
 const MAX_WINDOWS: usize = 1440;
@@ -449,16 +452,27 @@ pub struct LatencyMs {
     pub max_ms: f64,
 }
 
+impl LatencyMs {
+    /// The percentiles of a histogram of microseconds; `None` when it holds nothing.
+    fn of(h: &Histogram<u64>) -> Option<LatencyMs> {
+        let ms = |v: u64| v as f64 / 1000.0;
+        (!h.is_empty()).then(|| LatencyMs {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        })
+    }
+}
+
 /// Latency of the requests started in one window of the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowLatency {
     /// Seconds since the start of the run where the window begins (inclusive) and ends.
     pub from_s: u64,
     pub to_s: u64,
-    pub samples: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    #[serde(flatten)]
+    pub latency: LatencyMs,
 }
 
 /// The outcome of the instruction load.
@@ -522,7 +536,7 @@ impl InstructStats {
             skipped_in_flight: AtomicU64::new(0),
             skipped_no_device: AtomicU64::new(0),
             inner: Mutex::new(StatsInner {
-                latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).ok(),
+                latency: Histogram::new_with_bounds(1, MAX_ROUND_TRIP_MICROS, 3).ok(),
                 windows: Vec::new(),
                 codes: BTreeMap::new(),
             }),
@@ -566,7 +580,7 @@ impl InstructStats {
         }
         let slot = &mut inner.windows[index];
         if slot.is_none() {
-            *slot = Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            *slot = Histogram::new_with_bounds(1, MAX_ROUND_TRIP_MICROS, 2).ok();
         }
         if let Some(hist) = slot.as_mut() {
             hist.saturating_record(micros);
@@ -583,30 +597,18 @@ impl InstructStats {
 
     pub fn report(&self) -> InstructReport {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let ms = |v: u64| v as f64 / 1000.0;
-        let latency = inner
-            .latency
-            .as_ref()
-            .filter(|h| !h.is_empty())
-            .map(|h| LatencyMs {
-                samples: h.len(),
-                p50_ms: ms(h.value_at_quantile(0.50)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
-            });
+        let latency = inner.latency.as_ref().and_then(LatencyMs::of);
         let window_s = self.window.as_secs();
         let windows = inner
             .windows
             .iter()
-            .enumerate()
-            .filter_map(|(i, h)| Some((i as u64, h.as_ref().filter(|h| !h.is_empty())?)))
-            .map(|(i, h)| WindowLatency {
-                from_s: i * window_s,
-                to_s: (i + 1) * window_s,
-                samples: h.len(),
-                p50_ms: ms(h.value_at_quantile(0.50)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
+            .zip(0u64..)
+            .filter_map(|(h, i)| {
+                Some(WindowLatency {
+                    from_s: i * window_s,
+                    to_s: (i + 1) * window_s,
+                    latency: LatencyMs::of(h.as_ref()?)?,
+                })
             })
             .collect();
         InstructReport {
@@ -988,11 +990,14 @@ mod tests {
         stats.finished(TRANSPORT_ERROR, third, None);
         let w = stats.report().windows;
         assert_eq!(w.len(), 2, "{w:?}");
-        assert_eq!((w[0].from_s, w[0].to_s, w[0].samples), (0, 10, 50));
-        assert!((w[0].p99_ms - 1.0).abs() < 0.02, "p99 {}", w[0].p99_ms);
-        assert_eq!((w[1].from_s, w[1].to_s, w[1].samples), (20, 30, 100));
-        assert!((w[1].p99_ms - 5.0).abs() < 0.1, "p99 {}", w[1].p99_ms);
-        assert!((w[1].max_ms - 50.0).abs() < 0.5, "max {}", w[1].max_ms);
+        assert_eq!((w[0].from_s, w[0].to_s, w[0].latency.samples), (0, 10, 50));
+        assert!((w[0].latency.p99_ms - 1.0).abs() < 0.02, "{w:?}");
+        assert_eq!(
+            (w[1].from_s, w[1].to_s, w[1].latency.samples),
+            (20, 30, 100)
+        );
+        assert!((w[1].latency.p99_ms - 5.0).abs() < 0.1, "{w:?}");
+        assert!((w[1].latency.max_ms - 50.0).abs() < 0.5, "{w:?}");
     }
 
     #[test]

@@ -492,7 +492,12 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "    {:>5}-{:<5} s: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
-                    w.from_s, w.to_s, w.p50_ms, w.p99_ms, w.max_ms, w.samples
+                    w.from_s,
+                    w.to_s,
+                    w.latency.p50_ms,
+                    w.latency.p99_ms,
+                    w.latency.max_ms,
+                    w.latency.samples
                 );
             }
         }
@@ -772,10 +777,12 @@ mod tests {
             windows: vec![crate::instruct::WindowLatency {
                 from_s: 540,
                 to_s: 600,
-                samples: 1,
-                p50_ms: 3.9,
-                p99_ms: 3.9,
-                max_ms: 3.9,
+                latency: crate::instruct::LatencyMs {
+                    samples: 1,
+                    p50_ms: 3.9,
+                    p99_ms: 3.9,
+                    max_ms: 3.9,
+                },
             }],
         });
         let table = r.table();
