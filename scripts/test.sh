@@ -10,7 +10,9 @@
 #     2 cores); the tests start their own broker processes from $TANSU_BIN;
 #   - nginx with its stream module (Debian's nginx + libnginx-mod-stream): the cluster
 #     tests run it as the layer-4 balancer in front of several iothubd nodes;
-#   - the iothubd binary: built here in release mode; $IOTHUBD_BIN points at it.
+#   - the iothubd binary: built here in release mode; $IOTHUBD_BIN points at it;
+#   - the README's two commands work as written: scripts/readme-commands.sh runs the run
+#     command and the loadgen command in a fresh clone before the tests.
 #
 # Environment it reads: TANSU_BIN (use this tansu binary), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -166,6 +168,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export IOTHUBD_BIN="$TARGET_DIR/release/iothubd"
 [ -x "$IOTHUBD_BIN" ] || fail "the release build did not produce $IOTHUBD_BIN"
 export IOTHUB_LOADGEN_BIN="$TARGET_DIR/release/iothub-loadgen"
+
+step "the README's commands, as written, in a fresh clone (scripts/readme-commands.sh)"
+CARGO_TARGET_DIR="$TARGET_DIR" scripts/readme-commands.sh
 
 step "cargo test --workspace --release (IOTHUBD_BIN=$IOTHUBD_BIN, TANSU_BIN=$TANSU_BIN, REDIS_URL=$REDIS_URL)"
 cargo test --workspace --release

@@ -491,3 +491,41 @@ fn hex_bytes(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// The environment block of the Jimi JT/T 808 gateway compose in the operator's guide, as an
+/// operator copies it (the Redis and Kafka lines aside: this hub runs on its embedded store).
+const JIMI_COMPOSE_TIMEOUTS: [(&str, &str); 4] = [
+    ("connectTimeout", "5"),
+    ("readTimeOut", "5"),
+    ("writeTimeOut", "5"),
+    ("newImeiRule", "true"),
+];
+
+/// A tracker logs in and stays silent for longer than the Jimi compose's timeouts and the
+/// 5 s tick together: the connection still answers its heartbeat. (That the defaults and this
+/// block keep a 5-minute heartbeat online is `actors/tests/config.rs`'s to show.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jimi_compose_timeouts_do_not_cut_a_silent_tracker() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &JIMI_COMPOSE_TIMEOUTS);
+    let imei = "864717003283581";
+    let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+        .await
+        .expect("login");
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    tracker
+        .send_heartbeat()
+        .await
+        .expect("a tracker silent for 13 s is still connected and acknowledged");
+    let metrics = hub.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "iothub_sessions_closed_total",
+            &["reason=\"idle_timeout\""]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    tracker.close().await;
+}

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use iothub::codec::jt808;
 use iothub::imei::Imei;
 use iothub_loadgen::jt808_terminal::{
     AdasEvent, BatchKind, Jt808Version, SimTerminal, SimTerminalConfig, TerminalError,
@@ -491,4 +492,152 @@ async fn newest_connection_of_a_terminal_wins() {
     assert!(downlink.unwrap().is_some());
     assert_eq!(answer["data"]["_code"], "100", "{answer}");
     new.close().await;
+}
+
+/// 0x0102 (2013 layout) of the terminal with `phone`, presenting `code`.
+fn auth_frame(phone: jt808::Phone, code: &str, serial: u16) -> Vec<u8> {
+    let header = jt808::Header {
+        msg_id: 0x0102,
+        version: None,
+        phone,
+        serial,
+        package: None,
+        version_flag_mismatch: false,
+    };
+    let auth = jt808::Message::Auth(jt808::Auth {
+        auth_code: code.into(),
+        imei: None,
+        software_version: None,
+    });
+    jt808::encode(&header, &auth).expect("encode 0x0102")
+}
+
+/// Reads the hub's answers until `count` whole frames arrived (or 10 s passed); returns their
+/// (reply serial, result) if they are 0x8001.
+async fn general_responses(socket: &mut tokio::net::TcpStream, count: usize) -> Vec<(u16, u8)> {
+    let mut wire = Vec::new();
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answers.len() < count {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+            .await
+            .expect("the hub answered every frame within 10 s")
+            .expect("read");
+        assert!(read > 0, "the hub closed the connection after {answers:?}");
+        wire.extend_from_slice(&buf[..read]);
+        while let Ok(Some(cut)) = jt808::decode(&wire, iothub::codec::CrcPolicy::Reject) {
+            if let jt808::Message::PlatformResponse(r) = &cut.packet.message {
+                answers.push((r.reply_serial, r.result));
+            }
+            wire.drain(..cut.consumed);
+        }
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authentications_in_one_write_cannot_take_over_a_registered_terminal() {
+    let rx = receiver().await;
+    // Unknown codes accepted, as the takeover needs: the first authentication of the write is
+    // for a phone the hub never saw, with an invented code.
+    let hub = hub_pushing_to(&rx, &[("IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH", "true")]);
+    let victim = terminal_2013(&hub).await;
+    let code = victim.auth_code().expect("issued code").to_string();
+    let victim_phone = victim.phone();
+    victim.close().await;
+
+    let mut attacker = tokio::net::TcpStream::connect(hub.jt808).await.unwrap();
+    let stranger = jt808::Phone::from_digits("013800000001", false).unwrap();
+    let mut write = auth_frame(stranger, "x", 0);
+    write.extend(auth_frame(victim_phone, "y", 1));
+    attacker.write_all(&write).await.unwrap();
+    let answers = general_responses(&mut attacker, 2).await;
+    assert!(
+        answers.contains(&(1, 1)),
+        "the second authentication of the write must be refused: {answers:?}"
+    );
+    drop(attacker);
+
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = Some(code);
+    let victim = SimTerminal::connect_and_login(hub.jt808, config)
+        .await
+        .expect("the terminal's own code still authenticates it");
+    victim.close().await;
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = Some("y".into());
+    match SimTerminal::connect_and_login(hub.jt808, config).await {
+        Err(TerminalError::Rejected { msg_id, result, .. }) => {
+            assert_eq!((msg_id, result), (0x0102, 1));
+        }
+        Err(e) => panic!("expected a refusal with result 1, got {e}"),
+        Ok(t) => {
+            t.close().await;
+            panic!("the attacker's code authenticates the terminal")
+        }
+    }
+}
+
+/// Registers `IMEI_2013` on a connection of its own; returns the code or the refusal.
+async fn register_2013(hub: &Hub) -> Result<String, TerminalError> {
+    let mut terminal =
+        SimTerminal::connect(hub.jt808, terminal_config(IMEI_2013, Jt808Version::V2013))
+            .await
+            .unwrap();
+    let registered = terminal.register().await;
+    terminal.close().await;
+    registered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_registered_terminal_again_is_refused_and_its_code_kept() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let code = register_2013(&hub).await.expect("first registration");
+    match register_2013(&hub).await {
+        Err(TerminalError::RegisterRefused(result)) => assert_eq!(result, 3),
+        other => panic!("expected 0x8100 result 3 (terminal already registered), got {other:?}"),
+    }
+    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
+    config.auth_code = Some(code);
+    let terminal = SimTerminal::connect_and_login(hub.jt808, config)
+        .await
+        .expect("the first code still authenticates");
+    terminal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_may_allow_registering_again() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[("IOTHUB_JT808_ALLOW_REREGISTRATION", "true")]);
+    let first = register_2013(&hub).await.expect("first registration");
+    let second = register_2013(&hub).await.expect("second registration");
+    assert_ne!(first, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_registration_rate_is_closed() {
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[("IOTHUB_JT808_REGISTRATIONS_PER_SOURCE", "2")]);
+    let mut outcomes = Vec::new();
+    for imei in ["869247060001762", "869247060001770", "869247060001788"] {
+        let mut terminal =
+            SimTerminal::connect(hub.jt808, terminal_config(imei, Jt808Version::V2013))
+                .await
+                .unwrap();
+        outcomes.push(terminal.register().await.is_ok());
+        terminal.close().await;
+    }
+    assert_eq!(outcomes, [true, true, false]);
+    let metrics = hub.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "iothub_jt808_registrations_total",
+            &["result=\"rate_limited\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
 }

@@ -4,6 +4,14 @@
 //! flash, and from then on only authenticates (0x0102) with it, across reconnects and hub
 //! restarts. A code is written before the 0x8100 that hands it out is sent.
 //!
+//! Registration stores a code only if the terminal holds none, unless the caller allows a
+//! replacement (the operator's `jt808_allow_reregistration`): the check and the write are
+//! one transaction (redb) or one `SET NX` (Redis), so two registrations cannot both win.
+//! A code issued and never used to authenticate is forgotten after the configured expiry
+//! (a sweep of the table `jt808_auth_codes_unused` in redb, the key's TTL in Redis), so
+//! registrations of terminals that never come back do not pile up; the first
+//! authentication with a code keeps it for good.
+//!
 //! Single-node mode keeps the codes in the node's redb database (table `jt808_auth_codes`,
 //! IMEI -> code). Cluster mode keeps them in the shared Redis (string key `authcode:{imei}`,
 //! see `cluster::redis::Keys`), because a terminal registered at one node may authenticate at
@@ -12,18 +20,34 @@
 //! outcome into an [`AuthVerdict`], so both modes decide alike.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis::AsyncCommands;
 use deadpool_redis::Pool;
 use iothub::channel::AuthVerdict;
 use iothub::imei::Imei;
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::cluster::redis::Keys;
 use crate::cluster::redis::{report_failure, RedisCause};
 use crate::storage::{Storage, StoreError};
 
 pub(crate) const AUTH_CODES: TableDefinition<&str, &str> = TableDefinition::new("jt808_auth_codes");
+/// Codes issued and not yet used to authenticate: IMEI -> when, in Unix seconds.
+const UNUSED_AUTH_CODES: TableDefinition<&str, u64> =
+    TableDefinition::new("jt808_auth_codes_unused");
+
+/// How long an issued code that was never used is kept, unless configured otherwise.
+pub const DEFAULT_UNUSED_CODE_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The code is stored.
+    Registered,
+    /// The terminal holds a code and no replacement was allowed: nothing changed.
+    AlreadyRegistered,
+}
 
 /// Longest code stored: JT/T 808 codes travel in one 0x8100 body; longer ones are refused.
 pub const MAX_CODE_LEN: usize = 256;
@@ -32,6 +56,7 @@ pub const MAX_CODE_LEN: usize = 256;
 #[derive(Clone)]
 pub struct AuthCodes {
     backend: Backend,
+    unused_expiry: Duration,
 }
 
 #[derive(Clone)]
@@ -45,24 +70,28 @@ impl AuthCodes {
     pub fn open(storage: Arc<Storage>) -> AuthCodes {
         AuthCodes {
             backend: Backend::Embedded(storage),
+            unused_expiry: DEFAULT_UNUSED_CODE_EXPIRY,
         }
+    }
+
+    /// Forget codes never used to authenticate this long after they were issued.
+    pub fn with_unused_code_expiry(mut self, expiry: Duration) -> AuthCodes {
+        self.unused_expiry = expiry;
+        self
     }
 
     /// The codes in the cluster's shared Redis (cluster mode).
     pub fn redis(pool: Pool, keys: Keys) -> AuthCodes {
         AuthCodes {
             backend: Backend::Redis { pool, keys },
+            unused_expiry: DEFAULT_UNUSED_CODE_EXPIRY,
         }
     }
 
-    /// Stores (or replaces) the code of a device; durable when it returns `Ok`.
+    /// Stores (or replaces) the code a device authenticated with, as a used code; durable
+    /// when it returns `Ok`.
     pub async fn store(&self, imei: Imei, code: String) -> Result<(), StoreError> {
-        if code.len() > MAX_CODE_LEN {
-            return Err(StoreError(format!(
-                "authentication code of {} bytes exceeds {MAX_CODE_LEN}",
-                code.len()
-            )));
-        }
+        check_length(&code)?;
         match &self.backend {
             Backend::Embedded(storage) => {
                 let storage = storage.clone();
@@ -71,6 +100,7 @@ impl AuthCodes {
                     {
                         let mut table = txn.open_table(AUTH_CODES)?;
                         table.insert(imei.as_str(), code.as_str())?;
+                        txn.open_table(UNUSED_AUTH_CODES)?.remove(imei.as_str())?;
                     }
                     txn.commit()?;
                     Ok(())
@@ -87,6 +117,126 @@ impl AuthCodes {
                 stored.map_err(|e| StoreError(report_failure("auth_store", e)))
             }
         }
+    }
+
+    /// Stores the code issued at a registration, as an unused code, unless the device holds
+    /// a code (one not yet expired) and `replace` is false. Durable when it returns
+    /// `Ok(Registration::Registered)`.
+    pub async fn register(
+        &self,
+        imei: Imei,
+        code: String,
+        replace: bool,
+    ) -> Result<Registration, StoreError> {
+        check_length(&code)?;
+        let expiry = self.unused_expiry;
+        match &self.backend {
+            Backend::Embedded(storage) => {
+                let storage = storage.clone();
+                blocking(move || {
+                    let now = unix_now();
+                    let txn = storage.db().begin_write()?;
+                    {
+                        let mut codes = txn.open_table(AUTH_CODES)?;
+                        let mut unused = txn.open_table(UNUSED_AUTH_CODES)?;
+                        let held = codes.get(imei.as_str())?.is_some();
+                        let issued = unused.get(imei.as_str())?.map(|v| v.value());
+                        let expired = issued.is_some_and(|at| at + expiry.as_secs() <= now);
+                        if held && !expired && !replace {
+                            return Ok(Registration::AlreadyRegistered);
+                        }
+                        codes.insert(imei.as_str(), code.as_str())?;
+                        unused.insert(imei.as_str(), now)?;
+                    }
+                    txn.commit()?;
+                    Ok(Registration::Registered)
+                })
+                .await
+            }
+            Backend::Redis { pool, keys } => {
+                let stored: Result<Option<String>, RedisCause> = async {
+                    let mut conn = pool.get().await?;
+                    let mut set = deadpool_redis::redis::cmd("SET");
+                    set.arg(keys.auth_code(imei)).arg(code);
+                    if !replace {
+                        set.arg("NX");
+                    }
+                    set.arg("EX").arg(expiry.as_secs().max(1));
+                    Ok(set.query_async(&mut conn).await?)
+                }
+                .await;
+                match stored.map_err(|e| StoreError(report_failure("auth_register", e)))? {
+                    Some(_) => Ok(Registration::Registered),
+                    None => Ok(Registration::AlreadyRegistered),
+                }
+            }
+        }
+    }
+
+    /// The code authenticated: keep it past the unused-code expiry.
+    async fn mark_used(&self, imei: Imei) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(storage) => {
+                let storage = storage.clone();
+                blocking(move || {
+                    // Only a code's first authentication writes.
+                    let unused = {
+                        let txn = storage.db().begin_read()?;
+                        let table = txn.open_table(UNUSED_AUTH_CODES)?;
+                        table.get(imei.as_str())?.is_some()
+                    };
+                    if unused {
+                        let txn = storage.db().begin_write()?;
+                        txn.open_table(UNUSED_AUTH_CODES)?.remove(imei.as_str())?;
+                        txn.commit()?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Redis { pool, keys } => {
+                let persisted: Result<(), RedisCause> = async {
+                    let mut conn = pool.get().await?;
+                    let _: bool = conn.persist(keys.auth_code(imei)).await?;
+                    Ok(())
+                }
+                .await;
+                persisted.map_err(|e| StoreError(report_failure("auth_mark_used", e)))
+            }
+        }
+    }
+
+    /// Forgets the codes issued longer than the expiry ago and never used; returns how many.
+    /// Redis expires them by itself (their TTL).
+    pub async fn expire_unused(&self) -> Result<usize, StoreError> {
+        let Backend::Embedded(storage) = &self.backend else {
+            return Ok(0);
+        };
+        let storage = storage.clone();
+        let expiry = self.unused_expiry.as_secs();
+        blocking(move || {
+            let now = unix_now();
+            let txn = storage.db().begin_write()?;
+            let expired = {
+                let mut codes = txn.open_table(AUTH_CODES)?;
+                let mut unused = txn.open_table(UNUSED_AUTH_CODES)?;
+                let mut expired = Vec::new();
+                for entry in unused.iter()? {
+                    let (imei, issued) = entry?;
+                    if issued.value() + expiry <= now {
+                        expired.push(imei.value().to_string());
+                    }
+                }
+                for imei in &expired {
+                    unused.remove(imei.as_str())?;
+                    codes.remove(imei.as_str())?;
+                }
+                expired.len()
+            };
+            txn.commit()?;
+            Ok(expired)
+        })
+        .await
     }
 
     /// The stored code of a device, if any.
@@ -118,6 +268,11 @@ impl AuthCodes {
             Ok(Some(stored)) => {
                 use subtle::ConstantTimeEq;
                 if bool::from(stored.as_bytes().ct_eq(presented.as_bytes())) {
+                    if let Err(e) = self.mark_used(imei).await {
+                        // The code is right; unmarked it may expire, and the terminal then
+                        // registers again.
+                        tracing::warn!(%imei, error = %e, "could not mark an authentication code used");
+                    }
                     AuthVerdict::Match
                 } else {
                     AuthVerdict::Mismatch
@@ -130,6 +285,22 @@ impl AuthCodes {
             }
         }
     }
+}
+
+fn check_length(code: &str) -> Result<(), StoreError> {
+    if code.len() > MAX_CODE_LEN {
+        return Err(StoreError(format!(
+            "authentication code of {} bytes exceeds {MAX_CODE_LEN}",
+            code.len()
+        )));
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -145,7 +316,7 @@ mod tests {
     //! The behaviour the JT/T 808 channel relies on, on both backends, plus what only the
     //! shared Redis of cluster mode has to offer: a code issued at one node verifies at another.
 
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use super::*;
     use crate::cluster::redis::testing;
@@ -201,6 +372,113 @@ mod tests {
             .store(imei(), "X".repeat(MAX_CODE_LEN))
             .await
             .expect("a code of the longest length is stored");
+    }
+
+    async fn registration_keeps_a_held_code(codes: &AuthCodes) {
+        let first = codes.register(imei(), "FIRST".into(), false).await;
+        let second = codes.register(imei(), "SECOND".into(), false).await;
+        assert_eq!(
+            (first.expect("register"), second.expect("register")),
+            (Registration::Registered, Registration::AlreadyRegistered)
+        );
+        assert_eq!(codes.verify(imei(), "FIRST").await, AuthVerdict::Match);
+    }
+
+    async fn allowed_reregistration_replaces_the_code(codes: &AuthCodes) {
+        codes
+            .register(imei(), "FIRST".into(), false)
+            .await
+            .expect("register");
+        let again = codes.register(imei(), "SECOND".into(), true).await;
+        assert_eq!(again.expect("register"), Registration::Registered);
+        assert_eq!(codes.verify(imei(), "SECOND").await, AuthVerdict::Match);
+    }
+
+    #[tokio::test]
+    async fn embedded_registration_keeps_a_held_code() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        registration_keeps_a_held_code(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn embedded_allowed_reregistration_replaces_the_code() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        allowed_reregistration_replaces_the_code(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn redis_registration_keeps_a_held_code() {
+        let redis = testing::redis().await;
+        registration_keeps_a_held_code(&AuthCodes::redis(redis.pool.clone(), redis.keys.clone()))
+            .await;
+        redis.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn redis_allowed_reregistration_replaces_the_code() {
+        let redis = testing::redis().await;
+        allowed_reregistration_replaces_the_code(&AuthCodes::redis(
+            redis.pool.clone(),
+            redis.keys.clone(),
+        ))
+        .await;
+        redis.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn embedded_unused_code_is_forgotten_after_its_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codes = open(dir.path()).with_unused_code_expiry(Duration::ZERO);
+        codes
+            .register(imei(), "NEVER-USED".into(), false)
+            .await
+            .expect("register");
+        assert_eq!(codes.expire_unused().await.expect("expire"), 1);
+        assert_eq!(codes.get(imei()).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn embedded_used_code_outlives_the_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codes = open(dir.path()).with_unused_code_expiry(Duration::ZERO);
+        codes
+            .register(imei(), "USED".into(), false)
+            .await
+            .expect("register");
+        assert_eq!(codes.verify(imei(), "USED").await, AuthVerdict::Match);
+        assert_eq!(codes.expire_unused().await.expect("expire"), 0);
+        assert_eq!(codes.verify(imei(), "USED").await, AuthVerdict::Match);
+    }
+
+    #[tokio::test]
+    async fn embedded_expired_unused_code_does_not_block_a_registration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codes = open(dir.path()).with_unused_code_expiry(Duration::ZERO);
+        codes
+            .register(imei(), "STALE".into(), false)
+            .await
+            .expect("register");
+        let again = codes.register(imei(), "FRESH".into(), false).await;
+        assert_eq!(again.expect("register"), Registration::Registered);
+    }
+
+    #[tokio::test]
+    async fn redis_unused_code_carries_the_expiry_and_loses_it_when_used() {
+        let redis = testing::redis().await;
+        let codes = AuthCodes::redis(redis.pool.clone(), redis.keys.clone())
+            .with_unused_code_expiry(Duration::from_secs(600));
+        codes
+            .register(imei(), "C0DE".into(), false)
+            .await
+            .expect("register");
+        let mut conn = redis.pool.get().await.expect("redis");
+        let ttl: i64 = conn.ttl(redis.keys.auth_code(imei())).await.expect("ttl");
+        assert!((1..=600).contains(&ttl), "unused code's TTL: {ttl}");
+        assert_eq!(codes.verify(imei(), "C0DE").await, AuthVerdict::Match);
+        let ttl: i64 = conn.ttl(redis.keys.auth_code(imei())).await.expect("ttl");
+        assert_eq!(ttl, -1, "a used code is kept for good");
+        drop(conn);
+        redis.cleanup().await;
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! `gateId`, `readTimeOut`, `writeTimeOut`, `connectTimeout`, `newImeiRule`, `apiToken`,
 //! `kafkaEnable`, `kafkaHost`, `topicPrefix`, `kafkaConsumerGroup`, `kafkaAuthSwitch`,
 //! `kafkaAuthUserName`, `kafkaAuthPassword`, `redisHost`, `redisPort`, `redisPassword` /
-//! `redisPasswd` / `redisPass`, `redisDb`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
+//! `redisPasswd` / `redisPass`, `redisDb` / `redisDB`, `pushURL`, `pushToken`, `offlineCmdPushURL`,
 //! `offlineCmdPushToken`; `IOTHUB_GT06_LISTEN`, `IOTHUB_JT808_LISTEN`,
 //! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
@@ -21,7 +21,11 @@
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
-//! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
+//! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`,
+//! `IOTHUB_DEVICE_READ_TIMEOUT`, `IOTHUB_DEVICE_WRITE_TIMEOUT`, `IOTHUB_DEVICE_LOGIN_TIMEOUT`,
+//! `IOTHUB_GT06_NEW_IMEI_RULE`, `IOTHUB_JT808_NEW_IMEI_RULE`, `IOTHUB_PUSH_CONNECT_TIMEOUT`,
+//! `IOTHUB_JT808_ALLOW_REREGISTRATION`, `IOTHUB_JT808_REGISTRATIONS_PER_CONNECTION`,
+//! `IOTHUB_JT808_REGISTRATIONS_PER_SOURCE`, `IOTHUB_JT808_UNUSED_CODE_EXPIRY_DAYS`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -64,23 +68,36 @@ pub struct RuntimeConfig {
 pub struct GatewayConfig {
     /// GT06/JIMI listener, default 0.0.0.0:21100.
     pub gt06_listen: SocketAddr,
-    /// `readTimeOut`: close a connection that sent nothing for this long.
+    /// Close a device connection that sent nothing for this long. Not the Jimi `readTimeOut`,
+    /// which the Jimi gateways use for their own calls (see `config/iothub.toml`).
     pub read_timeout: Duration,
     /// `writeTimeOut`: give up on a write that does not complete in this time.
     pub write_timeout: Duration,
-    /// `connectTimeout`: close a connection that does not log in within this time.
+    /// Close a connection that does not log in within this time. Not the Jimi
+    /// `connectTimeout` (see `config/iothub.toml`).
     pub connect_timeout: Duration,
     pub crc_policy: CrcPolicy,
     /// Most concurrent device connections per listener.
     pub max_connections: usize,
-    /// `newImeiRule`: turn a JT/T 808 terminal phone number into the device's real IMEI.
-    pub new_imei_rule: bool,
+    /// `newImeiRule` of the JT/T 808 terminals on the GT06 port: turn a terminal phone number
+    /// into the device's real IMEI.
+    pub gt06_new_imei_rule: bool,
+    /// `newImeiRule` of the terminals on the JT/T 808 port.
+    pub jt808_new_imei_rule: bool,
     /// JT/T 808 listener, default 0.0.0.0:21121.
     pub jt808_listen: SocketAddr,
     /// How long a JT/T 808 connection refused for not being authenticated may stay open.
     pub jt808_auth_grace: Duration,
     /// Authenticate JT/T 808 terminals whose code the hub never issued (and keep the code).
     pub jt808_accept_unknown_auth: bool,
+    /// Issue a new code to a JT/T 808 terminal that already holds one.
+    pub jt808_allow_reregistration: bool,
+    /// Registrations one connection may make.
+    pub jt808_registrations_per_connection: u32,
+    /// Registrations one source address may make per minute; 0 = no limit.
+    pub jt808_registrations_per_source_per_minute: u32,
+    /// A code never used to authenticate is forgotten this long after it was issued.
+    pub jt808_unused_code_expiry: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,8 +167,10 @@ pub struct PushConfig {
     pub max_backoff: Duration,
     /// Events older than this that still could not be delivered are dropped and counted.
     pub max_age: Duration,
-    /// Per-request timeout.
+    /// Per-request timeout (Jimi `readTimeOut`).
     pub request_timeout: Duration,
+    /// Time to open a connection to the customer (Jimi `connectTimeout`).
+    pub connect_timeout: Duration,
 }
 
 /// Redis of the cluster mode (registry leases, offline instructions).
@@ -297,9 +316,15 @@ section!(GatewayFile {
     crc_policy: String,
     max_connections: u64,
     new_imei_rule: bool,
+    gt06_new_imei_rule: bool,
+    jt808_new_imei_rule: bool,
     jt808_listen: String,
     jt808_auth_grace_secs: u64,
     jt808_accept_unknown_auth_codes: bool,
+    jt808_allow_reregistration: bool,
+    jt808_registrations_per_connection: u64,
+    jt808_registrations_per_source_per_minute: u64,
+    jt808_unused_code_expiry_days: u64,
 });
 
 section!(ApiFile {
@@ -358,6 +383,7 @@ section!(PushFile {
     max_backoff_secs: u64,
     max_age_secs: u64,
     request_timeout_secs: u64,
+    connect_timeout_secs: u64,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -617,6 +643,15 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         "reject" => CrcPolicy::Reject,
         _ => return Err(crc.invalid("must be \"warn\" or \"reject\"")),
     };
+    // The Jimi name sets both listeners; each listener's own key or variable overrides it
+    // (the Jimi JT/T 808 gateways run one port with the rule and one without).
+    let new_imei_rule = pick(
+        env,
+        "gateway.new_imei_rule",
+        &["newImeiRule"],
+        g.new_imei_rule,
+    )?
+    .value;
     let gateway = GatewayConfig {
         gt06_listen: socket_addr(
             env,
@@ -627,19 +662,19 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         read_timeout: secs(
             env,
             "gateway.read_timeout_secs",
-            &["readTimeOut"],
+            &["IOTHUB_DEVICE_READ_TIMEOUT"],
             g.read_timeout_secs,
         )?,
         write_timeout: secs(
             env,
             "gateway.write_timeout_secs",
-            &["writeTimeOut"],
+            &["writeTimeOut", "IOTHUB_DEVICE_WRITE_TIMEOUT"],
             g.write_timeout_secs,
         )?,
         connect_timeout: secs(
             env,
             "gateway.connect_timeout_secs",
-            &["connectTimeout"],
+            &["IOTHUB_DEVICE_LOGIN_TIMEOUT"],
             g.connect_timeout_secs,
         )?,
         crc_policy,
@@ -651,11 +686,18 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             1..=1_000_000,
         )?)
         .unwrap_or(usize::MAX),
-        new_imei_rule: pick(
+        gt06_new_imei_rule: pick(
             env,
-            "gateway.new_imei_rule",
-            &["newImeiRule"],
-            g.new_imei_rule,
+            "gateway.gt06_new_imei_rule",
+            &["IOTHUB_GT06_NEW_IMEI_RULE"],
+            g.gt06_new_imei_rule.or(Some(new_imei_rule)),
+        )?
+        .value,
+        jt808_new_imei_rule: pick(
+            env,
+            "gateway.jt808_new_imei_rule",
+            &["IOTHUB_JT808_NEW_IMEI_RULE"],
+            g.jt808_new_imei_rule.or(Some(new_imei_rule)),
         )?
         .value,
         jt808_listen: socket_addr(
@@ -677,6 +719,38 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             g.jt808_accept_unknown_auth_codes,
         )?
         .value,
+        jt808_allow_reregistration: pick(
+            env,
+            "gateway.jt808_allow_reregistration",
+            &["IOTHUB_JT808_ALLOW_REREGISTRATION"],
+            g.jt808_allow_reregistration,
+        )?
+        .value,
+        jt808_registrations_per_connection: u32::try_from(integer_in(
+            env,
+            "gateway.jt808_registrations_per_connection",
+            &["IOTHUB_JT808_REGISTRATIONS_PER_CONNECTION"],
+            g.jt808_registrations_per_connection,
+            1..=1_000,
+        )?)
+        .unwrap_or(u32::MAX),
+        jt808_registrations_per_source_per_minute: u32::try_from(integer_in(
+            env,
+            "gateway.jt808_registrations_per_source_per_minute",
+            &["IOTHUB_JT808_REGISTRATIONS_PER_SOURCE"],
+            g.jt808_registrations_per_source_per_minute,
+            0..=1_000_000,
+        )?)
+        .unwrap_or(u32::MAX),
+        jt808_unused_code_expiry: Duration::from_secs(
+            integer_in(
+                env,
+                "gateway.jt808_unused_code_expiry_days",
+                &["IOTHUB_JT808_UNUSED_CODE_EXPIRY_DAYS"],
+                g.jt808_unused_code_expiry_days,
+                1..=36_500,
+            )? * 86_400,
+        ),
     };
 
     let a = f.api;
@@ -852,7 +926,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         db: i64::try_from(integer_in(
             env,
             "redis.db",
-            &["redisDb", "IOTHUB_REDIS_DB"],
+            &["redisDb", "redisDB", "IOTHUB_REDIS_DB"],
             r.db,
             0..=65_535,
         )?)
@@ -1004,8 +1078,14 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         request_timeout: secs(
             env,
             "push.request_timeout_secs",
-            &["IOTHUB_PUSH_REQUEST_TIMEOUT"],
+            &["IOTHUB_PUSH_REQUEST_TIMEOUT", "readTimeOut"],
             p.request_timeout_secs,
+        )?,
+        connect_timeout: secs(
+            env,
+            "push.connect_timeout_secs",
+            &["IOTHUB_PUSH_CONNECT_TIMEOUT", "connectTimeout"],
+            p.connect_timeout_secs,
         )?,
     };
 

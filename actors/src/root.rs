@@ -25,6 +25,7 @@ use crate::cluster::internal::{self, InternalServer};
 use crate::cluster::{Cluster, IdentityLost};
 use crate::config::Config;
 use crate::gateway::listener::{Gateway, GatewayArgs};
+use crate::gateway::registrations::RegistrationLimiter;
 use crate::gateway::session::SessionDeps;
 use crate::offline::OfflineCommands;
 use crate::publish::Publisher;
@@ -43,6 +44,8 @@ pub struct Hub {
     cluster: Option<ClusterRuntime>,
     publisher: Publisher,
     push: PushDispatcher,
+    /// Forgets JT/T 808 codes issued and never used (embedded store; Redis expires its own).
+    code_expiry: tokio::task::JoinHandle<()>,
     pub gt06_addr: SocketAddr,
     pub jt808_addr: SocketAddr,
     pub api_addr: SocketAddr,
@@ -122,6 +125,9 @@ impl Hub {
                 AuthCodes::open(storage.clone()),
             ),
         };
+        let auth_codes =
+            auth_codes.with_unused_code_expiry(config.gateway.jt808_unused_code_expiry);
+        let code_expiry = tokio::spawn(expire_unused_codes(auth_codes.clone()));
 
         let (root, root_done) = Actor::spawn(Some("root".into()), Root, ()).await?;
         let (registry_ref, _) = Actor::spawn_linked(
@@ -168,29 +174,41 @@ impl Hub {
             publisher: publisher.clone(),
             offline: offline.clone(),
             auth_codes,
+            registrations: Arc::new(RegistrationLimiter::new(
+                config.gateway.jt808_registrations_per_source_per_minute,
+            )),
             write_timeout: config.gateway.write_timeout,
             offline_reply_timeout: config.api.default_timeout,
         });
         let g = &config.gateway;
         let gt06 = Gt06Protocol::new(g.crc_policy, g.read_timeout, g.connect_timeout);
-        let jt808 = Jt808Protocol::new(
+        let jt808_config = Jt808ChannelConfig {
+            read_timeout: g.read_timeout,
+            login_timeout: g.connect_timeout,
+            auth_grace: g.jt808_auth_grace,
+            new_imei_rule: g.jt808_new_imei_rule,
+            accept_unknown_auth_codes: g.jt808_accept_unknown_auth,
+            allow_reregistration: g.jt808_allow_reregistration,
+            registrations_per_connection: g.jt808_registrations_per_connection,
+            subpackages: Limits::default(),
+            auth_code_seed: random_seed(),
+        };
+        // newImeiRule is set per port: the JT/T 808 terminals of each port read their phone
+        // numbers by that port's rule.
+        let jt808_on_gt06_port = Jt808Protocol::new(
             g.crc_policy,
             Jt808ChannelConfig {
-                read_timeout: g.read_timeout,
-                login_timeout: g.connect_timeout,
-                auth_grace: g.jt808_auth_grace,
-                new_imei_rule: g.new_imei_rule,
-                accept_unknown_auth_codes: g.jt808_accept_unknown_auth,
-                subpackages: Limits::default(),
-                auth_code_seed: random_seed(),
+                new_imei_rule: g.gt06_new_imei_rule,
+                ..jt808_config.clone()
             },
         );
+        let jt808 = Jt808Protocol::new(g.crc_policy, jt808_config);
         // Both ports take both protocols (the first frame decides); the name is the port's.
         let (gt06_gateway, gt06_addr) = spawn_gateway(
             &root,
             "gt06",
             g.gt06_listen,
-            DetectingProtocol::new("gt06", gt06.clone(), jt808.clone()),
+            DetectingProtocol::new("gt06", gt06.clone(), jt808_on_gt06_port),
             deps.clone(),
             g.max_connections,
         )
@@ -225,6 +243,7 @@ impl Hub {
             cluster,
             publisher,
             push,
+            code_expiry,
             gt06_addr,
             jt808_addr,
             api_addr,
@@ -270,10 +289,30 @@ impl Hub {
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await
             .ok();
+        self.code_expiry.abort();
         self.push.stop().await;
         self.publisher.stop().await;
         self.root.stop(None);
         tracing::info!("shutdown complete");
+    }
+}
+
+/// How often issued codes that were never used are looked for.
+const CODE_EXPIRY_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Forgets issued codes never used within their expiry, at start and then every sweep period.
+async fn expire_unused_codes(auth_codes: AuthCodes) {
+    let mut every = tokio::time::interval(CODE_EXPIRY_SWEEP);
+    loop {
+        every.tick().await;
+        match auth_codes.expire_unused().await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("iothub_jt808_auth_codes_expired_total").increment(n as u64);
+                tracing::info!(codes = n, "forgot JT/T 808 codes issued and never used");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not expire unused JT/T 808 codes"),
+        }
     }
 }
 

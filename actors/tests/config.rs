@@ -47,10 +47,118 @@ fn defaults_listen_addresses() {
 #[test]
 fn defaults_gateway_timeouts() {
     let c = load("", &[]).unwrap();
-    assert_eq!(c.gateway.read_timeout, Duration::from_secs(180));
+    assert_eq!(c.gateway.read_timeout, Duration::from_secs(600));
     assert_eq!(c.gateway.write_timeout, Duration::from_secs(5));
     assert_eq!(c.gateway.connect_timeout, Duration::from_secs(30));
     assert_eq!(c.gateway.crc_policy, CrcPolicy::Warn);
+}
+
+/// Trackers heartbeat every 3 to 5 minutes by default: the idle timeout must let one heartbeat
+/// be late or lost without cutting the device.
+const FIVE_MINUTE_HEARTBEAT: Duration = Duration::from_secs(300);
+
+#[test]
+fn the_default_idle_timeout_keeps_a_five_minute_heartbeat_online() {
+    let c = load("", &[]).unwrap();
+    assert!(c.gateway.read_timeout >= 2 * FIVE_MINUTE_HEARTBEAT);
+}
+
+/// The timeouts of the Jimi JT/T 808 gateway compose in the operator's guide, verbatim.
+const JIMI_COMPOSE_TIMEOUTS: [(&str, &str); 3] = [
+    ("connectTimeout", "5"),
+    ("readTimeOut", "5"),
+    ("writeTimeOut", "5"),
+];
+
+#[test]
+fn the_jimi_compose_timeouts_keep_a_five_minute_heartbeat_online() {
+    let c = load("", &JIMI_COMPOSE_TIMEOUTS).unwrap();
+    assert!(c.gateway.read_timeout >= 2 * FIVE_MINUTE_HEARTBEAT);
+}
+
+#[test]
+fn the_jimi_compose_timeouts_leave_the_login_timeout_alone() {
+    let c = load("", &JIMI_COMPOSE_TIMEOUTS).unwrap();
+    assert_eq!(c.gateway.connect_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn the_jimi_timeouts_time_the_pushes() {
+    let c = load("", &JIMI_COMPOSE_TIMEOUTS).unwrap();
+    assert_eq!(
+        (c.push.request_timeout, c.push.connect_timeout),
+        (Duration::from_secs(5), Duration::from_secs(5))
+    );
+}
+
+#[test]
+fn device_timeouts_have_iothub_names() {
+    let c = load(
+        "",
+        &[
+            ("IOTHUB_DEVICE_READ_TIMEOUT", "900"),
+            ("IOTHUB_DEVICE_WRITE_TIMEOUT", "8"),
+            ("IOTHUB_DEVICE_LOGIN_TIMEOUT", "40"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.gateway.read_timeout,
+            c.gateway.write_timeout,
+            c.gateway.connect_timeout
+        ),
+        (
+            Duration::from_secs(900),
+            Duration::from_secs(8),
+            Duration::from_secs(40)
+        )
+    );
+}
+
+#[test]
+fn redis_db_takes_the_spelling_of_the_guide() {
+    let c = load("", &[("redisDB", "4")]).unwrap();
+    assert_eq!(c.redis.db, 4);
+}
+
+#[test]
+fn new_imei_rule_sets_both_ports() {
+    let c = load("", &[("newImeiRule", "false")]).unwrap();
+    assert_eq!(
+        (c.gateway.gt06_new_imei_rule, c.gateway.jt808_new_imei_rule),
+        (false, false)
+    );
+}
+
+#[test]
+fn new_imei_rule_is_set_per_port() {
+    let c = load(
+        "",
+        &[
+            ("newImeiRule", "true"),
+            ("IOTHUB_JT808_NEW_IMEI_RULE", "false"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.gateway.gt06_new_imei_rule, c.gateway.jt808_new_imei_rule),
+        (true, false)
+    );
+}
+
+#[test]
+fn jt808_registration_policy_defaults_to_safety() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(
+        (
+            c.gateway.jt808_accept_unknown_auth,
+            c.gateway.jt808_allow_reregistration,
+            c.gateway.jt808_registrations_per_connection,
+            c.gateway.jt808_unused_code_expiry,
+        ),
+        (false, false, 3, Duration::from_secs(7 * 86_400))
+    );
 }
 
 #[test]
@@ -184,9 +292,10 @@ fn jimi_environment_names_override_the_file() {
     )
     .unwrap();
     assert_eq!(c.gate_id, "tracker-gate-v1-93");
-    assert_eq!(c.gateway.read_timeout, Duration::from_secs(60));
+    assert_eq!(c.gateway.read_timeout, Duration::from_secs(240));
+    assert_eq!(c.push.request_timeout, Duration::from_secs(60));
     assert_eq!(c.gateway.write_timeout, Duration::from_secs(7));
-    assert_eq!(c.gateway.connect_timeout, Duration::from_secs(9));
+    assert_eq!(c.push.connect_timeout, Duration::from_secs(9));
     assert!(c.kafka.enable);
     assert_eq!(c.kafka.hosts, "kafka:9092");
     assert_eq!(c.kafka.consumer_group, "v541h-group");
@@ -201,7 +310,7 @@ fn jimi_environment_names_override_the_file() {
     assert_eq!(c.redis.host.as_deref(), Some("redis"));
     assert_eq!(c.redis.port, 6380);
     assert_eq!(c.redis.password.as_deref(), Some("jimi@123"));
-    assert!(!c.gateway.new_imei_rule);
+    assert!(!c.gateway.jt808_new_imei_rule);
 }
 
 #[test]

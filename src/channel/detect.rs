@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::channel::gt06::{Gt06Channel, Gt06ChannelConfig};
 use crate::channel::jt808::{Jt808Channel, Jt808ChannelConfig};
-use crate::channel::{Action, AuthVerdict, Channel, CloseReason};
+use crate::channel::{Action, AuthVerdict, Channel, CheckId, CloseReason, RegistrationVerdict};
 use crate::codec::{gt06, jt808};
 use crate::command::{Instruction, InstructionRefusal};
 use crate::imei::Imei;
@@ -134,11 +134,29 @@ impl Channel for AnyChannel {
         }
     }
 
-    fn handle_auth_verdict(&mut self, verdict: AuthVerdict, now: DateTime<Utc>) -> Vec<Action> {
+    fn handle_auth_verdict(
+        &mut self,
+        check: CheckId,
+        verdict: AuthVerdict,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
         match &mut self.state {
             State::Undecided => Vec::new(),
-            State::Gt06(c) => c.handle_auth_verdict(verdict, now),
-            State::Jt808(c) => c.handle_auth_verdict(verdict, now),
+            State::Gt06(c) => c.handle_auth_verdict(check, verdict, now),
+            State::Jt808(c) => c.handle_auth_verdict(check, verdict, now),
+        }
+    }
+
+    fn handle_registration_verdict(
+        &mut self,
+        check: CheckId,
+        verdict: RegistrationVerdict,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
+        match &mut self.state {
+            State::Undecided => Vec::new(),
+            State::Gt06(c) => c.handle_registration_verdict(check, verdict, now),
+            State::Jt808(c) => c.handle_registration_verdict(check, verdict, now),
         }
     }
 
@@ -209,6 +227,8 @@ mod tests {
             auth_grace: Duration::from_secs(10),
             new_imei_rule: false,
             accept_unknown_auth_codes: true,
+            allow_reregistration: false,
+            registrations_per_connection: 3,
             subpackages: Limits::default(),
             auth_code_seed: 1,
         };

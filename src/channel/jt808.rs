@@ -16,10 +16,15 @@
 //! (0x8100 result 4, terminal unknown) and authentication (0x8001 result 1).
 //!
 //! # Registration and authentication
-//! - 0x0100 register: a fresh code is issued, stored durably ([`Action::StoreAuthCode`], which
-//!   the driver completes before the next action), then sent in 0x8100 result 0. Codes are 16
-//!   hex digits of a keyed hash of the seed, id and time: unguessable enough for a code that
-//!   travels in clear text anyway.
+//! - 0x0100 register: a fresh code is issued and the driver asked to store it
+//!   ([`Action::RegisterTerminal`]); only once the store says it is durable
+//!   ([`RegistrationVerdict::Registered`]) is it sent in 0x8100 result 0. A terminal that
+//!   already holds a code is answered 0x8100 result 3 (terminal already registered) unless
+//!   the operator allows re-registration (`allow_reregistration`): otherwise anyone who knows
+//!   a terminal's phone number could lock it out by registering it again. A connection
+//!   registers at most `registrations_per_connection` times, and the driver limits
+//!   registrations per source address. Codes are 16 hex digits of a keyed hash of the seed,
+//!   id and time: unguessable enough for a code that travels in clear text anyway.
 //! - 0x0102 authenticate: the driver looks the code up ([`Action::VerifyAuthCode`]) and
 //!   answers through [`Channel::handle_auth_verdict`]. A match authenticates. No stored code
 //!   (a terminal registered with another platform before it was pointed at iothub)
@@ -28,10 +33,15 @@
 //!   register again. Authentication publishes `LOGIN` (zone GMT+08:00), then
 //!   [`Action::LoggedIn`], then the 0x8001. Authenticating again with the same id is answered
 //!   and changes nothing else; another id on the same connection closes it.
-//! - Any other message before authentication gets 0x8001 result 1 and starts a grace period
+//! - One store check at a time. Each check carries a [`CheckId`] and its verdict is applied
+//!   only to that check, so no verdict can land on another request; a 0x0100 or 0x0102 that
+//!   arrives while a check is outstanding (several in one read, say) is refused with 0x8001
+//!   result 1, never merged into the one in flight. A connection never changes identity.
+//! - Any other message before authentication, and any registration, starts a grace period
 //!   (`auth_grace`): a connection still unauthenticated when it ends is closed
 //!   ([`CloseReason::NotAuthenticated`]), as is one that has not authenticated within
-//!   `login_timeout` of opening ([`CloseReason::LoginTimeout`]).
+//!   `login_timeout` of opening ([`CloseReason::LoginTimeout`]). Messages other than these
+//!   get 0x8001 result 1; subpackages are refused, not buffered, before authentication.
 //! - Nothing received for `read_timeout` closes the connection ([`CloseReason::IdleTimeout`]).
 //!   `LOGOUT` is published once: on 0x0003, or when the connection closes.
 //!
@@ -75,7 +85,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::channel::gt06::records::{event, LOGIN, LOGOUT};
-use crate::channel::{Action, AuthVerdict, Channel, CloseReason};
+use crate::channel::{Action, AuthVerdict, Channel, CheckId, CloseReason, RegistrationVerdict};
 use crate::codec::jt808::{
     decode_body, encode, encode_general_response, encode_raw, encode_split, phone_to_imei, Header,
     Limits, Location, Message, Packet, Reassembler, RegisterResponse, ResendRequest,
@@ -94,6 +104,7 @@ const RESULT_OK: u8 = 0;
 const RESULT_FAILURE: u8 = 1;
 const RESULT_MESSAGE_ERROR: u8 = 2;
 const RESULT_NOT_SUPPORTED: u8 = 3;
+const REGISTER_TERMINAL_REGISTERED: u8 = 3;
 const REGISTER_TERMINAL_UNKNOWN: u8 = 4;
 
 const MSG_RESOURCE_QUERY: u16 = 0x9205;
@@ -113,6 +124,10 @@ pub struct Jt808ChannelConfig {
     pub new_imei_rule: bool,
     /// Authenticate terminals presenting a code the hub never issued (and keep it).
     pub accept_unknown_auth_codes: bool,
+    /// Issue a new code to a terminal that already holds one.
+    pub allow_reregistration: bool,
+    /// Registrations one connection may make; the next closes it.
+    pub registrations_per_connection: u32,
     pub subpackages: Limits,
     /// Mixed into issued authentication codes; the hub draws it at random when it starts.
     pub auth_code_seed: u64,
@@ -136,12 +151,20 @@ struct Outstanding {
     server_flag_id: u32,
 }
 
-/// An authentication waiting for the store's verdict.
+/// The store check the channel waits for, and the request it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct PendingAuth {
-    imei: Imei,
-    code: String,
-    header: Header,
+enum PendingCheck {
+    Auth {
+        check: CheckId,
+        imei: Imei,
+        code: String,
+        header: Header,
+    },
+    Registration {
+        check: CheckId,
+        code: String,
+        header: Header,
+    },
 }
 
 /// The state of one JT/T 808 connection.
@@ -153,8 +176,12 @@ pub struct Jt808Channel {
     opened_at: DateTime<Utc>,
     last_received: DateTime<Utc>,
     session: Session,
-    pending_auth: Option<PendingAuth>,
-    /// When the first unauthenticated message was refused.
+    pending: Option<PendingCheck>,
+    /// Id of the next store check.
+    next_check: u32,
+    /// Registrations this connection made.
+    registrations: u32,
+    /// When the first unauthenticated message was refused, or the first registration made.
     refused_since: Option<DateTime<Utc>>,
     closed: bool,
     logged_out: bool,
@@ -205,7 +232,9 @@ impl Jt808Channel {
             opened_at: now,
             last_received: now,
             session: Session::Unauthenticated,
-            pending_auth: None,
+            pending: None,
+            next_check: 0,
+            registrations: 0,
             refused_since: None,
             closed: false,
             logged_out: false,
@@ -224,6 +253,12 @@ impl Jt808Channel {
         let s = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         s
+    }
+
+    fn take_check(&mut self) -> CheckId {
+        let check = CheckId(self.next_check);
+        self.next_check = self.next_check.wrapping_add(1);
+        check
     }
 
     fn ack(&mut self, to: &Header, result: u8) -> Action {
@@ -252,13 +287,27 @@ impl Jt808Channel {
                 return self.close(CloseReason::IdentityChanged);
             }
         }
+        if self.pending.is_some() {
+            return self.refuse(header, now);
+        }
+        if self.registrations >= self.config.registrations_per_connection {
+            return self.close(CloseReason::TooManyRegistrations);
+        }
+        self.registrations += 1;
+        self.refused_since.get_or_insert(now);
         let code = issue_code(self.config.auth_code_seed, &imei, now);
-        let mut actions = vec![Action::StoreAuthCode {
-            imei,
+        let check = self.take_check();
+        self.pending = Some(PendingCheck::Registration {
+            check,
             code: code.clone(),
-        }];
-        actions.extend(self.register_response(header, RESULT_OK, Some(code)));
-        actions
+            header: *header,
+        });
+        vec![Action::RegisterTerminal {
+            check,
+            imei,
+            code,
+            replace: self.config.allow_reregistration,
+        }]
     }
 
     fn register_response(
@@ -289,12 +338,17 @@ impl Jt808Channel {
                 return self.close(CloseReason::IdentityChanged);
             }
         }
-        self.pending_auth = Some(PendingAuth {
+        if self.pending.is_some() {
+            return self.refuse(header, now);
+        }
+        let check = self.take_check();
+        self.pending = Some(PendingCheck::Auth {
+            check,
             imei,
             code: code.clone(),
             header: *header,
         });
-        vec![Action::VerifyAuthCode { imei, code }]
+        vec![Action::VerifyAuthCode { check, imei, code }]
     }
 
     /// The answer to the outstanding instruction, if `message` is one.
@@ -526,6 +580,9 @@ impl Channel for Jt808Channel {
             header, message, ..
         } = packet;
         if let Message::Fragment(part) = message {
+            if self.session == Session::Unauthenticated {
+                return self.refuse(&header, now);
+            }
             return match self.reassembler.push(&header, &part, now) {
                 Ok(Some(whole)) => {
                     let message = decode_body(&whole.header, &whole.body);
@@ -543,9 +600,23 @@ impl Channel for Jt808Channel {
         self.handle_message(header, message, now)
     }
 
-    fn handle_auth_verdict(&mut self, verdict: AuthVerdict, now: DateTime<Utc>) -> Vec<Action> {
-        let Some(pending) = self.pending_auth.take() else {
-            return Vec::new();
+    fn handle_auth_verdict(
+        &mut self,
+        answered: CheckId,
+        verdict: AuthVerdict,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
+        let (imei, code, header) = match self.pending.take() {
+            Some(PendingCheck::Auth {
+                check,
+                imei,
+                code,
+                header,
+            }) if check == answered => (imei, code, header),
+            other => {
+                self.pending = other;
+                return Vec::new();
+            }
         };
         if self.closed {
             return Vec::new();
@@ -556,27 +627,60 @@ impl Channel for Jt808Channel {
             AuthVerdict::Mismatch | AuthVerdict::Unavailable => false,
         };
         if !accepted {
-            return self.refuse(&pending.header, now);
+            return self.refuse(&header, now);
+        }
+        // A connection never changes identity, whatever order its checks are answered in.
+        if self.imei().is_some_and(|current| current != imei) {
+            return self.close(CloseReason::IdentityChanged);
         }
         let mut actions = Vec::new();
         if verdict == AuthVerdict::Unknown {
-            actions.push(Action::StoreAuthCode {
-                imei: pending.imei,
-                code: pending.code,
-            });
+            actions.push(Action::StoreAuthCode { imei, code });
         }
-        if self.imei() != Some(pending.imei) {
+        if self.imei() != Some(imei) {
             self.refused_since = None;
-            let login = records::jt808_login_record(pending.imei, LOGIN, now);
-            actions.push(Action::Publish(event(pending.imei, Record::Login(login))));
-            actions.push(Action::LoggedIn { imei: pending.imei });
+            let login = records::jt808_login_record(imei, LOGIN, now);
+            actions.push(Action::Publish(event(imei, Record::Login(login))));
+            actions.push(Action::LoggedIn { imei });
         }
         self.session = Session::Authenticated {
-            imei: pending.imei,
-            last_header: pending.header,
+            imei,
+            last_header: header,
         };
-        actions.push(self.ack(&pending.header, RESULT_OK));
+        actions.push(self.ack(&header, RESULT_OK));
         actions
+    }
+
+    fn handle_registration_verdict(
+        &mut self,
+        answered: CheckId,
+        verdict: RegistrationVerdict,
+        _now: DateTime<Utc>,
+    ) -> Vec<Action> {
+        let (code, header) = match self.pending.take() {
+            Some(PendingCheck::Registration {
+                check,
+                code,
+                header,
+            }) if check == answered => (code, header),
+            other => {
+                self.pending = other;
+                return Vec::new();
+            }
+        };
+        if self.closed {
+            return Vec::new();
+        }
+        match verdict {
+            RegistrationVerdict::Registered => {
+                self.register_response(&header, RESULT_OK, Some(code))
+            }
+            RegistrationVerdict::AlreadyRegistered => {
+                self.register_response(&header, REGISTER_TERMINAL_REGISTERED, None)
+            }
+            RegistrationVerdict::RateLimited => self.close(CloseReason::TooManyRegistrations),
+            RegistrationVerdict::Unavailable => self.close(CloseReason::StoreFailed),
+        }
     }
 
     fn handle_instruction(

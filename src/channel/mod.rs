@@ -36,15 +36,50 @@ pub enum Action {
     /// travels server to device): nothing was published or answered. The driver logs it and
     /// counts it by protocol number (GT06 protocol number, JT/T 808 message id).
     Unrecognised { protocol: u16 },
-    /// Store the authentication code issued to this device (JT/T 808 0x8100), durably,
-    /// before running the next action (the 0x8100 that hands it to the device).
+    /// Store this code as the device's, durably, before running the next action: a code the
+    /// device authenticated with that the hub had never issued (JT/T 808 terminals registered
+    /// with another platform, when the operator accepts them).
     StoreAuthCode { imei: Imei, code: String },
     /// Look up the code stored for this device and answer with
-    /// [`Channel::handle_auth_verdict`]; the channel's next actions depend on it.
-    VerifyAuthCode { imei: Imei, code: String },
+    /// [`Channel::handle_auth_verdict`] and this `check`; the channel's next actions depend
+    /// on it.
+    VerifyAuthCode {
+        check: CheckId,
+        imei: Imei,
+        code: String,
+    },
+    /// A terminal registers (JT/T 808 0x0100): store `code` as its code, durably, unless the
+    /// source is over its registration rate or it already holds a code and `replace` is
+    /// false; answer with [`Channel::handle_registration_verdict`] and this `check`. The
+    /// channel hands the code out only after a [`RegistrationVerdict::Registered`].
+    RegisterTerminal {
+        check: CheckId,
+        imei: Imei,
+        code: String,
+        replace: bool,
+    },
     /// The first frame of the connection showed which protocol the device speaks (counted
     /// per gateway, so devices pointed at the other protocol's port are visible).
     ProtocolDetected { protocol: &'static str },
+}
+
+/// Names one store check a channel asked for ([`Action::VerifyAuthCode`],
+/// [`Action::RegisterTerminal`]). A channel applies an answer only to the check it names, so a
+/// verdict can never land on another request of the same connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckId(pub u32);
+
+/// What became of a registration the channel asked the driver to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationVerdict {
+    /// The code is stored durably: hand it out.
+    Registered,
+    /// The device already holds a code and re-registration is not allowed.
+    AlreadyRegistered,
+    /// The connection's source address registered too many terminals lately.
+    RateLimited,
+    /// The store could not be written: the device will try again.
+    Unavailable,
 }
 
 /// What the hub's store says about an authentication code a device presented.
@@ -77,6 +112,10 @@ pub enum CloseReason {
     NotAuthenticated,
     /// A frame of another protocol arrived on a connection that already spoke one.
     ProtocolChanged,
+    /// The connection, or its source address, registered more terminals than allowed.
+    TooManyRegistrations,
+    /// The authentication-code store could not be written.
+    StoreFailed,
 }
 
 impl CloseReason {
@@ -88,6 +127,8 @@ impl CloseReason {
             CloseReason::LoginTimeout => "login_timeout",
             CloseReason::NotAuthenticated => "not_authenticated",
             CloseReason::ProtocolChanged => "protocol_changed",
+            CloseReason::TooManyRegistrations => "too_many_registrations",
+            CloseReason::StoreFailed => "store_failed",
         }
     }
 }
@@ -112,9 +153,26 @@ pub trait Channel: Send + 'static {
     /// one is not refused as busy.
     fn instruction_expired(&mut self, server_flag_id: u32);
 
-    /// The answer to an [`Action::VerifyAuthCode`] this channel returned. Protocols that do
-    /// not authenticate with stored codes never ask, and ignore it.
-    fn handle_auth_verdict(&mut self, _verdict: AuthVerdict, _now: DateTime<Utc>) -> Vec<Action> {
+    /// The answer to the [`Action::VerifyAuthCode`] named `check`. An answer to a check the
+    /// channel is not waiting for is ignored. Protocols that do not authenticate with stored
+    /// codes never ask.
+    fn handle_auth_verdict(
+        &mut self,
+        _check: CheckId,
+        _verdict: AuthVerdict,
+        _now: DateTime<Utc>,
+    ) -> Vec<Action> {
+        Vec::new()
+    }
+
+    /// The answer to the [`Action::RegisterTerminal`] named `check`; as for
+    /// [`Channel::handle_auth_verdict`], any other answer is ignored.
+    fn handle_registration_verdict(
+        &mut self,
+        _check: CheckId,
+        _verdict: RegistrationVerdict,
+        _now: DateTime<Utc>,
+    ) -> Vec<Action> {
         Vec::new()
     }
 

@@ -41,7 +41,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
-use iothub::channel::{Action, Channel, CloseReason};
+use iothub::channel::{Action, Channel, CloseReason, RegistrationVerdict};
 use iothub::command::{InstructCode, Instruction, InstructionReply};
 use iothub::event::{
     jimi_time, Event, InstructResponseRecord, OfflineCommandCallback, OfflineCommandCallbackData,
@@ -58,7 +58,8 @@ use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore}
 use tokio::task::JoinHandle;
 
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
-use crate::auth_codes::AuthCodes;
+use super::registrations::RegistrationLimiter;
+use crate::auth_codes::{AuthCodes, Registration};
 use crate::offline::{OfflineCommands, QueuedInstruction};
 use crate::publish::{Durable, PublishError, Publisher, Unqueued};
 use crate::registry::Registry;
@@ -80,6 +81,8 @@ pub struct SessionDeps {
     pub publisher: Publisher,
     pub offline: OfflineCommands,
     pub auth_codes: AuthCodes,
+    /// JT/T 808 registrations per source address.
+    pub registrations: Arc<RegistrationLimiter>,
     pub write_timeout: Duration,
     /// How long a queued offline instruction may wait for the device's answer.
     pub offline_reply_timeout: Duration,
@@ -242,6 +245,8 @@ pub struct SessionState<P: Protocol> {
     /// The protocol the first frame showed (`gt06`, `jt808`; the gateway's name before it),
     /// for the frame, decode-error and unrecognised-type metric labels.
     detected: &'static str,
+    /// The device's address, for the per-source registration limit.
+    peer: Option<std::net::IpAddr>,
     _connection_permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -264,6 +269,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         args: SessionArgs<P>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = args.stream.set_nodelay(true);
+        let peer = args.stream.peer_addr().ok().map(|a| a.ip());
         let (read_half, writer) = args.stream.into_split();
         let writer = Arc::new(AsyncMutex::new(writer));
         let channel = Arc::new(Mutex::new(ChannelCell {
@@ -295,6 +301,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             taken_over: false,
             offline_unread: false,
             detected,
+            peer,
             _connection_permit: args.connection_permit,
         })
     }
@@ -581,7 +588,7 @@ impl<P: Protocol> SessionState<P> {
                     }
                     Vec::new()
                 }
-                Action::VerifyAuthCode { imei, code } => {
+                Action::VerifyAuthCode { check, imei, code } => {
                     let verdict = self.deps.auth_codes.verify(imei, &code).await;
                     metrics::counter!(
                         "iothub_auth_checks_total",
@@ -589,9 +596,32 @@ impl<P: Protocol> SessionState<P> {
                     )
                     .increment(1);
                     // The verdict's actions come before anything queued after the check.
-                    let then = lock(&self.channel)
-                        .channel
-                        .handle_auth_verdict(verdict, Utc::now());
+                    let then =
+                        lock(&self.channel)
+                            .channel
+                            .handle_auth_verdict(check, verdict, Utc::now());
+                    for action in then.into_iter().rev() {
+                        queue.push_front(action);
+                    }
+                    Vec::new()
+                }
+                Action::RegisterTerminal {
+                    check,
+                    imei,
+                    code,
+                    replace,
+                } => {
+                    let verdict = self.register_terminal(imei, code, replace).await;
+                    metrics::counter!(
+                        "iothub_jt808_registrations_total",
+                        "result" => registration_label(verdict)
+                    )
+                    .increment(1);
+                    let then = lock(&self.channel).channel.handle_registration_verdict(
+                        check,
+                        verdict,
+                        Utc::now(),
+                    );
                     for action in then.into_iter().rev() {
                         queue.push_front(action);
                     }
@@ -614,6 +644,33 @@ impl<P: Protocol> SessionState<P> {
             let events = std::mem::take(&mut pending_events);
             if let Err(unqueued) = self.deps.publisher.try_publish_unacknowledged(events) {
                 self.publish_unqueued(myself, unqueued).await;
+            }
+        }
+    }
+
+    /// Applies the per-source limit, then stores a registration's code as the policy says.
+    async fn register_terminal(
+        &mut self,
+        imei: Imei,
+        code: String,
+        replace: bool,
+    ) -> RegistrationVerdict {
+        if let Some(source) = self.peer {
+            let minute = u64::try_from(Utc::now().timestamp() / 60).unwrap_or(0);
+            if !self.deps.registrations.allow(source, minute) {
+                tracing::info!(%imei, %source, "registration refused: source over its registration rate");
+                return RegistrationVerdict::RateLimited;
+            }
+        }
+        match self.deps.auth_codes.register(imei, code, replace).await {
+            Ok(Registration::Registered) => RegistrationVerdict::Registered,
+            Ok(Registration::AlreadyRegistered) => {
+                tracing::info!(%imei, "registration refused: terminal already holds a code");
+                RegistrationVerdict::AlreadyRegistered
+            }
+            Err(e) => {
+                tracing::error!(%imei, error = %e, "authentication code not stored, closing");
+                RegistrationVerdict::Unavailable
             }
         }
     }
@@ -909,6 +966,15 @@ fn reader_end_label(end: &ReaderEnd) -> &'static str {
         ReaderEnd::BufferOverflow => "buffer_overflow",
         ReaderEnd::PublishFailed(_) => "publish_failed",
         ReaderEnd::Write(failure) => failure.label(),
+    }
+}
+
+fn registration_label(v: RegistrationVerdict) -> &'static str {
+    match v {
+        RegistrationVerdict::Registered => "registered",
+        RegistrationVerdict::AlreadyRegistered => "already_registered",
+        RegistrationVerdict::RateLimited => "rate_limited",
+        RegistrationVerdict::Unavailable => "store_failed",
     }
 }
 

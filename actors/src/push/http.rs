@@ -111,10 +111,13 @@ pub fn reply_accepted(body: &[u8]) -> bool {
 }
 
 /// Builds the client every delivery loop shares (connection pool per host).
-pub fn client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub fn client(
+    request_timeout: Duration,
+    connect_timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(request_timeout)
-        .connect_timeout(request_timeout)
+        .connect_timeout(connect_timeout.min(request_timeout))
         .pool_max_idle_per_host(8)
         .build()?)
 }

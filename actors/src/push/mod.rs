@@ -78,7 +78,7 @@ impl PushDispatcher {
         storage: Arc<Storage>,
         rejoin: watch::Receiver<u64>,
     ) -> anyhow::Result<PushDispatcher> {
-        let client = http::client(config.push.request_timeout)?;
+        let client = http::client(config.push.request_timeout, config.push.connect_timeout)?;
         let (stop, _) = watch::channel(false);
         let mut loops = Vec::new();
         for dest in destinations(&config.push) {

@@ -47,8 +47,46 @@ fn config(new_imei_rule: bool) -> Jt808ChannelConfig {
         auth_grace: Duration::from_secs(10),
         new_imei_rule,
         accept_unknown_auth_codes: true,
+        allow_reregistration: false,
+        registrations_per_connection: 3,
         subpackages: Limits::default(),
         auth_code_seed: 42,
+    }
+}
+
+/// The check the channel waits for (a check no one asked for when it waits for none).
+fn pending_check(c: &Jt808Channel) -> CheckId {
+    match &c.pending {
+        Some(PendingCheck::Auth { check, .. } | PendingCheck::Registration { check, .. }) => *check,
+        None => CheckId(u32::MAX),
+    }
+}
+
+/// The store's verdict on the authentication the channel waits for.
+fn verdict(c: &mut Jt808Channel, verdict: AuthVerdict, now: DateTime<Utc>) -> Vec<Action> {
+    let check = pending_check(c);
+    c.handle_auth_verdict(check, verdict, now)
+}
+
+/// The driver's answer to the registration the channel waits for.
+fn registered(
+    c: &mut Jt808Channel,
+    verdict: RegistrationVerdict,
+    now: DateTime<Utc>,
+) -> Vec<Action> {
+    let check = pending_check(c);
+    c.handle_registration_verdict(check, verdict, now)
+}
+
+/// The 0x8100 among the actions.
+fn register_response(actions: &[Action]) -> RegisterResponse {
+    let reply = hex::decode(&sent(actions)[0]).unwrap();
+    match decode(&reply, CrcPolicy::Reject)
+        .unwrap()
+        .map(|d| d.packet.message)
+    {
+        Some(Message::RegisterResponse(r)) => r,
+        other => panic!("0x8100 expected, got {other:?}"),
     }
 }
 
@@ -93,7 +131,7 @@ fn json(s: &str) -> serde_json::Value {
 fn authenticated() -> Jt808Channel {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    c.handle_auth_verdict(AuthVerdict::Match, t0());
+    verdict(&mut c, AuthVerdict::Match, t0());
     c
 }
 
@@ -116,37 +154,131 @@ fn uplink(msg_id: u16, serial: u16, message: &Message) -> Packet {
 
 // --- registration and authentication ---
 
+/// The code a registration asks the driver to store.
+fn code_to_register(actions: &[Action]) -> String {
+    match actions {
+        [Action::RegisterTerminal { code, .. }] => code.clone(),
+        other => panic!("a registration must ask only to store the code: {other:?}"),
+    }
+}
+
 #[test]
-fn register_stores_the_code_before_sending_it() {
+fn register_sends_nothing_before_the_code_is_stored() {
     let mut c = channel();
     let actions = c.handle_frame(packet(REGISTER_2013), t0());
-    let Action::StoreAuthCode {
-        imei: stored_for,
-        code,
-    } = &actions[0]
+    assert!(sent(&actions).is_empty(), "{actions:?}");
+}
+
+#[test]
+fn register_asks_to_store_the_code_of_its_terminal() {
+    let mut c = channel();
+    let actions = c.handle_frame(packet(REGISTER_2013), t0());
+    let [Action::RegisterTerminal {
+        imei: stored_for, ..
+    }] = &actions[..]
     else {
-        panic!("first action must store the code: {actions:?}");
+        panic!("{actions:?}");
     };
     assert_eq!(*stored_for, imei());
-    let reply = hex::decode(&sent(&actions)[0]).unwrap();
-    let Some(Message::RegisterResponse(r)) = decode(&reply, CrcPolicy::Reject)
-        .unwrap()
-        .map(|d| d.packet.message)
-    else {
-        panic!("0x8100 expected");
-    };
-    assert_eq!(r.auth_code.as_deref(), Some(code.as_str()));
-    assert_eq!(r.result, 0);
-    assert_eq!(r.reply_serial, 0);
+}
+
+#[test]
+fn register_does_not_replace_a_held_code_by_default() {
+    let mut c = channel();
+    let actions = c.handle_frame(packet(REGISTER_2013), t0());
+    assert!(matches!(
+        actions[..],
+        [Action::RegisterTerminal { replace: false, .. }]
+    ));
+}
+
+#[test]
+fn register_replaces_a_held_code_when_the_operator_allows_it() {
+    let mut c = Jt808Channel::new(
+        Jt808ChannelConfig {
+            allow_reregistration: true,
+            ..config(false)
+        },
+        t0(),
+    );
+    let actions = c.handle_frame(packet(REGISTER_2013), t0());
+    assert!(matches!(
+        actions[..],
+        [Action::RegisterTerminal { replace: true, .. }]
+    ));
+}
+
+#[test]
+fn stored_registration_hands_out_the_stored_code() {
+    let mut c = channel();
+    let code = code_to_register(&c.handle_frame(packet(REGISTER_2013), t0()));
+    let r = register_response(&registered(&mut c, RegistrationVerdict::Registered, t0()));
+    assert_eq!(
+        (r.result, r.auth_code.as_deref(), r.reply_serial),
+        (0, Some(code.as_str()), 0)
+    );
+}
+
+#[test]
+fn registration_of_a_registered_terminal_is_answered_result_3_without_a_code() {
+    let mut c = channel();
+    c.handle_frame(packet(REGISTER_2013), t0());
+    let r = register_response(&registered(
+        &mut c,
+        RegistrationVerdict::AlreadyRegistered,
+        t0(),
+    ));
+    assert_eq!((r.result, r.auth_code), (3, None));
+}
+
+#[test]
+fn rate_limited_registration_closes_the_connection() {
+    let mut c = channel();
+    c.handle_frame(packet(REGISTER_2013), t0());
+    assert_eq!(
+        registered(&mut c, RegistrationVerdict::RateLimited, t0()),
+        vec![Action::Close(CloseReason::TooManyRegistrations)]
+    );
+}
+
+#[test]
+fn registration_the_store_could_not_keep_closes_the_connection() {
+    let mut c = channel();
+    c.handle_frame(packet(REGISTER_2013), t0());
+    assert_eq!(
+        registered(&mut c, RegistrationVerdict::Unavailable, t0()),
+        vec![Action::Close(CloseReason::StoreFailed)]
+    );
+}
+
+#[test]
+fn a_connection_registers_at_most_the_configured_number_of_times() {
+    let mut c = channel();
+    for n in 0..3 {
+        c.handle_frame(packet(REGISTER_2013), secs(n));
+        registered(&mut c, RegistrationVerdict::Registered, secs(n));
+    }
+    assert_eq!(
+        c.handle_frame(packet(REGISTER_2013), secs(3)),
+        vec![Action::Close(CloseReason::TooManyRegistrations)]
+    );
+}
+
+#[test]
+fn a_connection_that_only_registers_closes_after_the_grace_period() {
+    let mut c = channel();
+    c.handle_frame(packet(REGISTER_2013), t0());
+    registered(&mut c, RegistrationVerdict::Registered, t0());
+    assert_eq!(
+        c.handle_tick(secs(10)),
+        vec![Action::Close(CloseReason::NotAuthenticated)]
+    );
 }
 
 #[test]
 fn issued_codes_are_sixteen_hex_digits() {
     let mut c = channel();
-    let actions = c.handle_frame(packet(REGISTER_2013), t0());
-    let Action::StoreAuthCode { code, .. } = &actions[0] else {
-        panic!("{actions:?}");
-    };
+    let code = code_to_register(&c.handle_frame(packet(REGISTER_2013), t0()));
     assert!(code.len() == 16 && code.bytes().all(|b| b.is_ascii_hexdigit()));
 }
 
@@ -164,6 +296,7 @@ fn authentication_asks_the_store() {
     assert_eq!(
         actions,
         vec![Action::VerifyAuthCode {
+            check: CheckId(0),
             imei: imei(),
             code: "17299841738".into()
         }]
@@ -174,7 +307,7 @@ fn authentication_asks_the_store() {
 fn matching_code_publishes_login_registers_then_acks() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Match, t0());
+    let actions = verdict(&mut c, AuthVerdict::Match, t0());
     assert!(matches!(actions[0], Action::Publish(_)));
     assert_eq!(actions[1], Action::LoggedIn { imei: imei() });
     assert_eq!(sent(&actions), ["7e80010005012345678901000000000102000f7e"]);
@@ -184,7 +317,7 @@ fn matching_code_publishes_login_registers_then_acks() {
 fn login_record_says_gmt_plus_eight() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Match, t0());
+    let actions = verdict(&mut c, AuthVerdict::Match, t0());
     assert_eq!(
         published(&actions),
         [(
@@ -198,7 +331,7 @@ fn login_record_says_gmt_plus_eight() {
 fn authentication_2019_reply_uses_the_2019_header() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2019), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Match, t0());
+    let actions = verdict(&mut c, AuthVerdict::Match, t0());
     assert_eq!(
         sent(&actions),
         ["7e80014005010000000001729984173800000000010200877e"]
@@ -209,7 +342,7 @@ fn authentication_2019_reply_uses_the_2019_header() {
 fn mismatching_code_is_refused_with_result_1() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Mismatch, t0());
+    let actions = verdict(&mut c, AuthVerdict::Mismatch, t0());
     assert_eq!(sent(&actions), ["7e80010005012345678901000000000102010e7e"]);
     assert_eq!(c.imei(), None);
 }
@@ -218,7 +351,7 @@ fn mismatching_code_is_refused_with_result_1() {
 fn unknown_code_is_accepted_and_kept_when_configured() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Unknown, t0());
+    let actions = verdict(&mut c, AuthVerdict::Unknown, t0());
     assert_eq!(
         actions[0],
         Action::StoreAuthCode {
@@ -239,7 +372,7 @@ fn unknown_code_is_refused_when_not_configured() {
         t0(),
     );
     c.handle_frame(packet(AUTH_2013), t0());
-    let actions = c.handle_auth_verdict(AuthVerdict::Unknown, t0());
+    let actions = verdict(&mut c, AuthVerdict::Unknown, t0());
     assert_eq!(sent(&actions), ["7e80010005012345678901000000000102010e7e"]);
 }
 
@@ -247,7 +380,7 @@ fn unknown_code_is_refused_when_not_configured() {
 fn store_unavailable_refuses() {
     let mut c = channel();
     c.handle_frame(packet(AUTH_2013), t0());
-    c.handle_auth_verdict(AuthVerdict::Unavailable, t0());
+    verdict(&mut c, AuthVerdict::Unavailable, t0());
     assert_eq!(c.imei(), None);
 }
 
@@ -255,7 +388,7 @@ fn store_unavailable_refuses() {
 fn authenticating_again_is_acked_without_a_second_login() {
     let mut c = authenticated();
     c.handle_frame(packet(AUTH_2013), secs(5));
-    let actions = c.handle_auth_verdict(AuthVerdict::Match, secs(5));
+    let actions = verdict(&mut c, AuthVerdict::Match, secs(5));
     assert!(published(&actions).is_empty());
     assert_eq!(sent(&actions).len(), 1);
 }
@@ -268,10 +401,158 @@ fn new_imei_rule_reads_the_phone_as_hex() {
     assert_eq!(
         actions,
         vec![Action::VerifyAuthCode {
+            check: CheckId(0),
             imei: Imei::parse("012509998963215").unwrap(),
             code: "17299841738".into()
         }]
     );
+}
+
+/// 0x0102 of the terminal with `phone` (2013 layout) presenting `code`.
+fn auth_of(phone: &str, code: &str, serial: u16) -> Packet {
+    let header = Header {
+        msg_id: 0x0102,
+        version: None,
+        phone: Phone::from_digits(phone, false).unwrap(),
+        serial,
+        package: None,
+        version_flag_mismatch: false,
+    };
+    let auth = Message::Auth(crate::codec::jt808::Auth {
+        auth_code: code.into(),
+        imei: None,
+        software_version: None,
+    });
+    decode(&encode(&header, &auth).unwrap(), CrcPolicy::Reject)
+        .unwrap()
+        .unwrap()
+        .packet
+}
+
+/// The attack of one write carrying an authentication for a phone the hub never saw, then
+/// one for a registered terminal: both frames run before either check is answered.
+fn two_authentications_in_one_read(c: &mut Jt808Channel) -> (Vec<Action>, Vec<Action>) {
+    let first = c.handle_frame(auth_of("013800000001", "x", 0), t0());
+    let second = c.handle_frame(packet(AUTH_2013), t0());
+    (first, second)
+}
+
+#[test]
+fn an_authentication_while_a_check_is_outstanding_asks_nothing() {
+    let mut c = channel();
+    let (_, second) = two_authentications_in_one_read(&mut c);
+    assert!(
+        !second.iter().any(|a| matches!(
+            a,
+            Action::VerifyAuthCode { .. } | Action::StoreAuthCode { .. }
+        )),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn an_authentication_while_a_check_is_outstanding_is_refused_with_result_1() {
+    let mut c = channel();
+    let (_, second) = two_authentications_in_one_read(&mut c);
+    assert_eq!(sent(&second), ["7e80010005012345678901000000000102010e7e"]);
+}
+
+#[test]
+fn a_verdict_for_the_first_authentication_never_logs_in_the_second_terminal() {
+    let mut c = channel();
+    let (first, _) = two_authentications_in_one_read(&mut c);
+    let [Action::VerifyAuthCode { check, .. }] = first[..] else {
+        panic!("{first:?}");
+    };
+    let actions = c.handle_auth_verdict(check, AuthVerdict::Unknown, t0());
+    let victim = imei();
+    assert!(
+        !actions.iter().any(|a| match a {
+            Action::LoggedIn { imei } | Action::StoreAuthCode { imei, .. } => *imei == victim,
+            _ => false,
+        }),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_verdict_for_the_first_authentication_logs_in_its_own_terminal() {
+    let mut c = channel();
+    let (first, _) = two_authentications_in_one_read(&mut c);
+    let [Action::VerifyAuthCode { check, .. }] = first[..] else {
+        panic!("{first:?}");
+    };
+    c.handle_auth_verdict(check, AuthVerdict::Unknown, t0());
+    assert_eq!(c.imei(), Some(Imei::parse("13800000001").unwrap()));
+}
+
+#[test]
+fn a_verdict_for_a_check_no_one_waits_for_changes_nothing() {
+    let mut c = channel();
+    c.handle_frame(packet(AUTH_2013), t0());
+    let actions = c.handle_auth_verdict(CheckId(7), AuthVerdict::Match, t0());
+    assert_eq!((actions, c.imei()), (vec![], None));
+}
+
+#[test]
+fn the_check_still_waits_after_a_verdict_for_another() {
+    let mut c = channel();
+    c.handle_frame(packet(AUTH_2013), t0());
+    c.handle_auth_verdict(CheckId(7), AuthVerdict::Match, t0());
+    verdict(&mut c, AuthVerdict::Match, t0());
+    assert_eq!(c.imei(), Some(imei()));
+}
+
+#[test]
+fn a_registration_verdict_does_not_answer_an_authentication() {
+    let mut c = channel();
+    c.handle_frame(packet(AUTH_2013), t0());
+    let check = pending_check(&c);
+    let actions = c.handle_registration_verdict(check, RegistrationVerdict::Registered, t0());
+    assert_eq!((actions, c.imei()), (vec![], None));
+}
+
+#[test]
+fn a_registration_while_an_authentication_is_checked_is_refused() {
+    let mut c = channel();
+    c.handle_frame(packet(AUTH_2013), t0());
+    let actions = c.handle_frame(packet(REGISTER_2013), t0());
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::RegisterTerminal { .. })),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn an_authenticated_connection_presenting_another_terminal_closes() {
+    let mut c = authenticated();
+    assert_eq!(
+        c.handle_frame(auth_of("013800000001", "x", 1), secs(1)),
+        vec![Action::Close(CloseReason::IdentityChanged)]
+    );
+}
+
+#[test]
+fn a_subpackage_before_authentication_is_refused_and_not_buffered() {
+    let mut c = channel();
+    let header = Header {
+        msg_id: 0x0200,
+        version: None,
+        phone: Phone::from_digits("012345678901", false).unwrap(),
+        serial: 1,
+        package: None,
+        version_flag_mismatch: false,
+    };
+    let location = packet(LOCATION).message;
+    let parts = encode_split(&header, &location, 40).unwrap();
+    let first = decode(&parts[0], CrcPolicy::Reject)
+        .unwrap()
+        .unwrap()
+        .packet;
+    let actions = c.handle_frame(first, t0());
+    assert_eq!((sent(&actions).len(), c.reassembler.in_progress()), (1, 0));
 }
 
 // --- before authentication ---
@@ -306,7 +587,7 @@ fn authenticating_within_the_grace_period_keeps_the_connection() {
     let mut c = channel();
     c.handle_frame(packet(HEARTBEAT), t0());
     c.handle_frame(packet(AUTH_2013), secs(2));
-    c.handle_auth_verdict(AuthVerdict::Match, secs(2));
+    verdict(&mut c, AuthVerdict::Match, secs(2));
     assert!(c.handle_tick(secs(20)).is_empty());
 }
 
@@ -790,4 +1071,188 @@ fn resource_list_is_pushed_with_the_instruction_id() {
     assert!(actions
         .iter()
         .any(|a| matches!(a, Action::InstructionReply(r) if r.server_flag_id == 5)));
+}
+
+// --- adversarial orderings of frames and store answers ---
+
+mod adversarial_orderings {
+    //! A hostile terminal interleaves registrations and authentications for several phones
+    //! with the store's answers arriving late (after later frames of the same read) or naming
+    //! checks no one asked for. Whatever the order, a connection takes one identity at most,
+    //! and every verdict acts on the request it answers.
+
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PHONES: [&str; 3] = ["012345678901", "013800000001", "013800000002"];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Authenticate {
+            phone: usize,
+            code: u8,
+        },
+        Register,
+        Heartbeat,
+        /// The driver answers the oldest check it was asked, with this verdict.
+        Answer(u8),
+        /// An answer naming a check the channel may not be waiting for.
+        StrayAnswer(u32, u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..PHONES.len(), 0u8..3).prop_map(|(phone, code)| Step::Authenticate { phone, code }),
+            Just(Step::Register),
+            Just(Step::Heartbeat),
+            (0u8..4).prop_map(Step::Answer),
+            (0u32..6, 0u8..4).prop_map(|(check, v)| Step::StrayAnswer(check, v)),
+        ]
+    }
+
+    /// What the channel asked of the store, as the driver keeps it.
+    #[derive(Debug, Clone)]
+    enum Asked {
+        Auth { imei: Imei, code: String },
+        Registration { code: String },
+    }
+
+    fn auth_verdict(kind: u8) -> AuthVerdict {
+        [
+            AuthVerdict::Match,
+            AuthVerdict::Mismatch,
+            AuthVerdict::Unknown,
+            AuthVerdict::Unavailable,
+        ][usize::from(kind) % 4]
+    }
+
+    fn registration_verdict(kind: u8) -> RegistrationVerdict {
+        [
+            RegistrationVerdict::Registered,
+            RegistrationVerdict::AlreadyRegistered,
+            RegistrationVerdict::RateLimited,
+            RegistrationVerdict::Unavailable,
+        ][usize::from(kind) % 4]
+    }
+
+    /// Records the checks the actions ask for.
+    fn remember(actions: &[Action], asked: &mut VecDeque<(CheckId, Asked)>) {
+        for a in actions {
+            match a {
+                Action::VerifyAuthCode { check, imei, code } => asked.push_back((
+                    *check,
+                    Asked::Auth {
+                        imei: *imei,
+                        code: code.clone(),
+                    },
+                )),
+                Action::RegisterTerminal { check, code, .. } => {
+                    asked.push_back((*check, Asked::Registration { code: code.clone() }))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The actions of an answer act only on the request it answers (`None`: a stray answer,
+    /// which must do nothing at all).
+    fn assert_answer_acts_on(
+        actions: &[Action],
+        answered: Option<&Asked>,
+    ) -> Result<(), TestCaseError> {
+        for a in actions {
+            match (a, answered) {
+                (Action::LoggedIn { imei }, Some(Asked::Auth { imei: asked, .. })) => {
+                    prop_assert_eq!(imei, asked)
+                }
+                (
+                    Action::StoreAuthCode { imei, code },
+                    Some(Asked::Auth {
+                        imei: asked,
+                        code: presented,
+                    }),
+                ) => {
+                    prop_assert_eq!((imei, code), (asked, presented))
+                }
+                (Action::Send(bytes), Some(Asked::Registration { code, .. })) => {
+                    let message = decode(bytes, CrcPolicy::Reject)
+                        .ok()
+                        .flatten()
+                        .map(|d| d.packet.message);
+                    if let Some(Message::RegisterResponse(r)) = message {
+                        if let Some(handed_out) = r.auth_code {
+                            prop_assert_eq!(&handed_out, code);
+                        }
+                    }
+                }
+                (Action::LoggedIn { .. } | Action::StoreAuthCode { .. }, _) => {
+                    prop_assert!(false, "{:?} answers no authentication", a)
+                }
+                (_, None) => prop_assert!(false, "a stray answer acted: {:?}", a),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn a_connection_takes_one_identity_and_verdicts_act_on_their_own_request(
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut c = channel();
+            let mut asked: VecDeque<(CheckId, Asked)> = VecDeque::new();
+            let mut identity: Option<Imei> = None;
+            for (n, step) in steps.into_iter().enumerate() {
+                let now = secs(i64::try_from(n).unwrap());
+                let serial = u16::try_from(n).unwrap();
+                match step {
+                    Step::Authenticate { phone, code } => {
+                        let code = format!("code-{code}");
+                        let actions = c.handle_frame(auth_of(PHONES[phone], &code, serial), now);
+                        remember(&actions, &mut asked);
+                    }
+                    Step::Register => {
+                        let actions = c.handle_frame(packet(REGISTER_2013), now);
+                        remember(&actions, &mut asked);
+                    }
+                    Step::Heartbeat => {
+                        c.handle_frame(packet(HEARTBEAT), now);
+                    }
+                    Step::Answer(kind) => {
+                        let Some((check, request)) = asked.pop_front() else {
+                            continue;
+                        };
+                        let actions = match request {
+                            Asked::Auth { .. } => c.handle_auth_verdict(check, auth_verdict(kind), now),
+                            Asked::Registration { .. } => {
+                                c.handle_registration_verdict(check, registration_verdict(kind), now)
+                            }
+                        };
+                        assert_answer_acts_on(&actions, Some(&request))?;
+                    }
+                    Step::StrayAnswer(check, kind) => {
+                        if asked.iter().any(|(asked, _)| asked.0 == check) {
+                            continue;
+                        }
+                        let mut actions = c.handle_auth_verdict(CheckId(check), auth_verdict(kind), now);
+                        actions.extend(c.handle_registration_verdict(
+                            CheckId(check),
+                            registration_verdict(kind),
+                            now,
+                        ));
+                        assert_answer_acts_on(&actions, None)?;
+                    }
+                }
+                prop_assert!(asked.len() <= 1, "more than one check outstanding: {:?}", asked);
+                match (identity, c.imei()) {
+                    (Some(before), now) => prop_assert_eq!(now, Some(before), "identity changed"),
+                    (None, now) => identity = now,
+                }
+            }
+        }
+    }
 }
