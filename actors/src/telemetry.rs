@@ -119,6 +119,10 @@ pub fn describe_metrics() {
         "iothub_accept_errors_total",
         "Failed accepts on a device listener"
     );
+    describe_counter!(
+        "iothub_connections_refused_total",
+        "Device connections closed before a session started, by reason (limit: the connection budget was full)"
+    );
     describe_counter!("iothub_frames_total", "Device frames decoded");
     describe_counter!(
         "iothub_decode_errors_total",

@@ -1,6 +1,6 @@
-//! Gateway: the supervisor of one device port. An accept task takes connections (bounded by
-//! a connection semaphore) and spawns one DeviceSession per connection, linked to the
-//! gateway. A session that panics dies alone: the gateway counts it and removes the registry
+//! Gateway: the supervisor of one device port. An accept task takes connections and spawns
+//! one DeviceSession per connection, linked to the gateway; past the connection budget it
+//! closes a new connection at once (counted in `iothub_connections_refused_total`). A session that panics dies alone: the gateway counts it and removes the registry
 //! entry it owned; the device reconnects. Stopping the gateway stops accepting first, then
 //! stops every session (each publishes its logout) and waits for them.
 //!
@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iothub::protocol::Protocol;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -139,10 +139,8 @@ async fn accept_loop<P: Protocol>(
     gateway: ActorRef<GatewayMsg>,
 ) {
     let name = protocol.name();
+    let mut refused_at_limit = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     loop {
-        let Ok(permit) = connection_limit.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -152,6 +150,21 @@ async fn accept_loop<P: Protocol>(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Past the budget the connection is accepted and closed at once: left in the listen
+        // backlog it would hang until the device gives up, whereas a close makes the device
+        // back off and reconnect, and a balancer in front try another node.
+        let Ok(permit) = connection_limit.clone().try_acquire_owned() else {
+            drop(stream);
+            refused(name, "limit");
+            if let Some(count) = refused_at_limit.record(Instant::now()) {
+                tracing::warn!(
+                    gateway = name,
+                    refused = count,
+                    "connection budget full: refusing new device connections"
+                );
+            }
+            continue;
         };
         metrics::counter!("iothub_connections_accepted_total", "protocol" => name).increment(1);
         let args = SessionArgs {
@@ -170,5 +183,76 @@ async fn accept_loop<P: Protocol>(
         {
             tracing::warn!(protocol = name, %peer, error = %e, "could not start device session");
         }
+    }
+}
+
+/// Counts a connection closed before it became a session, by why.
+fn refused(gateway: &'static str, reason: &'static str) {
+    metrics::counter!("iothub_connections_refused_total", "gateway" => gateway, "reason" => reason)
+        .increment(1);
+}
+
+/// Least time between two log lines about refused connections of one kind: a storm of
+/// refusals is one line per interval with its count, not one line per connection.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When to log refused connections: the first at once, then at most one line per interval
+/// carrying how many were refused since the previous line.
+struct RefusalLog {
+    interval: Duration,
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn new(interval: Duration) -> RefusalLog {
+        RefusalLog {
+            interval,
+            last_line: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Records one refusal at `now`; returns the count to log when a line is due.
+    fn record(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self
+            .last_line
+            .is_none_or(|last| now.duration_since(last) >= self.interval);
+        if !due {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_refusal_is_logged_at_once() {
+        let mut log = RefusalLog::new(Duration::from_secs(10));
+        assert_eq!(log.record(Instant::now()), Some(1));
+    }
+
+    #[test]
+    fn refusals_within_the_interval_wait_for_the_next_line() {
+        let mut log = RefusalLog::new(Duration::from_secs(10));
+        let start = Instant::now();
+        log.record(start);
+        assert_eq!(log.record(start + Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn the_next_line_carries_every_refusal_since_the_last() {
+        let mut log = RefusalLog::new(Duration::from_secs(10));
+        let start = Instant::now();
+        log.record(start);
+        for s in 1..=4 {
+            log.record(start + Duration::from_secs(s));
+        }
+        assert_eq!(log.record(start + Duration::from_secs(10)), Some(5));
     }
 }
