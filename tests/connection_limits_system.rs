@@ -100,3 +100,22 @@ async fn a_freed_place_is_taken_by_the_next_device() {
     .expect("login within 10 s");
     assert!(tracker.is_ok(), "login refused: {:?}", tracker.err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_connections_carry_tcp_keepalive() {
+    let hub = Hub::start(&[("IOTHUB_KEEPALIVE_TIME", "45")]);
+    wait_for_metric(&hub, "iothub_connections", &[], 0.0).await;
+    let _held = open_held_connections(&hub, hub.jt808, 1).await;
+    // ss shows the hub's end of the connection (source port = the device port) with its
+    // keepalive timer when SO_KEEPALIVE is on.
+    let filter = format!("( sport = :{} )", hub.jt808.port());
+    let out = std::process::Command::new("ss")
+        .args(["-Htno", "state", "established", &filter])
+        .output()
+        .expect("ss must be installed (apt-get install iproute2)");
+    let sockets = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sockets.contains("timer:(keepalive,"),
+        "no keepalive timer on the hub's socket: {sockets:?}"
+    );
+}

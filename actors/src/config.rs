@@ -17,7 +17,8 @@
 //! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
 //! `IOTHUB_CRC_POLICY`,
-//! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
+//! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_KEEPALIVE_TIME`, `IOTHUB_KEEPALIVE_INTERVAL`,
+//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
@@ -81,6 +82,18 @@ pub struct GatewayConfig {
     pub jt808_auth_grace: Duration,
     /// Authenticate JT/T 808 terminals whose code the hub never issued (and keep the code).
     pub jt808_accept_unknown_auth: bool,
+    /// TCP keepalive of every device connection.
+    pub keepalive: KeepaliveConfig,
+}
+
+/// TCP keepalive of device sockets: the kernel probes a connection silent for `time`, every
+/// `interval`, and drops it after `retries` unanswered probes, so the connection of a device
+/// that vanished without a close (power cut, coverage lost) is reclaimed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeepaliveConfig {
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +313,9 @@ section!(GatewayFile {
     jt808_listen: String,
     jt808_auth_grace_secs: u64,
     jt808_accept_unknown_auth_codes: bool,
+    keepalive_time_secs: u64,
+    keepalive_interval_secs: u64,
+    keepalive_retries: u64,
 });
 
 section!(ApiFile {
@@ -677,6 +693,30 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             g.jt808_accept_unknown_auth_codes,
         )?
         .value,
+        // Linux bounds: TCP_KEEPIDLE and TCP_KEEPINTVL up to 32767 s, TCP_KEEPCNT up to 127.
+        keepalive: KeepaliveConfig {
+            time: Duration::from_secs(integer_in(
+                env,
+                "gateway.keepalive_time_secs",
+                &["IOTHUB_KEEPALIVE_TIME"],
+                g.keepalive_time_secs,
+                1..=32_767,
+            )?),
+            interval: Duration::from_secs(integer_in(
+                env,
+                "gateway.keepalive_interval_secs",
+                &["IOTHUB_KEEPALIVE_INTERVAL"],
+                g.keepalive_interval_secs,
+                1..=32_767,
+            )?),
+            retries: integer_in(
+                env,
+                "gateway.keepalive_retries",
+                &["IOTHUB_KEEPALIVE_RETRIES"],
+                g.keepalive_retries,
+                1..=127,
+            )? as u32,
+        },
     };
 
     let a = f.api;

@@ -23,7 +23,7 @@ use crate::api::{self, ApiDeps, ApiServer};
 use crate::auth_codes::AuthCodes;
 use crate::cluster::internal::{self, InternalServer};
 use crate::cluster::{Cluster, IdentityLost};
-use crate::config::Config;
+use crate::config::{Config, KeepaliveConfig};
 use crate::gateway::listener::{Gateway, GatewayArgs};
 use crate::gateway::session::SessionDeps;
 use crate::offline::OfflineCommands;
@@ -193,6 +193,7 @@ impl Hub {
             DetectingProtocol::new("gt06", gt06.clone(), jt808.clone()),
             deps.clone(),
             g.max_connections,
+            g.keepalive,
         )
         .await?;
         let (jt808_gateway, jt808_addr) = spawn_gateway(
@@ -202,6 +203,7 @@ impl Hub {
             DetectingProtocol::new("jt808", gt06, jt808),
             deps,
             g.max_connections,
+            g.keepalive,
         )
         .await?;
 
@@ -285,6 +287,7 @@ async fn spawn_gateway(
     protocol: DetectingProtocol,
     deps: Arc<SessionDeps>,
     max_connections: usize,
+    keepalive: KeepaliveConfig,
 ) -> anyhow::Result<(ActorCell, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
@@ -298,6 +301,7 @@ async fn spawn_gateway(
             listener,
             deps,
             max_connections,
+            keepalive,
         },
         root.get_cell(),
     )

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use iothub::protocol::Protocol;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::net::TcpListener;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::session::{DeviceSession, SessionArgs, SessionDeps, SessionMsg, TICK_PERIOD};
+use crate::config::KeepaliveConfig;
 use crate::registry::Registry;
 
 pub struct Gateway<P: Protocol>(std::marker::PhantomData<P>);
@@ -33,6 +35,7 @@ pub struct GatewayArgs<P: Protocol> {
     pub listener: TcpListener,
     pub deps: Arc<SessionDeps>,
     pub max_connections: usize,
+    pub keepalive: KeepaliveConfig,
 }
 
 pub enum GatewayMsg {}
@@ -64,6 +67,7 @@ impl<P: Protocol> Actor for Gateway<P> {
             args.listener,
             args.deps,
             Arc::new(Semaphore::new(args.max_connections)),
+            args.keepalive,
             myself,
         ));
         tracing::info!(protocol = name, %local_addr, "gateway listening");
@@ -136,6 +140,7 @@ async fn accept_loop<P: Protocol>(
     listener: TcpListener,
     deps: Arc<SessionDeps>,
     connection_limit: Arc<Semaphore>,
+    keepalive: KeepaliveConfig,
     gateway: ActorRef<GatewayMsg>,
 ) {
     let name = protocol.name();
@@ -167,6 +172,10 @@ async fn accept_loop<P: Protocol>(
             continue;
         };
         metrics::counter!("iothub_connections_accepted_total", "protocol" => name).increment(1);
+        if let Err(e) = set_keepalive(&stream, &keepalive) {
+            // The connection still works; only a vanished device is found later.
+            tracing::debug!(protocol = name, %peer, error = %e, "could not set TCP keepalive");
+        }
         let args = SessionArgs {
             protocol: protocol.clone(),
             stream,
@@ -184,6 +193,15 @@ async fn accept_loop<P: Protocol>(
             tracing::warn!(protocol = name, %peer, error = %e, "could not start device session");
         }
     }
+}
+
+/// Turns on TCP keepalive with the configured timing on an accepted device socket.
+fn set_keepalive(stream: &TcpStream, keepalive: &KeepaliveConfig) -> std::io::Result<()> {
+    let params = TcpKeepalive::new()
+        .with_time(keepalive.time)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
 /// Counts a connection closed before it became a session, by why.
@@ -254,5 +272,55 @@ mod tests {
             log.record(start + Duration::from_secs(s));
         }
         assert_eq!(log.record(start + Duration::from_secs(10)), Some(5));
+    }
+
+    /// An accepted socket and the client's end of it, on loopback.
+    async fn accepted_socket() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (accepted, client)
+    }
+
+    const KEEPALIVE: KeepaliveConfig = KeepaliveConfig {
+        time: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        retries: 5,
+    };
+
+    #[tokio::test]
+    async fn an_accepted_socket_gets_keepalive() {
+        let (accepted, _client) = accepted_socket().await;
+        set_keepalive(&accepted, &KEEPALIVE).unwrap();
+        assert!(SockRef::from(&accepted).keepalive().unwrap());
+    }
+
+    #[tokio::test]
+    async fn keepalive_probes_start_after_the_configured_silence() {
+        let (accepted, _client) = accepted_socket().await;
+        set_keepalive(&accepted, &KEEPALIVE).unwrap();
+        assert_eq!(
+            SockRef::from(&accepted).tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[tokio::test]
+    async fn keepalive_probes_follow_the_configured_interval() {
+        let (accepted, _client) = accepted_socket().await;
+        set_keepalive(&accepted, &KEEPALIVE).unwrap();
+        assert_eq!(
+            SockRef::from(&accepted).tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test]
+    async fn keepalive_gives_up_after_the_configured_probes() {
+        let (accepted, _client) = accepted_socket().await;
+        set_keepalive(&accepted, &KEEPALIVE).unwrap();
+        assert_eq!(SockRef::from(&accepted).tcp_keepalive_retries().unwrap(), 5);
     }
 }
