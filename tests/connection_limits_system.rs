@@ -119,3 +119,40 @@ async fn device_connections_carry_tcp_keepalive() {
         "no keepalive timer on the hub's socket: {sockets:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_device_ports_draw_on_one_budget() {
+    let hub = Hub::start(&[("IOTHUB_MAX_CONNECTIONS", "2")]);
+    wait_for_metric(&hub, "iothub_connections", &[], 0.0).await;
+    let _on_gt06 = open_held_connections(&hub, hub.gt06, 1).await;
+    let _on_jt808 = TcpStream::connect(hub.jt808).await.expect("connect");
+    wait_for_metric(&hub, "iothub_connections", &[], 2.0).await;
+
+    let mut extra = TcpStream::connect(hub.jt808).await.expect("connect");
+    assert!(
+        closed_by_server(&mut extra, Duration::from_secs(2)).await,
+        "a third connection was taken with a budget of 2 spread over both ports"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_exported() {
+    let hub = Hub::start(&[("IOTHUB_MAX_CONNECTIONS", "1234")]);
+    let text = hub.metrics_text().await;
+    assert_eq!(metric_value(&text, "iothub_max_connections", &[]), 1234.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    // iothubd inherits this process's limits: start it with the soft limit well below the
+    // hard one.
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("getrlimit");
+    rlimit::setrlimit(rlimit::Resource::NOFILE, soft.min(1024), hard).expect("setrlimit");
+    let hub = Hub::start(&[]);
+    rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).expect("setrlimit");
+    let text = hub.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "iothub_open_files_limit", &[]),
+        hard as f64
+    );
+}

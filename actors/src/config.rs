@@ -72,7 +72,7 @@ pub struct GatewayConfig {
     /// `connectTimeout`: close a connection that does not log in within this time.
     pub connect_timeout: Duration,
     pub crc_policy: CrcPolicy,
-    /// Most concurrent device connections per listener.
+    /// Most concurrent device connections of the node, both device ports together.
     pub max_connections: usize,
     /// `newImeiRule`: turn a JT/T 808 terminal phone number into the device's real IMEI.
     pub new_imei_rule: bool,

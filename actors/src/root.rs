@@ -17,7 +17,7 @@ use iothub::codec::jt808::Limits;
 use iothub::protocol::{DetectingProtocol, Gt06Protocol, Jt808Protocol};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::api::{self, ApiDeps, ApiServer};
 use crate::auth_codes::AuthCodes;
@@ -185,6 +185,10 @@ impl Hub {
                 auth_code_seed: random_seed(),
             },
         );
+        // One budget for both device ports: each connection is a file descriptor of the
+        // same process, whichever port it came in on.
+        let connection_budget = Arc::new(Semaphore::new(g.max_connections));
+        metrics::gauge!("iothub_max_connections").set(g.max_connections as f64);
         // Both ports take both protocols (the first frame decides); the name is the port's.
         let (gt06_gateway, gt06_addr) = spawn_gateway(
             &root,
@@ -192,7 +196,7 @@ impl Hub {
             g.gt06_listen,
             DetectingProtocol::new("gt06", gt06.clone(), jt808.clone()),
             deps.clone(),
-            g.max_connections,
+            connection_budget.clone(),
             g.keepalive,
         )
         .await?;
@@ -202,7 +206,7 @@ impl Hub {
             g.jt808_listen,
             DetectingProtocol::new("jt808", gt06, jt808),
             deps,
-            g.max_connections,
+            connection_budget,
             g.keepalive,
         )
         .await?;
@@ -286,7 +290,7 @@ async fn spawn_gateway(
     listen: SocketAddr,
     protocol: DetectingProtocol,
     deps: Arc<SessionDeps>,
-    max_connections: usize,
+    connection_budget: Arc<Semaphore>,
     keepalive: KeepaliveConfig,
 ) -> anyhow::Result<(ActorCell, SocketAddr)> {
     let listener = TcpListener::bind(listen)
@@ -300,7 +304,7 @@ async fn spawn_gateway(
             protocol: Arc::new(protocol),
             listener,
             deps,
-            max_connections,
+            connection_budget,
             keepalive,
         },
         root.get_cell(),

@@ -34,7 +34,8 @@ pub struct GatewayArgs<P: Protocol> {
     pub protocol: Arc<P>,
     pub listener: TcpListener,
     pub deps: Arc<SessionDeps>,
-    pub max_connections: usize,
+    /// The node's connection budget, shared by both device ports.
+    pub connection_budget: Arc<Semaphore>,
     pub keepalive: KeepaliveConfig,
 }
 
@@ -66,7 +67,7 @@ impl<P: Protocol> Actor for Gateway<P> {
             args.protocol,
             args.listener,
             args.deps,
-            Arc::new(Semaphore::new(args.max_connections)),
+            args.connection_budget,
             args.keepalive,
             myself,
         ));
@@ -139,7 +140,7 @@ async fn accept_loop<P: Protocol>(
     protocol: Arc<P>,
     listener: TcpListener,
     deps: Arc<SessionDeps>,
-    connection_limit: Arc<Semaphore>,
+    connection_budget: Arc<Semaphore>,
     keepalive: KeepaliveConfig,
     gateway: ActorRef<GatewayMsg>,
 ) {
@@ -159,7 +160,7 @@ async fn accept_loop<P: Protocol>(
         // Past the budget the connection is accepted and closed at once: left in the listen
         // backlog it would hang until the device gives up, whereas a close makes the device
         // back off and reconnect, and a balancer in front try another node.
-        let Ok(permit) = connection_limit.clone().try_acquire_owned() else {
+        let Ok(permit) = connection_budget.clone().try_acquire_owned() else {
             drop(stream);
             refused(name, "limit");
             if let Some(count) = refused_at_limit.record(Instant::now()) {
