@@ -156,3 +156,148 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
         hard as f64
     );
 }
+
+// PROXY protocol.
+
+const IMEI: &str = "864717003283581";
+
+/// Logs the sessions' "device connected" line, which carries the device's address.
+const SESSION_DEBUG: (&str, &str) = ("RUST_LOG", "info,iothub_actors::gateway::session=debug");
+
+/// Waits up to 10 s for the hub's log to contain `text`.
+fn wait_for_log(hub: &Hub, text: &str) {
+    assert!(
+        std::env::var_os("IOTHUB_TEST_LOGS").is_none(),
+        "this test reads the hub's log file: run it without IOTHUB_TEST_LOGS"
+    );
+    let path = hub.data_dir.join("iothubd.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub's log has no {text:?} within 10 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends the GT06 login of [`IMEI`] and reads the hub's acknowledgement.
+async fn login_acknowledged(stream: &mut TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let login = iothub_loadgen::frames::login(Imei::parse(IMEI).unwrap(), 0x3610, 480, 1);
+    stream.write_all(&login).await.expect("send login");
+    let expected = iothub_loadgen::frames::ack(0x01, 1);
+    let mut reply = vec![0u8; expected.len()];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut reply)).await;
+    matches!(read, Ok(Ok(_))) && reply == expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_logs_in_through_nginx_sending_the_proxy_protocol() {
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true")]);
+    let nginx =
+        iothub_system_tests::cluster::Nginx::start_with_proxy_protocol(&[("gt06", vec![hub.gt06])]);
+    let config = SimTrackerConfig::new(Imei::parse(IMEI).unwrap());
+    let mut tracker = tokio::time::timeout(
+        Duration::from_secs(10),
+        SimTracker::connect_and_login(nginx.addr("gt06"), config),
+    )
+    .await
+    .expect("login within 10 s")
+    .unwrap_or_else(|e| panic!("login through nginx refused: {e}\n{}", nginx.logs()));
+    tracker
+        .send_heartbeat()
+        .await
+        .expect("heartbeat acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_knows_the_device_address_nginx_names() {
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true"), SESSION_DEBUG]);
+    let nginx =
+        iothub_system_tests::cluster::Nginx::start_with_proxy_protocol(&[("gt06", vec![hub.gt06])]);
+    let mut device = TcpStream::connect(nginx.addr("gt06"))
+        .await
+        .expect("connect");
+    assert!(
+        login_acknowledged(&mut device).await,
+        "login not acknowledged"
+    );
+    let address = device.local_addr().unwrap();
+    wait_for_log(&hub, &format!("peer={address}"));
+}
+
+/// A v2 header for a device at 192.0.2.10:40001, as cloud balancers send it.
+const V2_HEADER: &[u8] = &[
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0x00, 0x0c,
+    192, 0, 2, 10, 127, 0, 0, 1, 0x9c, 0x41, 0x52, 0x6c,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_logs_in_behind_a_v2_header() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::start(&[("IOTHUB_JT808_PROXY_PROTOCOL", "true"), SESSION_DEBUG]);
+    let mut device = TcpStream::connect(hub.jt808).await.expect("connect");
+    device.write_all(V2_HEADER).await.expect("send header");
+    assert!(
+        login_acknowledged(&mut device).await,
+        "login not acknowledged"
+    );
+    wait_for_log(&hub, "peer=192.0.2.10:40001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_header_is_closed_when_the_port_expects_one() {
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true")]);
+    let mut device = TcpStream::connect(hub.gt06).await.expect("connect");
+    assert!(
+        !login_acknowledged(&mut device).await,
+        "a login without a PROXY header was acknowledged"
+    );
+    assert!(
+        closed_by_server(&mut device, Duration::from_secs(2)).await,
+        "a connection without a PROXY header was left open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_header_are_counted() {
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true")]);
+    for _ in 0..2 {
+        let mut device = TcpStream::connect(hub.gt06).await.expect("connect");
+        login_acknowledged(&mut device).await;
+    }
+    wait_for_metric(
+        &hub,
+        "iothub_connections_refused_total",
+        &["gateway=\"gt06\"", "reason=\"proxy_header\""],
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_is_set_per_port() {
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true")]);
+    let mut device = TcpStream::connect(hub.jt808).await.expect("connect");
+    assert!(
+        login_acknowledged(&mut device).await,
+        "the JT/T 808 port, without the PROXY protocol, refused a direct login"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_that_never_completes_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::start(&[("IOTHUB_GT06_PROXY_PROTOCOL", "true")]);
+    let mut device = TcpStream::connect(hub.gt06).await.expect("connect");
+    device.write_all(b"PROXY TCP4 ").await.expect("send");
+    assert!(
+        closed_by_server(&mut device, Duration::from_secs(8)).await,
+        "a connection holding half a header was left open"
+    );
+}

@@ -18,7 +18,7 @@
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
 //! `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_KEEPALIVE_TIME`, `IOTHUB_KEEPALIVE_INTERVAL`,
-//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
+//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_GT06_PROXY_PROTOCOL`, `IOTHUB_JT808_PROXY_PROTOCOL`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
@@ -84,6 +84,10 @@ pub struct GatewayConfig {
     pub jt808_accept_unknown_auth: bool,
     /// TCP keepalive of every device connection.
     pub keepalive: KeepaliveConfig,
+    /// Connections to the GT06 port start with a PROXY protocol header (v1 or v2).
+    pub gt06_proxy_protocol: bool,
+    /// Connections to the JT/T 808 port start with a PROXY protocol header (v1 or v2).
+    pub jt808_proxy_protocol: bool,
 }
 
 /// TCP keepalive of device sockets: the kernel probes a connection silent for `time`, every
@@ -316,6 +320,8 @@ section!(GatewayFile {
     keepalive_time_secs: u64,
     keepalive_interval_secs: u64,
     keepalive_retries: u64,
+    gt06_proxy_protocol: bool,
+    jt808_proxy_protocol: bool,
 });
 
 section!(ApiFile {
@@ -717,6 +723,20 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
                 1..=127,
             )? as u32,
         },
+        gt06_proxy_protocol: pick(
+            env,
+            "gateway.gt06_proxy_protocol",
+            &["IOTHUB_GT06_PROXY_PROTOCOL"],
+            g.gt06_proxy_protocol,
+        )?
+        .value,
+        jt808_proxy_protocol: pick(
+            env,
+            "gateway.jt808_proxy_protocol",
+            &["IOTHUB_JT808_PROXY_PROTOCOL"],
+            g.jt808_proxy_protocol,
+        )?
+        .value,
     };
 
     let a = f.api;
@@ -1252,5 +1272,54 @@ mod tests {
     fn redis_db_is_read_from_the_jimi_name() {
         let env = cluster_env(&[("apiToken", "secret"), ("redisDb", "3")]);
         assert_eq!(Config::from_toml_str("", &env).unwrap().redis.db, 3);
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_off_on_both_ports_by_default() {
+        let config = Config::from_toml_str("", &with_token).unwrap();
+        assert_eq!(
+            (
+                config.gateway.gt06_proxy_protocol,
+                config.gateway.jt808_proxy_protocol
+            ),
+            (false, false)
+        );
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_turned_on_per_port() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("IOTHUB_JT808_PROXY_PROTOCOL", "on"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(
+            (
+                config.gateway.gt06_proxy_protocol,
+                config.gateway.jt808_proxy_protocol
+            ),
+            (false, true)
+        );
+    }
+
+    #[test]
+    fn keepalive_defaults_to_60_s_then_every_10_s_5_times() {
+        let config = Config::from_toml_str("", &with_token).unwrap();
+        assert_eq!(
+            config.gateway.keepalive,
+            KeepaliveConfig {
+                time: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                retries: 5,
+            }
+        );
+    }
+
+    #[test]
+    fn keepalive_retries_past_the_kernel_maximum_are_refused() {
+        let config = Config::from_toml_str("[gateway]\nkeepalive_retries = 128\n", &with_token);
+        assert!(
+            matches!(config, Err(ConfigError::Invalid { key, .. }) if key == "gateway.keepalive_retries")
+        );
     }
 }

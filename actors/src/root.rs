@@ -23,8 +23,8 @@ use crate::api::{self, ApiDeps, ApiServer};
 use crate::auth_codes::AuthCodes;
 use crate::cluster::internal::{self, InternalServer};
 use crate::cluster::{Cluster, IdentityLost};
-use crate::config::{Config, KeepaliveConfig};
-use crate::gateway::listener::{Gateway, GatewayArgs};
+use crate::config::Config;
+use crate::gateway::listener::{Admission, Gateway, GatewayArgs};
 use crate::gateway::session::SessionDeps;
 use crate::offline::OfflineCommands;
 use crate::publish::Publisher;
@@ -196,8 +196,11 @@ impl Hub {
             g.gt06_listen,
             DetectingProtocol::new("gt06", gt06.clone(), jt808.clone()),
             deps.clone(),
-            connection_budget.clone(),
-            g.keepalive,
+            Admission {
+                connection_budget: connection_budget.clone(),
+                keepalive: g.keepalive,
+                proxy_protocol: g.gt06_proxy_protocol,
+            },
         )
         .await?;
         let (jt808_gateway, jt808_addr) = spawn_gateway(
@@ -206,8 +209,11 @@ impl Hub {
             g.jt808_listen,
             DetectingProtocol::new("jt808", gt06, jt808),
             deps,
-            connection_budget,
-            g.keepalive,
+            Admission {
+                connection_budget,
+                keepalive: g.keepalive,
+                proxy_protocol: g.jt808_proxy_protocol,
+            },
         )
         .await?;
 
@@ -290,13 +296,15 @@ async fn spawn_gateway(
     listen: SocketAddr,
     protocol: DetectingProtocol,
     deps: Arc<SessionDeps>,
-    connection_budget: Arc<Semaphore>,
-    keepalive: KeepaliveConfig,
+    admission: Admission,
 ) -> anyhow::Result<(ActorCell, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("{name} listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    if admission.proxy_protocol {
+        tracing::info!(gateway = name, %listen, "PROXY protocol on: every connection must start with a v1 or v2 header");
+    }
     let (gateway, _) = Actor::spawn_linked(
         Some(format!("gateway-{name}")),
         Gateway::default(),
@@ -304,8 +312,7 @@ async fn spawn_gateway(
             protocol: Arc::new(protocol),
             listener,
             deps,
-            connection_budget,
-            keepalive,
+            admission,
         },
         root.get_cell(),
     )

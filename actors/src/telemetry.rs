@@ -129,7 +129,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "iothub_connections_refused_total",
-        "Device connections closed before a session started, by reason (limit: the connection budget was full)"
+        "Device connections closed before a session started, by reason (limit: the connection budget was full; proxy_header: no valid PROXY protocol header)"
     );
     describe_counter!("iothub_frames_total", "Device frames decoded");
     describe_counter!(

@@ -1,6 +1,8 @@
 //! Gateway: the supervisor of one device port. An accept task takes connections and spawns
 //! one DeviceSession per connection, linked to the gateway; past the connection budget it
-//! closes a new connection at once (counted in `iothub_connections_refused_total`). A session that panics dies alone: the gateway counts it and removes the registry
+//! closes a new connection at once (counted in `iothub_connections_refused_total`). With the
+//! PROXY protocol on, a connection's header is read (bounded in time and length) before its
+//! session starts, and one without a valid header is closed. A session that panics dies alone: the gateway counts it and removes the registry
 //! entry it owned; the device reconnects. Stopping the gateway stops accepting first, then
 //! stops every session (each publishes its logout) and waits for them.
 //!
@@ -8,16 +10,17 @@
 //! per port instead of one per connection, which a session would carry for its whole life.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iothub::protocol::Protocol;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
+use super::proxy_protocol::{read_header, HeaderError, HEADER_TIMEOUT};
 use super::session::{DeviceSession, SessionArgs, SessionDeps, SessionMsg, TICK_PERIOD};
 use crate::config::KeepaliveConfig;
 use crate::registry::Registry;
@@ -34,9 +37,7 @@ pub struct GatewayArgs<P: Protocol> {
     pub protocol: Arc<P>,
     pub listener: TcpListener,
     pub deps: Arc<SessionDeps>,
-    /// The node's connection budget, shared by both device ports.
-    pub connection_budget: Arc<Semaphore>,
-    pub keepalive: KeepaliveConfig,
+    pub admission: Admission,
 }
 
 pub enum GatewayMsg {}
@@ -67,8 +68,7 @@ impl<P: Protocol> Actor for Gateway<P> {
             args.protocol,
             args.listener,
             args.deps,
-            args.connection_budget,
-            args.keepalive,
+            args.admission,
             myself,
         ));
         tracing::info!(protocol = name, %local_addr, "gateway listening");
@@ -140,14 +140,26 @@ async fn accept_loop<P: Protocol>(
     protocol: Arc<P>,
     listener: TcpListener,
     deps: Arc<SessionDeps>,
-    connection_budget: Arc<Semaphore>,
-    keepalive: KeepaliveConfig,
+    admission: Admission,
     gateway: ActorRef<GatewayMsg>,
 ) {
     let name = protocol.name();
+    let starter = SessionStarter {
+        protocol,
+        deps,
+        gateway,
+    };
     let mut refused_at_limit = RefusalLog::new(REFUSAL_LOG_INTERVAL);
+    let refused_headers = Arc::new(Mutex::new(RefusalLog::new(REFUSAL_LOG_INTERVAL)));
+    // Connections whose PROXY header is being read, as many as the budget lets in; they are
+    // cancelled with this loop when the gateway stops.
+    let mut handshakes = JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+        };
+        let (mut stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -160,7 +172,7 @@ async fn accept_loop<P: Protocol>(
         // Past the budget the connection is accepted and closed at once: left in the listen
         // backlog it would hang until the device gives up, whereas a close makes the device
         // back off and reconnect, and a balancer in front try another node.
-        let Ok(permit) = connection_budget.clone().try_acquire_owned() else {
+        let Ok(permit) = admission.connection_budget.clone().try_acquire_owned() else {
             drop(stream);
             refused(name, "limit");
             if let Some(count) = refused_at_limit.record(Instant::now()) {
@@ -173,25 +185,96 @@ async fn accept_loop<P: Protocol>(
             continue;
         };
         metrics::counter!("iothub_connections_accepted_total", "protocol" => name).increment(1);
-        if let Err(e) = set_keepalive(&stream, &keepalive) {
+        if let Err(e) = set_keepalive(&stream, &admission.keepalive) {
             // The connection still works; only a vanished device is found later.
             tracing::debug!(protocol = name, %peer, error = %e, "could not set TCP keepalive");
         }
+        if !admission.proxy_protocol {
+            starter.start(stream, peer, permit).await;
+            continue;
+        }
+        let starter = starter.clone();
+        let refused_headers = refused_headers.clone();
+        handshakes.spawn(async move {
+            let why = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await {
+                Ok(Ok(source)) => {
+                    starter.start(stream, source.unwrap_or(peer), permit).await;
+                    return;
+                }
+                Ok(Err(HeaderError::Invalid)) => "no valid PROXY protocol header",
+                Err(_) => "no whole PROXY protocol header in time",
+                // A probe that opens and closes (a balancer's health check), or a connection
+                // lost: nothing a device sent was refused.
+                Ok(Err(HeaderError::ClosedEmpty)) => return,
+                Ok(Err(HeaderError::Io(e))) => {
+                    tracing::debug!(protocol = name, %peer, error = %e, "connection lost before its PROXY header");
+                    return;
+                }
+            };
+            drop(stream);
+            refused(name, "proxy_header");
+            let due = refused_headers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(Instant::now());
+            if let Some(count) = due {
+                tracing::warn!(
+                    gateway = name,
+                    refused = count,
+                    last_peer = %peer,
+                    last_reason = why,
+                    "closing connections without a PROXY protocol header (gateway's proxy_protocol is on)"
+                );
+            }
+        });
+    }
+}
+
+/// How a gateway lets connections in.
+pub struct Admission {
+    /// The node's connection budget, shared by both device ports.
+    pub connection_budget: Arc<Semaphore>,
+    pub keepalive: KeepaliveConfig,
+    /// Every connection starts with a PROXY protocol header naming the device's address.
+    pub proxy_protocol: bool,
+}
+
+/// Starts the session of an admitted connection under the gateway.
+struct SessionStarter<P: Protocol> {
+    protocol: Arc<P>,
+    deps: Arc<SessionDeps>,
+    gateway: ActorRef<GatewayMsg>,
+}
+
+impl<P: Protocol> Clone for SessionStarter<P> {
+    fn clone(&self) -> Self {
+        SessionStarter {
+            protocol: self.protocol.clone(),
+            deps: self.deps.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+impl<P: Protocol> SessionStarter<P> {
+    /// `peer` is the device's address: the connection's own, or the one its PROXY header named.
+    async fn start(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let args = SessionArgs {
-            protocol: protocol.clone(),
+            protocol: self.protocol.clone(),
             stream,
-            deps: deps.clone(),
+            deps: self.deps.clone(),
             connection_permit: Some(permit),
+            peer,
         };
         if let Err(e) = Actor::spawn_linked(
             None,
             DeviceSession::<P>::default(),
             args,
-            gateway.get_cell(),
+            self.gateway.get_cell(),
         )
         .await
         {
-            tracing::warn!(protocol = name, %peer, error = %e, "could not start device session");
+            tracing::warn!(protocol = self.protocol.name(), %peer, error = %e, "could not start device session");
         }
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod control;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod session;

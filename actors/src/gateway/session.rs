@@ -92,6 +92,8 @@ pub struct SessionArgs<P: Protocol> {
     pub deps: Arc<SessionDeps>,
     /// Connection-limit permit, released when the session's state is dropped.
     pub connection_permit: Option<OwnedSemaphorePermit>,
+    /// The device's address: the connection's peer, or the one its PROXY header named.
+    pub peer: std::net::SocketAddr,
 }
 
 pub enum SessionMsg<F> {
@@ -264,6 +266,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         args: SessionArgs<P>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = args.stream.set_nodelay(true);
+        tracing::debug!(protocol = args.protocol.name(), peer = %args.peer, "device connected");
         let (read_half, writer) = args.stream.into_split();
         let writer = Arc::new(AsyncMutex::new(writer));
         let channel = Arc::new(Mutex::new(ChannelCell {
