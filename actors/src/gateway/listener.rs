@@ -2,9 +2,10 @@
 //! one DeviceSession per connection, linked to the gateway; past the connection budget it
 //! closes a new connection at once (counted in `iothub_connections_refused_total`). With the
 //! PROXY protocol on, a connection's header is read (bounded in time and length) before its
-//! session starts, and one without a valid header is closed. A session that panics dies alone: the gateway counts it and removes the registry
-//! entry it owned; the device reconnects. Stopping the gateway stops accepting first, then
-//! stops every session (each publishes its logout) and waits for them.
+//! session starts, and one without a valid header is closed. A session that panics dies
+//! alone: the gateway counts it and removes the registry entry it owned; the device
+//! reconnects. Stopping the gateway stops accepting first, then stops every session (each
+//! publishes its logout) and waits for them.
 //!
 //! The gateway also sends every session its tick (idle, login and grace timeouts): one timer
 //! per port instead of one per connection, which a session would carry for its whole life.
