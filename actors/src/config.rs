@@ -17,7 +17,8 @@
 //! `IOTHUB_JT808_AUTH_GRACE`, `IOTHUB_JT808_ACCEPT_UNKNOWN_AUTH`, `IOTHUB_API_LISTEN`,
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
 //! `IOTHUB_CRC_POLICY`,
-//! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
+//! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_KEEPALIVE_TIME`, `IOTHUB_KEEPALIVE_INTERVAL`,
+//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_GT06_PROXY_PROTOCOL`, `IOTHUB_JT808_PROXY_PROTOCOL`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
@@ -77,7 +78,7 @@ pub struct GatewayConfig {
     /// `connectTimeout` (see `config/iothub.toml`).
     pub connect_timeout: Duration,
     pub crc_policy: CrcPolicy,
-    /// Most concurrent device connections per listener.
+    /// Most concurrent device connections of the node, both device ports together.
     pub max_connections: usize,
     /// `newImeiRule` of the JT/T 808 terminals on the GT06 port: turn a terminal phone number
     /// into the device's real IMEI.
@@ -98,6 +99,22 @@ pub struct GatewayConfig {
     pub jt808_registrations_per_source_per_minute: u32,
     /// A code never used to authenticate is forgotten this long after it was issued.
     pub jt808_unused_code_expiry: Duration,
+    /// TCP keepalive of every device connection.
+    pub keepalive: KeepaliveConfig,
+    /// Connections to the GT06 port start with a PROXY protocol header (v1 or v2).
+    pub gt06_proxy_protocol: bool,
+    /// Connections to the JT/T 808 port start with a PROXY protocol header (v1 or v2).
+    pub jt808_proxy_protocol: bool,
+}
+
+/// TCP keepalive of device sockets: the kernel probes a connection silent for `time`, every
+/// `interval`, and drops it after `retries` unanswered probes, so the connection of a device
+/// that vanished without a close (power cut, coverage lost) is reclaimed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeepaliveConfig {
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +342,11 @@ section!(GatewayFile {
     jt808_registrations_per_connection: u64,
     jt808_registrations_per_source_per_minute: u64,
     jt808_unused_code_expiry_days: u64,
+    keepalive_time_secs: u64,
+    keepalive_interval_secs: u64,
+    keepalive_retries: u64,
+    gt06_proxy_protocol: bool,
+    jt808_proxy_protocol: bool,
 });
 
 section!(ApiFile {
@@ -751,6 +773,44 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
                 1..=36_500,
             )? * 86_400,
         ),
+        // Linux bounds: TCP_KEEPIDLE and TCP_KEEPINTVL up to 32767 s, TCP_KEEPCNT up to 127.
+        keepalive: KeepaliveConfig {
+            time: Duration::from_secs(integer_in(
+                env,
+                "gateway.keepalive_time_secs",
+                &["IOTHUB_KEEPALIVE_TIME"],
+                g.keepalive_time_secs,
+                1..=32_767,
+            )?),
+            interval: Duration::from_secs(integer_in(
+                env,
+                "gateway.keepalive_interval_secs",
+                &["IOTHUB_KEEPALIVE_INTERVAL"],
+                g.keepalive_interval_secs,
+                1..=32_767,
+            )?),
+            retries: integer_in(
+                env,
+                "gateway.keepalive_retries",
+                &["IOTHUB_KEEPALIVE_RETRIES"],
+                g.keepalive_retries,
+                1..=127,
+            )? as u32,
+        },
+        gt06_proxy_protocol: pick(
+            env,
+            "gateway.gt06_proxy_protocol",
+            &["IOTHUB_GT06_PROXY_PROTOCOL"],
+            g.gt06_proxy_protocol,
+        )?
+        .value,
+        jt808_proxy_protocol: pick(
+            env,
+            "gateway.jt808_proxy_protocol",
+            &["IOTHUB_JT808_PROXY_PROTOCOL"],
+            g.jt808_proxy_protocol,
+        )?
+        .value,
     };
 
     let a = f.api;
@@ -1292,5 +1352,54 @@ mod tests {
     fn redis_db_is_read_from_the_jimi_name() {
         let env = cluster_env(&[("apiToken", "secret"), ("redisDb", "3")]);
         assert_eq!(Config::from_toml_str("", &env).unwrap().redis.db, 3);
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_off_on_both_ports_by_default() {
+        let config = Config::from_toml_str("", &with_token).unwrap();
+        assert_eq!(
+            (
+                config.gateway.gt06_proxy_protocol,
+                config.gateway.jt808_proxy_protocol
+            ),
+            (false, false)
+        );
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_turned_on_per_port() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("IOTHUB_JT808_PROXY_PROTOCOL", "on"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(
+            (
+                config.gateway.gt06_proxy_protocol,
+                config.gateway.jt808_proxy_protocol
+            ),
+            (false, true)
+        );
+    }
+
+    #[test]
+    fn keepalive_defaults_to_60_s_then_every_10_s_5_times() {
+        let config = Config::from_toml_str("", &with_token).unwrap();
+        assert_eq!(
+            config.gateway.keepalive,
+            KeepaliveConfig {
+                time: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                retries: 5,
+            }
+        );
+    }
+
+    #[test]
+    fn keepalive_retries_past_the_kernel_maximum_are_refused() {
+        let config = Config::from_toml_str("[gateway]\nkeepalive_retries = 128\n", &with_token);
+        assert!(
+            matches!(config, Err(ConfigError::Invalid { key, .. }) if key == "gateway.keepalive_retries")
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
 //! - [`config`]: the TOML file and the Jimi environment variables.
+//! - [`open_files`]: the open-file limit raised at start and checked against the connection budget.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod offline;
+pub mod open_files;
 pub mod publish;
 pub mod push;
 pub mod registry;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use iothub_actors::config::Config;
 use iothub_actors::root::Hub;
-use iothub_actors::telemetry;
+use iothub_actors::{open_files, telemetry};
 
 /// iothub: an IoT hub for GPS trackers and dashcams, compatible with Jimi IoT Hub devices
 /// and integrations.
@@ -54,6 +54,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let open_files = open_files::raise_to_hard_limit();
     if config.api.token_generated {
         tracing::warn!(
             token = %config.api.token,
@@ -61,6 +62,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let metrics_addr = telemetry::start_metrics(config.metrics.listen).await?;
+    check_open_files(open_files, config.gateway.max_connections);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     metrics::gauge!("iothub_runtime_workers").set(workers as f64);
     let mut hub = Hub::start(&config).await?;
@@ -85,4 +87,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("{why}");
     }
     Ok(())
+}
+
+/// Reports the open-file limit (as raised at start) and warns when it cannot hold the
+/// connection budget: past it, accepts fail and devices wait in the listen backlog.
+fn check_open_files(limit: std::io::Result<u64>, budget: usize) {
+    let limit = match limit {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-file limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    metrics::gauge!("iothub_open_files_limit").set(limit as f64);
+    let budget = budget as u64;
+    match open_files::shortfall(budget, limit) {
+        None => tracing::info!(open_files_limit = limit, max_connections = budget, "open-file limit holds the connection budget"),
+        Some(short) => tracing::warn!(
+            open_files_limit = limit,
+            max_connections = budget,
+            reserved = open_files::RESERVED_FILES,
+            short,
+            "the open-file limit cannot hold gateway.max_connections plus the files reserved for storage, Kafka, Redis and HTTP: \
+             past about {} device connections accepts will fail; raise the hard limit (systemd LimitNOFILE=, docker --ulimit nofile=, ulimit -Hn) or lower gateway.max_connections",
+            limit.saturating_sub(open_files::RESERVED_FILES)
+        ),
+    }
 }

@@ -17,14 +17,14 @@ use iothub::codec::jt808::Limits;
 use iothub::protocol::{DetectingProtocol, Gt06Protocol, Jt808Protocol};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::api::{self, ApiDeps, ApiServer};
 use crate::auth_codes::AuthCodes;
 use crate::cluster::internal::{self, InternalServer};
 use crate::cluster::{Cluster, IdentityLost};
 use crate::config::Config;
-use crate::gateway::listener::{Gateway, GatewayArgs};
+use crate::gateway::listener::{Admission, Gateway, GatewayArgs};
 use crate::gateway::registrations::RegistrationLimiter;
 use crate::gateway::session::SessionDeps;
 use crate::offline::OfflineCommands;
@@ -203,6 +203,10 @@ impl Hub {
             },
         );
         let jt808 = Jt808Protocol::new(g.crc_policy, jt808_config);
+        // One budget for both device ports: each connection is a file descriptor of the
+        // same process, whichever port it came in on.
+        let connection_budget = Arc::new(Semaphore::new(g.max_connections));
+        metrics::gauge!("iothub_max_connections").set(g.max_connections as f64);
         // Both ports take both protocols (the first frame decides); the name is the port's.
         let (gt06_gateway, gt06_addr) = spawn_gateway(
             &root,
@@ -210,7 +214,11 @@ impl Hub {
             g.gt06_listen,
             DetectingProtocol::new("gt06", gt06.clone(), jt808_on_gt06_port),
             deps.clone(),
-            g.max_connections,
+            Admission {
+                connection_budget: connection_budget.clone(),
+                keepalive: g.keepalive,
+                proxy_protocol: g.gt06_proxy_protocol,
+            },
         )
         .await?;
         let (jt808_gateway, jt808_addr) = spawn_gateway(
@@ -219,7 +227,11 @@ impl Hub {
             g.jt808_listen,
             DetectingProtocol::new("jt808", gt06, jt808),
             deps,
-            g.max_connections,
+            Admission {
+                connection_budget,
+                keepalive: g.keepalive,
+                proxy_protocol: g.jt808_proxy_protocol,
+            },
         )
         .await?;
 
@@ -323,12 +335,15 @@ async fn spawn_gateway(
     listen: SocketAddr,
     protocol: DetectingProtocol,
     deps: Arc<SessionDeps>,
-    max_connections: usize,
+    admission: Admission,
 ) -> anyhow::Result<(ActorCell, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("{name} listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    if admission.proxy_protocol {
+        tracing::info!(gateway = name, %listen, "PROXY protocol on: every connection must start with a v1 or v2 header");
+    }
     let (gateway, _) = Actor::spawn_linked(
         Some(format!("gateway-{name}")),
         Gateway::default(),
@@ -336,7 +351,7 @@ async fn spawn_gateway(
             protocol: Arc::new(protocol),
             listener,
             deps,
-            max_connections,
+            admission,
         },
         root.get_cell(),
     )

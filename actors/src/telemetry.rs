@@ -119,6 +119,18 @@ pub fn describe_metrics() {
         "iothub_accept_errors_total",
         "Failed accepts on a device listener"
     );
+    describe_gauge!(
+        "iothub_max_connections",
+        "Connection budget of the node, both device ports together (gateway.max_connections)"
+    );
+    describe_gauge!(
+        "iothub_open_files_limit",
+        "Soft open-file limit (RLIMIT_NOFILE) of the process after raising it to the hard limit at start"
+    );
+    describe_counter!(
+        "iothub_connections_refused_total",
+        "Device connections closed before a session started, by reason (limit: the connection budget was full; proxy_header: no valid PROXY protocol header)"
+    );
     describe_counter!("iothub_frames_total", "Device frames decoded");
     describe_counter!(
         "iothub_decode_errors_total",

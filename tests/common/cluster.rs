@@ -178,6 +178,16 @@ pub struct Nginx {
 impl Nginx {
     /// One balanced listener per `(name, backends)`; waits until nginx listens on all.
     pub fn start(services: &[(&str, Vec<SocketAddr>)]) -> Nginx {
+        Nginx::launch(services, false)
+    }
+
+    /// Like [`Nginx::start`], with `proxy_protocol on`: every connection to a backend starts
+    /// with a PROXY protocol (v1) header naming the client's address.
+    pub fn start_with_proxy_protocol(services: &[(&str, Vec<SocketAddr>)]) -> Nginx {
+        Nginx::launch(services, true)
+    }
+
+    fn launch(services: &[(&str, Vec<SocketAddr>)], proxy_protocol: bool) -> Nginx {
         let bin = nginx_bin();
         let dir = tempfile::tempdir().expect("temp dir for nginx");
         let listeners: Vec<(String, SocketAddr)> = services
@@ -190,7 +200,7 @@ impl Nginx {
             })
             .collect();
         let conf_path = dir.path().join("nginx.conf");
-        let conf = nginx_conf(&bin, dir.path(), services, &listeners);
+        let conf = nginx_conf(&bin, dir.path(), services, &listeners, proxy_protocol);
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = File::create(&stderr_path).expect("nginx stderr file");
@@ -333,6 +343,7 @@ fn nginx_conf(
     dir: &Path,
     services: &[(&str, Vec<SocketAddr>)],
     listeners: &[(String, SocketAddr)],
+    proxy_protocol: bool,
 ) -> String {
     let mut conf = stream_module_directive(bin);
     conf.push_str(&format!(
@@ -351,9 +362,14 @@ fn nginx_conf(
             ));
         }
         conf.push_str("  }\n");
+        let proxy_protocol = if proxy_protocol {
+            "    proxy_protocol on;\n"
+        } else {
+            ""
+        };
         conf.push_str(&format!(
             "  server {{\n    listen {listen};\n    proxy_pass {name};\n    \
-             proxy_connect_timeout 1s;\n    proxy_timeout 1h;\n  }}\n"
+             proxy_connect_timeout 1s;\n    proxy_timeout 1h;\n{proxy_protocol}  }}\n"
         ));
     }
     conf.push_str("}\n");

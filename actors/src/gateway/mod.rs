@@ -3,5 +3,6 @@
 
 pub mod control;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod registrations;
 pub mod session;

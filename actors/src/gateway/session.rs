@@ -95,6 +95,8 @@ pub struct SessionArgs<P: Protocol> {
     pub deps: Arc<SessionDeps>,
     /// Connection-limit permit, released when the session's state is dropped.
     pub connection_permit: Option<OwnedSemaphorePermit>,
+    /// The device's address: the connection's peer, or the one its PROXY header named.
+    pub peer: std::net::SocketAddr,
 }
 
 pub enum SessionMsg<F> {
@@ -245,8 +247,9 @@ pub struct SessionState<P: Protocol> {
     /// The protocol the first frame showed (`gt06`, `jt808`; the gateway's name before it),
     /// for the frame, decode-error and unrecognised-type metric labels.
     detected: &'static str,
-    /// The device's address, for the per-source registration limit.
-    peer: Option<std::net::IpAddr>,
+    /// The device's address (from its PROXY header behind a balancer that sends one): the
+    /// login log line and the per-source registration limit.
+    peer: std::net::IpAddr,
     _connection_permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -269,7 +272,8 @@ impl<P: Protocol> Actor for DeviceSession<P> {
         args: SessionArgs<P>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = args.stream.set_nodelay(true);
-        let peer = args.stream.peer_addr().ok().map(|a| a.ip());
+        let peer = args.peer.ip();
+        tracing::debug!(protocol = args.protocol.name(), peer = %args.peer, "device connected");
         let (read_half, writer) = args.stream.into_split();
         let writer = Arc::new(AsyncMutex::new(writer));
         let channel = Arc::new(Mutex::new(ChannelCell {
@@ -655,12 +659,11 @@ impl<P: Protocol> SessionState<P> {
         code: String,
         replace: bool,
     ) -> RegistrationVerdict {
-        if let Some(source) = self.peer {
-            let minute = u64::try_from(Utc::now().timestamp() / 60).unwrap_or(0);
-            if !self.deps.registrations.allow(source, minute) {
-                tracing::info!(%imei, %source, "registration refused: source over its registration rate");
-                return RegistrationVerdict::RateLimited;
-            }
+        let source = self.peer;
+        let minute = u64::try_from(Utc::now().timestamp() / 60).unwrap_or(0);
+        if !self.deps.registrations.allow(source, minute) {
+            tracing::info!(%imei, %source, "registration refused: source over its registration rate");
+            return RegistrationVerdict::RateLimited;
         }
         match self.deps.auth_codes.register(imei, code, replace).await {
             Ok(Registration::Registered) => RegistrationVerdict::Registered,
@@ -717,6 +720,7 @@ impl<P: Protocol> SessionState<P> {
             return Vec::new();
         }
         metrics::counter!("iothub_logins_total", "protocol" => self.protocol.name()).increment(1);
+        tracing::info!(%imei, peer = %self.peer, protocol = self.detected, "device logged in");
         self.read_offline(myself).await
     }
 
