@@ -15,12 +15,14 @@
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
+//! - [`http_server`]: the server under every HTTP listener, with its timeouts and connection cap.
 
 pub mod api;
 pub mod auth_codes;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod http_server;
 pub mod offline;
 pub mod publish;
 pub mod push;

@@ -28,7 +28,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use super::{Cluster, Identity, TOKEN_HEADER};
+use crate::config::HttpConfig;
 use crate::gateway::control::{self, Delivery};
+use crate::http_server;
 use crate::registry::Registry;
 
 /// Largest accepted body; an instruction is a few hundred bytes.
@@ -153,14 +155,19 @@ struct Shared {
     registry: Registry,
     /// Added to a forwarded instruction's timeout, as the API does for its own.
     margin: Duration,
+    /// The API's bound of `timeOut` (`api.max_timeout_secs`), applied to forwarded ones too.
+    max_timeout: Duration,
 }
 
-/// Binds `listen` and serves the node-to-node calls.
+/// Binds `listen` and serves the node-to-node calls with the bounds of `http`; a forwarded
+/// instruction waits at most `max_timeout` (the API's own bound) for its device.
 pub async fn start(
     listen: SocketAddr,
     cluster: Arc<Cluster>,
     registry: Registry,
     margin: Duration,
+    max_timeout: Duration,
+    http: HttpConfig,
 ) -> anyhow::Result<InternalServer> {
     let listener = TcpListener::bind(listen)
         .await
@@ -170,14 +177,18 @@ pub async fn start(
         cluster,
         registry,
         margin,
+        max_timeout,
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = warp::serve(routes(shared))
-        .incoming(listener)
-        .graceful(async move {
+    let task = http_server::spawn(
+        "internal",
+        listener,
+        http,
+        warp::service(routes(shared)),
+        async move {
             let _ = stopped.await;
-        });
-    let task = tokio::spawn(server.run());
+        },
+    );
     tracing::info!(addr = %local_addr, "cluster internal listener ready");
     Ok(InternalServer {
         local_addr,
@@ -265,8 +276,37 @@ async fn instruct_local(shared: &Shared, request: ForwardedInstruction) -> Forwa
         Ok(Some(session)) => session,
         Ok(None) | Err(_) => return ForwardAnswer::NotHere,
     };
-    let timeout = Duration::from_millis(request.timeout_ms);
+    let timeout = forwarded_timeout(request.timeout_ms, shared.max_timeout);
     ForwardAnswer::Delivered(
         control::instruct(&session, request.instruction, timeout, shared.margin).await,
     )
+}
+
+/// How long a forwarded instruction may wait for its device: what the sending node asked,
+/// never more than this node's API accepts for its own requests, so that a peer (or a
+/// forged call with the token) cannot hold a session's instruction for longer.
+fn forwarded_timeout(timeout_ms: u64, max_timeout: Duration) -> Duration {
+    Duration::from_millis(timeout_ms).min(max_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn forwarded_timeout_within_the_bound_is_kept() {
+        assert_eq!(forwarded_timeout(30_000, MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn forwarded_timeout_past_the_bound_is_capped() {
+        assert_eq!(forwarded_timeout(3_600_000, MAX), MAX);
+    }
+
+    #[test]
+    fn forwarded_timeout_of_u64_max_is_capped() {
+        assert_eq!(forwarded_timeout(u64::MAX, MAX), MAX);
+    }
 }
