@@ -141,19 +141,33 @@ async fn send_instruct_body_sent_one_byte_a_second_is_answered_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_connection_past_the_cap_is_refused_at_once_and_counted() {
     let hub = hub("3");
+    // The harness's own probe of the port (at start-up) must have closed first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(
+        &hub.metrics_text().await,
+        "iothub_http_connections",
+        &["listener=\"api\""],
+    ) > 0.0
+    {
+        assert!(Instant::now() < deadline, "the start-up probe stays open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(TcpStream::connect(hub.api).await.expect("connect"));
+        // A request answered: the connection is accepted and kept (idle timeout 10 s).
+        let mut stream = TcpStream::connect(hub.api).await.expect("connect");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: hub\r\n\r\n")
+            .await
+            .expect("request");
+        assert_eq!(read_response(&mut stream).await, "HTTP/1.1 200 OK");
+        held.push(stream);
     }
-    // The three are accepted (and counted) before the fourth arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut fourth = TcpStream::connect(hub.api).await.expect("connect");
-    let (elapsed, got) = read_until_closed(&mut fourth, Duration::from_secs(1)).await;
+    let (elapsed, got) = read_until_closed(&mut fourth, TIMEOUT * 5).await;
     assert!(got.starts_with("HTTP/1.1 503"), "answer: {got:?}");
-    assert!(
-        elapsed < Duration::from_millis(500),
-        "refused at once, took {elapsed:?}"
-    );
+    // Not cut by the header timeout: refused as soon as it was accepted.
+    assert!(elapsed < TIMEOUT, "refused at once, took {elapsed:?}");
     let metrics = hub.metrics_text().await;
     assert_eq!(
         metric_value(
@@ -169,4 +183,52 @@ async fn api_connection_past_the_cap_is_refused_at_once_and_counted() {
         3.0,
         "{metrics}"
     );
+}
+
+/// Reads one response with a `content-length`; returns its status line.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().expect("a length"))
+            })
+            .expect("content-length");
+        if got.len() >= end + 4 + length {
+            return text.lines().next().unwrap_or_default().to_string();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_closes_a_keep_alive_connection_idle_for_the_idle_timeout() {
+    let idle = Duration::from_secs(3);
+    let hub = Hub::start(&[("IOTHUB_HTTP_IDLE_TIMEOUT", "3")]);
+    let mut stream = TcpStream::connect(hub.api).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: hub\r\n\r\n")
+        .await
+        .expect("request");
+    assert_eq!(read_response(&mut stream).await, "HTTP/1.1 200 OK");
+    let (elapsed, got) = read_until_closed(&mut stream, idle * 5).await;
+    assert_eq!(got, "", "nothing after the response");
+    assert!(
+        elapsed + EARLY >= idle,
+        "closed before the idle timeout: {elapsed:?}"
+    );
+    assert!(elapsed <= idle + SLACK, "closed too late: {elapsed:?}");
 }

@@ -829,13 +829,11 @@ mod tests {
             held.push(stream);
         }
         let mut third = TcpStream::connect(server.addr).await.expect("connect");
-        let (elapsed, got) = read_until_closed(&mut third, Duration::from_secs(1)).await;
+        let (elapsed, got) = read_until_closed(&mut third, HEADER * 5).await;
         let got = String::from_utf8_lossy(&got);
         assert!(got.starts_with("HTTP/1.1 503"), "answer: {got:?}");
-        assert!(
-            elapsed < Duration::from_millis(500),
-            "refused at once, took {elapsed:?}"
-        );
+        // Not cut by the header timeout: refused as soon as it was accepted.
+        assert!(elapsed < HEADER, "refused at once, took {elapsed:?}");
         let text = metrics.render();
         assert!(
             text.contains("iothub_http_connections_refused_total{listener=\"cap\"} 1"),
