@@ -14,6 +14,9 @@
 //!
 //! Each timeout is counted in `iothub_http_timeouts_total{listener, phase}`.
 //!
+//! A new listener binds its `TcpListener` and hands it to [`spawn`] with `config.http`, a
+//! name for its metrics and its routes (a warp filter through `warp::service`).
+//!
 //! Connections are HTTP/1.1 served by hyper. hyper's own `header_read_timeout` is not used:
 //! it starts when hyper begins waiting for the next request, so on a keep-alive connection
 //! it also bounds the wait between requests, and an idle connection is closed after the
