@@ -18,7 +18,8 @@
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
 //! `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_KEEPALIVE_TIME`, `IOTHUB_KEEPALIVE_INTERVAL`,
-//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_GT06_PROXY_PROTOCOL`, `IOTHUB_JT808_PROXY_PROTOCOL`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
+//! `IOTHUB_KEEPALIVE_RETRIES`, `IOTHUB_GT06_PROXY_PROTOCOL`, `IOTHUB_JT808_PROXY_PROTOCOL`,
+//! `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
@@ -26,7 +27,9 @@
 //! `IOTHUB_DEVICE_READ_TIMEOUT`, `IOTHUB_DEVICE_WRITE_TIMEOUT`, `IOTHUB_DEVICE_LOGIN_TIMEOUT`,
 //! `IOTHUB_GT06_NEW_IMEI_RULE`, `IOTHUB_JT808_NEW_IMEI_RULE`, `IOTHUB_PUSH_CONNECT_TIMEOUT`,
 //! `IOTHUB_JT808_ALLOW_REREGISTRATION`, `IOTHUB_JT808_REGISTRATIONS_PER_CONNECTION`,
-//! `IOTHUB_JT808_REGISTRATIONS_PER_SOURCE`, `IOTHUB_JT808_UNUSED_CODE_EXPIRY_DAYS`.
+//! `IOTHUB_JT808_REGISTRATIONS_PER_SOURCE`, `IOTHUB_JT808_UNUSED_CODE_EXPIRY_DAYS`,
+//! `IOTHUB_HTTP_HEADER_READ_TIMEOUT`, `IOTHUB_HTTP_BODY_READ_TIMEOUT`, `IOTHUB_HTTP_IDLE_TIMEOUT`,
+//! `IOTHUB_HTTP_MAX_CONNECTIONS`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -57,6 +60,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub cluster: ClusterConfig,
     pub runtime: RuntimeConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +133,20 @@ pub struct ApiConfig {
     pub default_timeout: Duration,
     /// Upper bound accepted for `timeOut`.
     pub max_timeout: Duration,
+}
+
+/// What every HTTP listener (API, cluster internal, metrics) allows one client to hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpConfig {
+    /// A request's head must arrive whole within this time of its first byte (of the
+    /// connection's start, for the first request).
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this time of its head.
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long after its last response is closed.
+    pub idle_timeout: Duration,
+    /// Most open connections per listener; the next one is refused with a 503.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -389,6 +407,13 @@ section!(RuntimeFile {
     worker_threads: u64
 });
 
+section!(HttpFile {
+    header_read_timeout_secs: u64,
+    body_read_timeout_secs: u64,
+    idle_timeout_secs: u64,
+    max_connections: u64,
+});
+
 section!(ClusterFile {
     internal_listen: String,
     internal_advertise: String,
@@ -431,6 +456,8 @@ struct FileConfig {
     push: PushFile,
     #[serde(default)]
     runtime: RuntimeFile,
+    #[serde(default)]
+    http: HttpFile,
 }
 
 impl FileConfig {
@@ -446,6 +473,7 @@ impl FileConfig {
             cluster: self.cluster.overlay(base.cluster),
             push: self.push.overlay(base.push),
             runtime: self.runtime.overlay(base.runtime),
+            http: self.http.overlay(base.http),
         }
     }
 }
@@ -1160,6 +1188,35 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         worker_threads: (worker_threads > 0).then_some(worker_threads as usize),
     };
 
+    let h = f.http;
+    let http = HttpConfig {
+        header_read_timeout: secs(
+            env,
+            "http.header_read_timeout_secs",
+            &["IOTHUB_HTTP_HEADER_READ_TIMEOUT"],
+            h.header_read_timeout_secs,
+        )?,
+        body_read_timeout: secs(
+            env,
+            "http.body_read_timeout_secs",
+            &["IOTHUB_HTTP_BODY_READ_TIMEOUT"],
+            h.body_read_timeout_secs,
+        )?,
+        idle_timeout: secs(
+            env,
+            "http.idle_timeout_secs",
+            &["IOTHUB_HTTP_IDLE_TIMEOUT"],
+            h.idle_timeout_secs,
+        )?,
+        max_connections: integer_in(
+            env,
+            "http.max_connections",
+            &["IOTHUB_HTTP_MAX_CONNECTIONS"],
+            h.max_connections,
+            1..=65536,
+        )? as usize,
+    };
+
     Ok(Config {
         gate_id: gate_id.value,
         gateway,
@@ -1171,6 +1228,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         redis,
         cluster,
         runtime,
+        http,
     })
 }
 

@@ -16,12 +16,14 @@
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`open_files`]: the open-file limit raised at start and checked against the connection budget.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
+//! - [`http_server`]: the server under every HTTP listener, with its timeouts and connection cap.
 
 pub mod api;
 pub mod auth_codes;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod http_server;
 pub mod offline;
 pub mod open_files;
 pub mod publish;

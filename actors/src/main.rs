@@ -61,7 +61,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "apiToken is not configured: sendInstruct accepts this random token for this run only; set apiToken to keep one"
         );
     }
-    let metrics_addr = telemetry::start_metrics(config.metrics.listen).await?;
+    let metrics_addr = telemetry::start_metrics(config.metrics.listen, config.http).await?;
     check_open_files(open_files, config.gateway.max_connections);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     metrics::gauge!("iothub_runtime_workers").set(workers as f64);

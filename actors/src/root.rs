@@ -148,6 +148,8 @@ impl Hub {
                     cluster.clone(),
                     registry.clone(),
                     api::REPLY_MARGIN,
+                    config.api.max_timeout,
+                    config.http,
                 )
                 .await?;
                 let (lost_tx, identity_lost) = watch::channel(None);

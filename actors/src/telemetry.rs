@@ -3,7 +3,8 @@
 //! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
 //! Metrics: the `metrics` facade with the Prometheus recorder, served at `GET /metrics` by
 //! our own listener rather than the exporter's, so that port 0 works (tests, several nodes on
-//! one machine) and the bound address can be reported. Histograms are real Prometheus
+//! one machine), the bound address can be reported, and the listener has the timeouts and
+//! connection cap of every HTTP listener ([`crate::http_server`]). Histograms are real Prometheus
 //! histograms (buckets), not summaries, so they can be aggregated across nodes.
 
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use warp::{Filter, Reply};
+
+use crate::config::HttpConfig;
+use crate::http_server;
 
 /// Buckets of every `*_seconds` histogram: from sub-millisecond work to the longest
 /// instruction timeout.
@@ -42,9 +46,10 @@ pub fn init_logging() {
 }
 
 /// Installs the Prometheus recorder as the global metrics recorder and serves
-/// `GET /metrics` on `listen`; returns the bound address (port 0 picks a free port).
-/// Fails if the address cannot be bound or a recorder is already installed.
-pub async fn start_metrics(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// `GET /metrics` on `listen`, bounded by `http` like every listener; returns the bound
+/// address (port 0 picks a free port). Fails if the address cannot be bound or a recorder is
+/// already installed.
+pub async fn start_metrics(listen: SocketAddr, http: HttpConfig) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("metrics: cannot listen on {listen}"))?;
@@ -70,7 +75,14 @@ pub async fn start_metrics(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
         }
     });
 
-    tokio::spawn(warp::serve(metrics_route(handle)).incoming(listener).run());
+    // The metrics listener lives as long as the process.
+    http_server::spawn(
+        "metrics",
+        listener,
+        http,
+        warp::service(metrics_route(handle)),
+        std::future::pending(),
+    );
     tracing::info!(addr = %local_addr, "metrics listening");
     Ok(local_addr)
 }
@@ -104,6 +116,19 @@ pub fn describe_metrics() {
         "iothub_api_request_duration_seconds",
         Unit::Seconds,
         "Time to answer a sendInstruct request, device round trip included"
+    );
+    // Every HTTP listener (listener = api, internal, metrics).
+    describe_gauge!(
+        "iothub_http_connections",
+        "Open connections of an HTTP listener"
+    );
+    describe_counter!(
+        "iothub_http_connections_refused_total",
+        "Connections an HTTP listener answered 503 and closed because it had http.max_connections open"
+    );
+    describe_counter!(
+        "iothub_http_timeouts_total",
+        "HTTP connections closed (header, idle) or requests answered 408 (body) for a read timeout, by phase"
     );
     describe_gauge!(
         "iothub_runtime_workers",

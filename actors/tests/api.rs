@@ -573,9 +573,12 @@ async fn registry_down_is_500() {
 
 #[tokio::test]
 async fn metrics_count_answers_by_code() {
-    let metrics_addr = iothub_actors::telemetry::start_metrics("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let defaults =
+        Config::from_toml_str("", &|k: &str| (k == "apiToken").then(|| TOKEN.to_string())).unwrap();
+    let metrics_addr =
+        iothub_actors::telemetry::start_metrics("127.0.0.1:0".parse().unwrap(), defaults.http)
+            .await
+            .unwrap();
     let hub = start_hub().await;
     let (_, v) = hub.form(&request(&[])).await;
     assert_eq!(data(&v)["_code"], "300");

@@ -457,3 +457,40 @@ fn missing_file_names_the_path() {
     let e = Config::load(Some(Path::new("/nonexistent/iothub.toml"))).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/iothub.toml"), "{e}");
 }
+
+#[test]
+fn defaults_http() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.http.max_connections, 1024);
+}
+
+#[test]
+fn http_bounds_come_from_the_file_and_the_environment() {
+    let c = load(
+        "[http]\nheader_read_timeout_secs = 3\nmax_connections = 7\n",
+        &[
+            ("IOTHUB_HTTP_BODY_READ_TIMEOUT", "4"),
+            ("IOTHUB_HTTP_IDLE_TIMEOUT", "5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.http.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(c.http.body_read_timeout, Duration::from_secs(4));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.http.max_connections, 7);
+}
+
+#[test]
+fn http_header_timeout_of_zero_is_refused_by_name() {
+    let err = error("", &[("IOTHUB_HTTP_HEADER_READ_TIMEOUT", "0")]);
+    assert!(err.contains("IOTHUB_HTTP_HEADER_READ_TIMEOUT"), "{err}");
+}
+
+#[test]
+fn http_connection_cap_of_zero_is_refused_by_name() {
+    let err = error("[http]\nmax_connections = 0\n", &[]);
+    assert!(err.contains("http.max_connections"), "{err}");
+}

@@ -49,6 +49,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::cluster::internal::{self, ForwardAnswer, ForwardError};
 use crate::config::Config;
 use crate::gateway::control::{self, Delivery, NotAnswered};
+use crate::http_server;
 use crate::offline::OfflineCommands;
 use crate::registry::{Registry, RouteError, Target};
 
@@ -135,13 +136,16 @@ pub async fn start(config: &Config, deps: ApiDeps) -> anyhow::Result<ApiServer> 
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(async move {
+    let task = http_server::spawn(
+        "api",
+        listener,
+        config.http,
+        warp::service(routes(state)),
+        async move {
             // A dropped sender (ApiServer dropped) stops the server as well.
             let _ = stopped.await;
-        });
-    let task = tokio::spawn(server.run());
+        },
+    );
     tracing::info!(addr = %local_addr, "instruction API listening");
     Ok(ApiServer {
         local_addr,

@@ -28,7 +28,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use super::{Cluster, Identity, TOKEN_HEADER};
+use crate::config::HttpConfig;
 use crate::gateway::control::{self, Delivery};
+use crate::http_server;
 use crate::registry::Registry;
 
 /// Largest accepted body; an instruction is a few hundred bytes.
@@ -153,14 +155,19 @@ struct Shared {
     registry: Registry,
     /// Added to a forwarded instruction's timeout, as the API does for its own.
     margin: Duration,
+    /// The API's bound of `timeOut` (`api.max_timeout_secs`), applied to forwarded ones too.
+    max_timeout: Duration,
 }
 
-/// Binds `listen` and serves the node-to-node calls.
+/// Binds `listen` and serves the node-to-node calls with the bounds of `http`; a forwarded
+/// instruction waits at most `max_timeout` (the API's own bound) for its device.
 pub async fn start(
     listen: SocketAddr,
     cluster: Arc<Cluster>,
     registry: Registry,
     margin: Duration,
+    max_timeout: Duration,
+    http: HttpConfig,
 ) -> anyhow::Result<InternalServer> {
     let listener = TcpListener::bind(listen)
         .await
@@ -170,14 +177,18 @@ pub async fn start(
         cluster,
         registry,
         margin,
+        max_timeout,
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = warp::serve(routes(shared))
-        .incoming(listener)
-        .graceful(async move {
+    let task = http_server::spawn(
+        "internal",
+        listener,
+        http,
+        warp::service(routes(shared)),
+        async move {
             let _ = stopped.await;
-        });
-    let task = tokio::spawn(server.run());
+        },
+    );
     tracing::info!(addr = %local_addr, "cluster internal listener ready");
     Ok(InternalServer {
         local_addr,
@@ -265,8 +276,178 @@ async fn instruct_local(shared: &Shared, request: ForwardedInstruction) -> Forwa
         Ok(Some(session)) => session,
         Ok(None) | Err(_) => return ForwardAnswer::NotHere,
     };
-    let timeout = Duration::from_millis(request.timeout_ms);
+    let timeout = forwarded_timeout(request.timeout_ms, shared.max_timeout);
     ForwardAnswer::Delivered(
         control::instruct(&session, request.instruction, timeout, shared.margin).await,
     )
+}
+
+/// How long a forwarded instruction may wait for its device: what the sending node asked,
+/// never more than this node's API accepts for its own requests, so that a peer (or a
+/// forged call with the token) cannot hold a session's instruction for longer.
+fn forwarded_timeout(timeout_ms: u64, max_timeout: Duration) -> Duration {
+    Duration::from_millis(timeout_ms).min(max_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::*;
+    use crate::cluster::node::Nodes;
+    use crate::cluster::redis::{self, Keys};
+    use crate::cluster::routes::Routes;
+    use crate::config::RedisConfig;
+    use crate::gateway::control::{InstructOutcome, SessionControl, SessionRef};
+    use crate::registry::RegistryActor;
+
+    const MAX: Duration = Duration::from_secs(120);
+    const MARGIN: Duration = Duration::from_millis(200);
+    const TOKEN: &str = "internal-test-token";
+
+    /// A session that takes instructions and never answers them (a device that stays
+    /// silent and a session that waits as long as it is told).
+    struct WedgedSession;
+
+    impl Actor for WedgedSession {
+        type Msg = SessionControl;
+        type State = Vec<oneshot::Sender<InstructOutcome>>;
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<SessionControl>,
+            (): (),
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(Vec::new())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<SessionControl>,
+            msg: SessionControl,
+            held: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let SessionControl::Instruct { reply, .. } = msg {
+                held.push(reply);
+            }
+            Ok(())
+        }
+    }
+
+    /// A cluster handle good for the listener's token check and the client; it never
+    /// reaches Redis (the pool connects on first use).
+    fn cluster() -> Arc<Cluster> {
+        let config = RedisConfig {
+            host: Some("127.0.0.1".to_string()),
+            port: 6379,
+            password: None,
+            db: 0,
+            key_prefix: "iothub-internal-test".to_string(),
+            lease: Duration::from_secs(30),
+        };
+        let pool = redis::pool(&config).expect("pool");
+        let keys = Keys::new(&config.key_prefix);
+        Arc::new(Cluster {
+            gate_id: "gate-a".to_string(),
+            instance: "instance-a".to_string(),
+            advertise: String::new(),
+            routes: Routes::new(pool.clone(), keys.clone(), "gate-a", config.lease),
+            nodes: Nodes::new(pool.clone(), keys.clone(), config.lease),
+            pool,
+            keys,
+            lease: config.lease,
+            token: TOKEN.to_string(),
+            client: reqwest::Client::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn forwarded_instruction_waits_no_longer_than_the_api_bound() {
+        let (registry_actor, _) = Actor::spawn(None, RegistryActor, None)
+            .await
+            .expect("registry");
+        let registry = Registry {
+            actor: registry_actor,
+            cluster: None,
+        };
+        let (session, _) = Actor::spawn(None, WedgedSession, ())
+            .await
+            .expect("session");
+        let imei = Imei::parse("862798050240873").expect("imei");
+        registry
+            .register(
+                imei,
+                SessionRef {
+                    id: session.get_id(),
+                    control: session.get_derived(),
+                },
+            )
+            .await
+            .expect("registered");
+        let max_timeout = Duration::from_secs(1);
+        let http = HttpConfig {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        };
+        let cluster = cluster();
+        let server = start(
+            "127.0.0.1:0".parse().expect("address"),
+            cluster.clone(),
+            registry,
+            MARGIN,
+            max_timeout,
+            http,
+        )
+        .await
+        .expect("internal listener");
+        let addr = server.local_addr.to_string();
+        let started = Instant::now();
+        let asked_for_an_hour = forward(
+            &cluster,
+            "gate-a",
+            &addr,
+            imei,
+            Instruction {
+                pro_no: 128,
+                content: "STATUS#".to_string(),
+                server_flag_id: 1,
+            },
+            Duration::from_secs(3600),
+            MARGIN,
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(10), asked_for_an_hour)
+            .await
+            .expect("the owner answers within its own bound, not the hour asked")
+            .expect("forwarded");
+        assert!(
+            matches!(answer, ForwardAnswer::Delivered(Delivery::NoAnswer)),
+            "{answer:?}"
+        );
+        assert!(
+            started.elapsed() < max_timeout + MARGIN + Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        server.shutdown().await;
+    }
+
+    #[test]
+    fn forwarded_timeout_within_the_bound_is_kept() {
+        assert_eq!(forwarded_timeout(30_000, MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn forwarded_timeout_past_the_bound_is_capped() {
+        assert_eq!(forwarded_timeout(3_600_000, MAX), MAX);
+    }
+
+    #[test]
+    fn forwarded_timeout_of_u64_max_is_capped() {
+        assert_eq!(forwarded_timeout(u64::MAX, MAX), MAX);
+    }
 }

@@ -88,7 +88,9 @@ impl Cluster {
         let lease = config.redis.lease;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Well before the peers' listeners close an idle connection (http.idle_timeout),
+            // so a call never goes out on a connection the peer is closing.
+            .pool_idle_timeout(config.http.idle_timeout / 2)
             .build()
             .map_err(|e| anyhow::anyhow!("cluster: cannot build the node-to-node client: {e}"))?;
         let cluster = Cluster {
