@@ -9,7 +9,9 @@
 //! Layout:
 //! - one append-only table per [`Topic`] (`log_<name>`): one entry per commit, key = offset of
 //!   its first event (offsets are per event, dense, increasing), value = the enqueue time and
-//!   the commit's events of that topic (IMEI, record JSON bytes) in offset order. Databases of
+//!   the commit's events of that topic (IMEI, record JSON bytes) in offset order; a commit of
+//!   more than [`MAX_ENTRY_EVENTS`] events or [`MAX_ENTRY_BYTES`] bytes of a topic is stored as
+//!   several entries, so a read that starts inside an entry walks a bounded part of it. Databases of
 //!   the one-event-per-entry layout (`events_<name>`) are moved over when opened;
 //! - `meta`: the next offset of each topic (kept explicitly, because delivered entries are
 //!   deleted and the last key alone cannot tell where the log ended) and id counters;
@@ -153,6 +155,39 @@ pub struct StoredEvent {
     pub enqueued_ms: i64,
     /// The record JSON, byte for byte as published.
     pub json: Vec<u8>,
+}
+
+/// Most events in one log entry. A read starts at the entry holding its cursor and checks and
+/// walks that entry from its start, so this bounds the work a read does beyond the events it
+/// returns, whatever the size of the commit; at 512 a full commit of 16,384 events is 32
+/// inserts instead of one, which costs the writer little.
+pub const MAX_ENTRY_EVENTS: usize = 512;
+/// Most bytes of events in one log entry (an event larger than this gets an entry of its own).
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// The commit's events of one topic cut into entries of at most [`MAX_ENTRY_EVENTS`] events
+/// and [`MAX_ENTRY_BYTES`] bytes, in order.
+fn entry_chunks<'a, 'b>(
+    group: &'b [(&'a Imei, &'a [u8])],
+) -> impl Iterator<Item = &'b [(&'a Imei, &'a [u8])]> {
+    let mut rest = group;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let mut n = 0;
+        for (_, json) in rest.iter().take(MAX_ENTRY_EVENTS) {
+            bytes += json.len();
+            if n > 0 && bytes > MAX_ENTRY_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, next) = rest.split_at(n);
+        rest = next;
+        Some(chunk)
+    })
 }
 
 /// Bytes before the first event of a log entry: enqueue time (i64) and event count (u32).
@@ -345,14 +380,17 @@ impl Storage {
                 if group.is_empty() {
                     continue;
                 }
-                let first = meta
+                let mut next = meta
                     .get(next_offset_key(topic))?
                     .map(|g| g.value())
                     .unwrap_or(0);
-                let entry = encode_entry(now_ms, group)?;
-                txn.open_table(log_table(topic))?
-                    .insert(first, entry.as_slice())?;
-                meta.insert(next_offset_key(topic), first + group.len() as u64)?;
+                let mut table = txn.open_table(log_table(topic))?;
+                for chunk in entry_chunks(group) {
+                    let entry = encode_entry(now_ms, chunk)?;
+                    table.insert(next, entry.as_slice())?;
+                    next += chunk.len() as u64;
+                }
+                meta.insert(next_offset_key(topic), next)?;
             }
         }
         txn.commit()?;
@@ -637,6 +675,70 @@ mod tests {
         let txn = storage.db().begin_read().unwrap();
         assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
         assert_eq!(txn.open_table(LOG_HB).unwrap().len().unwrap(), 1);
+    }
+
+    /// (first offset, event count) of every entry of the GPS log.
+    fn gps_entries(storage: &Storage) -> Vec<(u64, u64)> {
+        let txn = storage.db().begin_read().unwrap();
+        let table = txn.open_table(LOG_GPS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), entry_header(v.value()).unwrap().1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_huge_commit_is_stored_as_entries_of_at_most_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let largest = gps_entries(&storage).iter().map(|e| e.1).max().unwrap();
+        assert_eq!(largest, MAX_ENTRY_EVENTS as u64);
+    }
+
+    #[test]
+    fn the_entries_of_a_huge_commit_hold_every_offset_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let mut expected_first = 0;
+        for (first, count) in gps_entries(&storage) {
+            assert_eq!(first, expected_first);
+            expected_first += count;
+        }
+        assert_eq!(expected_first, 100_000);
+    }
+
+    #[test]
+    fn read_from_the_middle_of_a_huge_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let read = storage.read(Topic::Gps, 50_001, 3).unwrap();
+        assert_eq!(offsets(&read), [50_001, 50_002, 50_003]);
+        assert_eq!(read[0].json, br#"{"n":50001}"#);
+    }
+
+    #[test]
+    fn large_events_are_cut_into_entries_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let big = |n: u32| NewEvent {
+            json: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(MAX_ENTRY_BYTES / 3))
+                .into_bytes(),
+            ..gps(IMEI_A, n)
+        };
+        let events: Vec<NewEvent> = (0..7).map(big).collect();
+        storage.append(&events, 1).unwrap();
+        let counts: Vec<u64> = gps_entries(&storage).iter().map(|e| e.1).collect();
+        assert_eq!(counts, [2, 2, 2, 1]);
     }
 
     #[test]

@@ -376,6 +376,10 @@ impl SinkEvent for SpoolEntry {
             accepted_ms,
         }
     }
+
+    fn json_len(&self) -> usize {
+        self.json.len()
+    }
 }
 
 /// The sink's queue, as sessions hold it.
@@ -543,7 +547,12 @@ async fn dispatch(shared: Arc<Shared>, mut calls: mpsc::Receiver<Job<SpoolEntry>
 /// Produces one batch, or spools it while Kafka is unreachable, and answers its callers.
 async fn deliver(shared: &Shared, batch: Batch<SpoolEntry>) {
     let started = Instant::now();
-    let Batch { events, calls } = batch;
+    // The batch's share of the queue's bounds is given back once its callers are answered.
+    let Batch {
+        events,
+        calls,
+        charge: _charge,
+    } = batch;
     let n = events.len();
     let topics: Vec<Topic> = events.iter().map(|e| e.topic).collect();
     let mode = shared.mode.lock().await;
