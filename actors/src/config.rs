@@ -20,7 +20,7 @@
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
-//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
+//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
 //! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
 
 use std::fmt;
@@ -152,6 +152,9 @@ pub struct PushConfig {
     pub max_age: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Tries of a batch the endpoint refuses for good (a 4xx other than 408/429) before it
+    /// is split to set the refused records aside as dead letters.
+    pub dead_letter_after: u32,
 }
 
 /// Redis of the cluster mode (registry leases, offline instructions).
@@ -358,6 +361,7 @@ section!(PushFile {
     max_backoff_secs: u64,
     max_age_secs: u64,
     request_timeout_secs: u64,
+    dead_letter_after: u64,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -1007,6 +1011,14 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             &["IOTHUB_PUSH_REQUEST_TIMEOUT"],
             p.request_timeout_secs,
         )?,
+        dead_letter_after: u32::try_from(integer_in(
+            env,
+            "push.dead_letter_after",
+            &["IOTHUB_PUSH_DEAD_LETTER_AFTER"],
+            p.dead_letter_after,
+            1..=1000,
+        )?)
+        .unwrap_or(5),
     };
 
     let worker_threads = integer_in(

@@ -8,6 +8,15 @@
 //!
 //! Accepted = a 2xx status AND a JSON body whose `code` is 0 (number or the string "0");
 //! customers answer `{"code":0}` to stop the hub from pushing the same data again.
+//!
+//! A failure is transient or permanent ([`Outcome::is_permanent`]). Transient: transport
+//! errors, 5xx, 408, 429 and a 2xx whose `code` is not 0: the endpoint is down, overloaded or
+//! busy, and the same request will succeed once it recovers, so the batch is retried as is
+//! (capped backoff, until `push.max_age`): a customer's outage loses nothing and reorders
+//! nothing. Permanent: every other status (400, 401, 403, 404, 413, 422, ...), where the
+//! endpoint says this request will never be taken as sent; retrying it as is would hold the
+//! topic up for every device, so after `push.dead_letter_after` tries the batch is split to
+//! find the records refused, which go to the dead-letter store.
 
 use std::time::Duration;
 
@@ -47,6 +56,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// True when sending the same request again cannot succeed (see the module docs).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Outcome::Status(s) => (400..500).contains(s) && *s != 408 && *s != 429,
+            Outcome::Accepted | Outcome::Rejected(_) | Outcome::Transport(_) => false,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -197,6 +214,22 @@ mod tests {
     #[test]
     fn json_array_record_is_not_an_object() {
         assert!(json_object_body("tk", b"[1]").is_none());
+    }
+
+    #[test]
+    fn refusals_of_the_request_itself_are_permanent() {
+        for status in [400, 401, 403, 404, 413, 422] {
+            assert!(Outcome::Status(status).is_permanent(), "{status}");
+        }
+    }
+
+    #[test]
+    fn outages_and_overload_are_transient() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(!Outcome::Status(status).is_permanent(), "{status}");
+        }
+        assert!(!Outcome::Rejected(r#"{"code":1}"#.into()).is_permanent());
+        assert!(!Outcome::Transport("connection refused".into()).is_permanent());
     }
 
     #[test]
