@@ -18,7 +18,7 @@
 //! `IOTHUB_METRICS_LISTEN`, `IOTHUB_DATA_DIR`, `IOTHUB_RETENTION`, `IOTHUB_COMMIT_INTERVAL_MS`,
 //! `IOTHUB_CRC_POLICY`,
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
-//! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
+//! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_REPLICATION_FACTOR`, `IOTHUB_KAFKA_MIN_INSYNC_REPLICAS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
 //! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
 //! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
@@ -125,6 +125,11 @@ pub struct KafkaConfig {
     pub consumer_group: String,
     /// Create missing topics at start-up with this many partitions.
     pub partitions: i32,
+    /// Replicas of each partition of the topics iothubd creates; `None` = the broker's
+    /// default (`default.replication.factor`).
+    pub replication_factor: Option<i16>,
+    /// `min.insync.replicas` of the topics iothubd creates; `None` = the broker's default.
+    pub min_insync_replicas: Option<i32>,
     /// `kafkaAuthSwitch`, `kafkaAuthUserName`, `kafkaAuthPassword`: SASL/PLAIN when set.
     pub auth: Option<(String, String)>,
     /// Most events kept in the local spool while Kafka is unreachable (at least 1).
@@ -326,6 +331,8 @@ section!(KafkaFile {
     topic_prefix: String,
     consumer_group: String,
     partitions: u64,
+    replication_factor: i64,
+    min_insync_replicas: u64,
     auth: bool,
     auth_user: String,
     auth_password: String,
@@ -447,6 +454,13 @@ impl FromEnv for String {
     const EXPECTED: &'static str = "is not text";
     fn from_env(s: &str) -> Option<Self> {
         Some(s.to_string())
+    }
+}
+
+impl FromEnv for i64 {
+    const EXPECTED: &'static str = "an integer";
+    fn from_env(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
     }
 }
 
@@ -798,6 +812,34 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         k.partitions,
         1..=10_000,
     )?;
+    let replication_factor = pick(
+        env,
+        "kafka.replication_factor",
+        &["IOTHUB_KAFKA_REPLICATION_FACTOR"],
+        k.replication_factor,
+    )?;
+    if replication_factor.value == 0
+        || !(-1..=i64::from(i16::MAX)).contains(&replication_factor.value)
+    {
+        return Err(replication_factor.invalid("must be -1 (the broker's default) or at least 1"));
+    }
+    let min_insync_replicas = integer_in(
+        env,
+        "kafka.min_insync_replicas",
+        &["IOTHUB_KAFKA_MIN_INSYNC_REPLICAS"],
+        k.min_insync_replicas,
+        0..=i16::MAX as u64,
+    )?;
+    if replication_factor.value > 0 && min_insync_replicas > replication_factor.value as u64 {
+        return Err(ConfigError::Invalid {
+            key: "kafka.min_insync_replicas".to_string(),
+            value: min_insync_replicas.to_string(),
+            reason: format!(
+                "must not exceed kafka.replication_factor ({}): acks=all could never succeed",
+                replication_factor.value
+            ),
+        });
+    }
     let auth_on = pick(env, "kafka.auth", &["kafkaAuthSwitch"], k.auth)?.value;
     let auth_user = pick(env, "kafka.auth_user", &["kafkaAuthUserName"], k.auth_user)?.value;
     let auth_password = pick(
@@ -830,6 +872,10 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         topic_prefix: topic_prefix.value,
         consumer_group: consumer_group.value,
         partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+        replication_factor: i16::try_from(replication_factor.value)
+            .ok()
+            .filter(|r| *r > 0),
+        min_insync_replicas: i32::try_from(min_insync_replicas).ok().filter(|m| *m > 0),
         auth,
         spool_max_events: integer_in(
             env,

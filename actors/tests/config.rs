@@ -348,3 +348,58 @@ fn missing_file_names_the_path() {
     let e = Config::load(Some(Path::new("/nonexistent/iothub.toml"))).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/iothub.toml"), "{e}");
 }
+
+#[test]
+fn kafka_durability_defaults_to_the_brokers_own() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(
+        (c.kafka.replication_factor, c.kafka.min_insync_replicas),
+        (None, None)
+    );
+}
+
+#[test]
+fn kafka_durability_of_the_production_recommendation() {
+    let c = load(
+        "[kafka]\nreplication_factor = 3\nmin_insync_replicas = 2\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.kafka.replication_factor, c.kafka.min_insync_replicas),
+        (Some(3), Some(2))
+    );
+}
+
+#[test]
+fn kafka_replication_factor_from_the_environment() {
+    let c = load("", &[("IOTHUB_KAFKA_REPLICATION_FACTOR", "3")]).unwrap();
+    assert_eq!(c.kafka.replication_factor, Some(3));
+}
+
+#[test]
+fn kafka_replication_factor_of_zero_is_refused() {
+    let e = error("[kafka]\nreplication_factor = 0\n", &[]);
+    assert!(e.contains("kafka.replication_factor"), "{e}");
+}
+
+#[test]
+fn kafka_min_insync_above_the_replication_factor_is_refused() {
+    let e = error(
+        "[kafka]\nreplication_factor = 2\nmin_insync_replicas = 3\n",
+        &[],
+    );
+    assert!(e.contains("kafka.min_insync_replicas"), "{e}");
+}
+
+#[test]
+fn push_dead_letter_after_defaults_to_five() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.push.dead_letter_after, 5);
+}
+
+#[test]
+fn push_dead_letter_after_of_zero_is_refused() {
+    let e = error("[push]\ndead_letter_after = 0\n", &[]);
+    assert!(e.contains("push.dead_letter_after"), "{e}");
+}
