@@ -13,8 +13,8 @@
 
 use std::sync::Arc;
 
+use crate::cluster::redis::Pool;
 use deadpool_redis::redis::AsyncCommands;
-use deadpool_redis::Pool;
 use iothub::channel::AuthVerdict;
 use iothub::imei::Imei;
 use redb::{ReadableDatabase, TableDefinition};

@@ -20,7 +20,7 @@
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_REPLICATION_FACTOR`, `IOTHUB_KAFKA_MIN_INSYNC_REPLICAS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
-//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`,
+//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`, `IOTHUB_REDIS_SENTINELS`, `IOTHUB_REDIS_SENTINEL_MASTER`,
 //! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
 
 use std::fmt;
@@ -178,12 +178,17 @@ pub struct RedisConfig {
     /// How long a device route or a node's identity outlives its last renewal. Renewed every
     /// third of it, so a dead node's routes expire within one lease.
     pub lease: Duration,
+    /// Redis Sentinels (`host:port`) that name the current master of `sentinel_master`;
+    /// when set, `host` and `port` are not used.
+    pub sentinels: Vec<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub sentinel_master: String,
 }
 
 impl RedisConfig {
     /// Cluster mode: Redis holds the routes, offline instructions and auth codes.
     pub fn cluster_mode(&self) -> bool {
-        self.host.is_some()
+        self.host.is_some() || !self.sentinels.is_empty()
     }
 }
 
@@ -346,6 +351,8 @@ section!(RedisFile {
     db: u64,
     key_prefix: String,
     lease_secs: u64,
+    sentinels: Vec<String>,
+    sentinel_master: String,
 });
 
 section!(RuntimeFile {
@@ -454,6 +461,20 @@ impl FromEnv for String {
     const EXPECTED: &'static str = "is not text";
     fn from_env(s: &str) -> Option<Self> {
         Some(s.to_string())
+    }
+}
+
+/// A comma-separated list; empty items are left out.
+impl FromEnv for Vec<String> {
+    const EXPECTED: &'static str = "a comma-separated list";
+    fn from_env(raw: &str) -> Option<Self> {
+        Some(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 }
 
@@ -931,6 +952,37 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             r.lease_secs,
             3..=3600,
         )?),
+        sentinels: {
+            let v = pick(
+                env,
+                "redis.sentinels",
+                &["IOTHUB_REDIS_SENTINELS"],
+                r.sentinels,
+            )?;
+            if let Some(bad) = v.value.iter().find(|a| {
+                a.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return Err(ConfigError::Invalid {
+                    key: v.key.clone(),
+                    value: v.value.join(","),
+                    reason: format!("{bad:?} is not host:port"),
+                });
+            }
+            v.value
+        },
+        sentinel_master: {
+            let v = pick(
+                env,
+                "redis.sentinel_master",
+                &["IOTHUB_REDIS_SENTINEL_MASTER"],
+                r.sentinel_master,
+            )?;
+            if v.value.trim().is_empty() {
+                return Err(v.invalid("must not be empty"));
+            }
+            v.value
+        },
     };
 
     let c = f.cluster;

@@ -403,3 +403,26 @@ fn push_dead_letter_after_of_zero_is_refused() {
     let e = error("[push]\ndead_letter_after = 0\n", &[]);
     assert!(e.contains("push.dead_letter_after"), "{e}");
 }
+
+#[test]
+fn redis_sentinels_from_the_environment_turn_cluster_mode_on() {
+    let c = load(
+        "",
+        &[("IOTHUB_REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26379")],
+    )
+    .unwrap();
+    assert_eq!(c.redis.sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+    assert!(c.redis.cluster_mode());
+}
+
+#[test]
+fn redis_sentinel_master_defaults_to_mymaster() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.redis.sentinel_master, "mymaster");
+}
+
+#[test]
+fn redis_sentinel_without_a_port_is_refused() {
+    let e = error("[redis]\nsentinels = [\"10.0.0.1\"]\n", &[]);
+    assert!(e.contains("redis.sentinels"), "{e}");
+}
