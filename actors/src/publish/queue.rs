@@ -87,8 +87,16 @@ impl Budget {
 
     /// Counts a call in, waiting until the queue is below both bounds.
     async fn charge(self: &Arc<Self>, events: usize, bytes: usize) -> Charge {
+        // Counted as waiting until this returns or its caller gives up on it (drops it).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let charge = loop {
+        let _waiting = Waiting(&self.waiting);
+        loop {
             // Registered before the check, so a release between the check and the wait wakes it.
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -98,7 +106,7 @@ impl Budget {
                 if used.0 < self.max_events && used.1 < self.max_bytes {
                     used.0 += events;
                     used.1 += bytes;
-                    break Charge {
+                    return Charge {
                         budget: Some(self.clone()),
                         events,
                         bytes,
@@ -106,9 +114,7 @@ impl Budget {
                 }
             }
             freed.await;
-        };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        charge
+        }
     }
 }
 
@@ -392,6 +398,12 @@ impl<E> Batch<E> {
         }
         // Calls still waiting behind this batch: the queue's depth.
         metrics::gauge!("iothub_publish_queue_depth").set(rx.len() as f64);
+        // Events and bytes held against the bounds, this batch's included.
+        if let Some(budget) = &self.charge.budget {
+            let (events, bytes) = *budget.used();
+            metrics::gauge!("iothub_publish_queue_events").set(events as f64);
+            metrics::gauge!("iothub_publish_queue_bytes").set(bytes as f64);
+        }
     }
 
     fn add(&mut self, events: Vec<E>, reply: Option<Reply>, charge: Charge) {
@@ -492,6 +504,23 @@ mod tests {
         drop(batch);
         let queued = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         assert!(matches!(queued, Ok(Ok(Ok(())))));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_waiting_does_not_hold_up_the_others() {
+        let (queue, mut consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        assert!(queue.try_enqueue(vec![heartbeat(); 10]).is_ok());
+        let Err(TryEnqueueError::Full(prepared)) = queue.try_enqueue(vec![heartbeat()]) else {
+            panic!("a queue at its bound took another call");
+        };
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            queue.enqueue_prepared(prepared),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the call did not wait for room");
+        drop(Batch::of(consumer.recv().await.unwrap()));
+        assert!(queue.try_enqueue(vec![heartbeat()]).is_ok());
     }
 
     #[tokio::test]
