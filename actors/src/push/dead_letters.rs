@@ -59,3 +59,49 @@ pub fn replay(config: &Config, storage: &Arc<Storage>) -> anyhow::Result<u64> {
         replayed += seqs.len() as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use iothub::event::Topic;
+    use iothub::imei::Imei;
+
+    use super::*;
+
+    fn setup(kafka: bool) -> (tempfile::TempDir, Config, Arc<Storage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::from_toml_str("[api]\ntoken = \"t\"\n", &|_| None).unwrap();
+        config.storage.data_dir = dir.path().to_path_buf();
+        config.storage.retention = Duration::from_secs(3600);
+        config.kafka.enable = kafka;
+        let storage = Storage::open(&config.storage).unwrap();
+        let imei = Imei::parse("864717003283581").unwrap();
+        storage
+            .add_dead_letters(Topic::Gps, &[(imei, 1, br#"{"n":1}"#)], "HTTP status 413")
+            .unwrap();
+        (dir, config, storage)
+    }
+
+    #[test]
+    fn a_replay_in_kafka_mode_puts_the_dead_letters_in_the_spool() {
+        let (_dir, config, storage) = setup(true);
+        assert_eq!(replay(&config, &storage).unwrap(), 1);
+        let spool = Spool::open(storage.clone(), 10).unwrap();
+        assert_eq!(spool.len(), 1);
+    }
+
+    #[test]
+    fn a_replay_in_kafka_mode_empties_the_dead_letter_store() {
+        let (_dir, config, storage) = setup(true);
+        replay(&config, &storage).unwrap();
+        assert_eq!(storage.dead_letter_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_replay_of_the_embedded_log_appends_to_the_topic() {
+        let (_dir, config, storage) = setup(false);
+        assert_eq!(replay(&config, &storage).unwrap(), 1);
+        assert_eq!(storage.read(Topic::Gps, 0, 10).unwrap().len(), 1);
+    }
+}
