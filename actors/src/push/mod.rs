@@ -95,6 +95,10 @@ impl PushDispatcher {
     ) -> anyhow::Result<PushDispatcher> {
         let client = http::client(config.push.request_timeout)?;
         if let Ok(stored) = storage.dead_letter_count() {
+            // A replay while the node was stopped may have lowered it.
+            *STORED_LARGEST
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = stored;
             metrics::gauge!("iothub_push_dead_letters_stored").set(stored as f64);
             if stored > 0 {
                 tracing::warn!(
@@ -266,6 +270,20 @@ enum Part {
     Refused(Vec<Item>, String),
 }
 
+/// Sets `iothub_push_dead_letters_stored` to the largest count a store returned. The loops
+/// of several topics store concurrently and a running node only adds dead letters, so the
+/// largest count is the latest; the lock keeps an older count from being set after it.
+fn record_stored(count: u64) {
+    let mut largest = STORED_LARGEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *largest = (*largest).max(count);
+    metrics::gauge!("iothub_push_dead_letters_stored").set(*largest as f64);
+}
+
+/// The count behind `iothub_push_dead_letters_stored` (see [`record_stored`]).
+static STORED_LARGEST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
 /// Stores refused records in the dead-letter store, retrying while the store fails; false if
 /// the loop was stopped meanwhile.
 async fn set_aside(
@@ -307,7 +325,7 @@ async fn set_aside(
                 );
                 metrics::counter!("iothub_push_dead_letters_total", "topic" => topic.name())
                     .increment(items.len() as u64);
-                metrics::gauge!("iothub_push_dead_letters_stored").set(count as f64);
+                record_stored(count);
                 return true;
             }
             Ok(Err(e)) => {
