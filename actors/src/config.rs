@@ -20,7 +20,7 @@
 //! `IOTHUB_MAX_CONNECTIONS`, `IOTHUB_API_DEFAULT_TIMEOUT`, `IOTHUB_API_MAX_TIMEOUT`,
 //! `IOTHUB_KAFKA_PARTITIONS`, `IOTHUB_KAFKA_REPLICATION_FACTOR`, `IOTHUB_KAFKA_MIN_INSYNC_REPLICAS`, `IOTHUB_KAFKA_SPOOL_MAX`, `IOTHUB_PUSH_BATCH_SIZE`, `IOTHUB_PUSH_BATCH_DELAY_MS`,
 //! `IOTHUB_PUSH_MIN_BACKOFF`, `IOTHUB_PUSH_MAX_BACKOFF`, `IOTHUB_PUSH_MAX_AGE`,
-//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`, `IOTHUB_REDIS_SENTINELS`, `IOTHUB_REDIS_SENTINEL_MASTER`,
+//! `IOTHUB_PUSH_REQUEST_TIMEOUT`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`, `IOTHUB_PUSH_DEAD_LETTER_MAX`, `IOTHUB_REDIS_DB`, `IOTHUB_REDIS_PREFIX`, `IOTHUB_REDIS_LEASE`, `IOTHUB_REDIS_SENTINELS`, `IOTHUB_REDIS_SENTINEL_MASTER`,
 //! `IOTHUB_INTERNAL_LISTEN`, `IOTHUB_INTERNAL_ADVERTISE`, `IOTHUB_WORKER_THREADS`.
 
 use std::fmt;
@@ -160,6 +160,8 @@ pub struct PushConfig {
     /// Tries of a batch the endpoint refuses for good (a 4xx other than 408/429) before it
     /// is split to set the refused records aside as dead letters.
     pub dead_letter_after: u32,
+    /// Most records the dead-letter store holds; past it a refused record holds its topic up.
+    pub dead_letter_max: u64,
 }
 
 /// Redis of the cluster mode (registry leases, offline instructions).
@@ -376,6 +378,7 @@ section!(PushFile {
     max_age_secs: u64,
     request_timeout_secs: u64,
     dead_letter_after: u64,
+    dead_letter_max: u64,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -1117,6 +1120,13 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             1..=1000,
         )?)
         .unwrap_or(5),
+        dead_letter_max: integer_in(
+            env,
+            "push.dead_letter_max",
+            &["IOTHUB_PUSH_DEAD_LETTER_MAX"],
+            p.dead_letter_max,
+            1..=u64::MAX,
+        )?,
     };
 
     let worker_threads = integer_in(

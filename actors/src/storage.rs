@@ -568,16 +568,23 @@ impl Storage {
 
     /// Sets records the customer refused for good aside, in one durable transaction:
     /// (device, enqueue time, JSON) each, with the refusal. Returns how many are stored now.
+    /// Refuses them all, storing nothing, when the store would then hold more than `max`.
     pub fn add_dead_letters(
         &self,
         topic: Topic,
         records: &[(Imei, i64, &[u8])],
         reason: &str,
+        max: u64,
     ) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
         let stored = {
             let mut meta = txn.open_table(META_TABLE)?;
             let mut table = txn.open_table(DEAD_LETTERS)?;
+            if table.len()?.saturating_add(records.len() as u64) > max {
+                return Err(StoreError(format!(
+                    "the dead-letter store holds its most, {max} records (push.dead_letter_max)"
+                )));
+            }
             let mut next = meta
                 .get(DEAD_LETTERS_NEXT_SEQ)?
                 .map(|g| g.value())
@@ -941,6 +948,7 @@ mod tests {
                 Topic::Alarm,
                 &[(imei, 42, br#"{"a":1}"#)],
                 "HTTP status 413",
+                10,
             )
             .unwrap();
         assert_eq!(stored, 1);
@@ -959,6 +967,21 @@ mod tests {
     }
 
     #[test]
+    fn a_full_dead_letter_store_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let imei = Imei::parse(IMEI_A).unwrap();
+        let two = [(imei, 1, &b"{}"[..]), (imei, 2, &b"{}"[..])];
+        storage
+            .add_dead_letters(Topic::Gps, &two, "HTTP status 400", 3)
+            .unwrap();
+        assert!(storage
+            .add_dead_letters(Topic::Gps, &two, "HTTP status 400", 3)
+            .is_err());
+        assert_eq!(storage.dead_letter_count().unwrap(), 2);
+    }
+
+    #[test]
     fn replayed_dead_letters_go_to_the_end_of_their_log() {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&dir);
@@ -967,7 +990,12 @@ mod tests {
             .unwrap();
         let imei = Imei::parse(IMEI_B).unwrap();
         storage
-            .add_dead_letters(Topic::Gps, &[(imei, 5, br#"{"n":9}"#)], "HTTP status 400")
+            .add_dead_letters(
+                Topic::Gps,
+                &[(imei, 5, br#"{"n":9}"#)],
+                "HTTP status 400",
+                10,
+            )
             .unwrap();
         assert_eq!(storage.replay_dead_letters_to_log(100, 7).unwrap(), 1);
         let read = storage.read(Topic::Gps, 2, 10).unwrap();

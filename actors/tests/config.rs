@@ -426,3 +426,9 @@ fn redis_sentinel_without_a_port_is_refused() {
     let e = error("[redis]\nsentinels = [\"10.0.0.1\"]\n", &[]);
     assert!(e.contains("redis.sentinels"), "{e}");
 }
+
+#[test]
+fn push_dead_letter_max_from_the_environment() {
+    let c = load("", &[("IOTHUB_PUSH_DEAD_LETTER_MAX", "500")]).unwrap();
+    assert_eq!(c.push.dead_letter_max, 500);
+}

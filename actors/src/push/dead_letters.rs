@@ -78,7 +78,12 @@ mod tests {
         let storage = Storage::open(&config.storage).unwrap();
         let imei = Imei::parse("864717003283581").unwrap();
         storage
-            .add_dead_letters(Topic::Gps, &[(imei, 1, br#"{"n":1}"#)], "HTTP status 413")
+            .add_dead_letters(
+                Topic::Gps,
+                &[(imei, 1, br#"{"n":1}"#)],
+                "HTTP status 413",
+                10,
+            )
             .unwrap();
         (dir, config, storage)
     }

@@ -307,12 +307,13 @@ async fn set_aside(
         let storage = ctx.storage.clone();
         let records = records.clone();
         let reason_owned = reason.to_owned();
+        let max = ctx.push.dead_letter_max;
         let stored = tokio::task::spawn_blocking(move || {
             let refs: Vec<_> = records
                 .iter()
                 .map(|(imei, at, json)| (*imei, *at, json.as_slice()))
                 .collect();
-            storage.add_dead_letters(topic, &refs, &reason_owned)
+            storage.add_dead_letters(topic, &refs, &reason_owned, max)
         })
         .await;
         match stored {
@@ -329,7 +330,9 @@ async fn set_aside(
                 return true;
             }
             Ok(Err(e)) => {
-                tracing::error!(topic = topic.name(), error = %e, "cannot store dead letters")
+                // A full store holds the topic up on this record, as a record refused for
+                // good was before there was a store, until the operator replays or clears it.
+                tracing::error!(topic = topic.name(), error = %e, "cannot store dead letters; retrying")
             }
             Err(e) => {
                 tracing::error!(topic = topic.name(), error = %e, "cannot store dead letters")
