@@ -153,7 +153,8 @@ pub struct PushConfig {
     /// First retry delay; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// Events older than this that still could not be delivered are dropped and counted.
+    /// Events older than this that still could not be delivered are dropped and counted;
+    /// zero: never.
     pub max_age: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
@@ -1100,12 +1101,15 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         )?,
         min_backoff,
         max_backoff,
-        max_age: secs(
+        // 0 keeps undelivered events until they are delivered: transient failures are then
+        // retried for as long as they last.
+        max_age: Duration::from_secs(integer_in(
             env,
             "push.max_age_secs",
             &["IOTHUB_PUSH_MAX_AGE"],
             p.max_age_secs,
-        )?,
+            0..=u64::MAX,
+        )?),
         request_timeout: secs(
             env,
             "push.request_timeout_secs",

@@ -432,3 +432,9 @@ fn push_dead_letter_max_from_the_environment() {
     let c = load("", &[("IOTHUB_PUSH_DEAD_LETTER_MAX", "500")]).unwrap();
     assert_eq!(c.push.dead_letter_max, 500);
 }
+
+#[test]
+fn push_max_age_of_zero_keeps_events_until_delivered() {
+    let c = load("[push]\nmax_age_secs = 0\n", &[]).unwrap();
+    assert_eq!(c.push.max_age, Duration::ZERO);
+}
