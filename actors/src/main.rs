@@ -19,7 +19,7 @@ struct Cli {
     /// Configuration file (TOML). Without it, `config/iothub.toml` is used when present,
     /// else the built-in defaults (the same file, embedded). Environment variables with the
     /// Jimi names (pushURL, kafkaEnable, readTimeOut, ...) override the file.
-    #[arg(long, short = 'c', env = "IOTHUB_CONFIG")]
+    #[arg(long, short = 'c', env = "IOTHUB_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
