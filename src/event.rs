@@ -446,6 +446,10 @@ pub struct AlarmMsg {
     /// JT/T 259: storage units in fault, bits 0..=11 main, 12..=15 backup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_fault_channel: Option<u16>,
+    /// JT/T 264..=267: Su-biao alarms of the same report left out after this one, because a
+    /// report yields a bounded number of alarms (absent when none were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_alarms: Option<u32>,
 }
 
 /// `alertType`: JIMI devices' codes are JSON numbers, JT/T codes JSON strings (`"256"`), as

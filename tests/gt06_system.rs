@@ -529,3 +529,98 @@ async fn the_jimi_compose_timeouts_do_not_cut_a_silent_tracker() {
     );
     tracker.close().await;
 }
+
+/// `iothubd dead-letters <args>` on the stopped hub's data directory: its standard output.
+fn dead_letters_command(hub: &Hub, args: &[&str]) -> String {
+    let out = Command::new(iothub_system_tests::iothubd_bin())
+        .arg("dead-letters")
+        .args(args)
+        .env("IOTHUB_DATA_DIR", &hub.data_dir)
+        .env("apiToken", TOKEN)
+        .output()
+        .expect("run iothubd dead-letters");
+    assert!(
+        out.status.success(),
+        "iothubd dead-letters {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_endpoint_refuses_are_set_aside_and_replayed() {
+    let good = "864717003283581";
+    let poison = "864717003283599";
+    let rx = receiver().await;
+    rx.set_refused_marker(Some(poison));
+    let mut hub = hub_pushing_to(&rx, &[("IOTHUB_PUSH_DEAD_LETTER_AFTER", "1")]);
+    let fix = Fix {
+        time: Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap(),
+        latitude: 22.576539,
+        longitude: 113.942885,
+        speed_kmh: 42,
+        course: 155,
+        satellites: 9,
+        odometer_m: 698,
+    };
+    for imei in [poison, good] {
+        let mut tracker = SimTracker::connect_and_login(hub.gt06, tracker_config(imei))
+            .await
+            .unwrap();
+        tracker.send_gps(fix.clone()).await.unwrap();
+        tracker
+            .send_heartbeat()
+            .await
+            .expect("heartbeat acknowledged");
+        tracker.close().await;
+    }
+    // The poison device's login, logout, position and heartbeat are refused (413) alone.
+    let good_delivered = rx
+        .wait_for(
+            |v| {
+                v.count_for_imei("/pushevent", good) >= 2 && v.count_for_imei("/pushgps", good) >= 1
+            },
+            WAIT,
+        )
+        .await;
+    assert!(good_delivered, "the other device's records did not arrive");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = hub.metrics_text().await;
+        if metric_value(&text, "iothub_push_dead_letters_stored", &[]) >= 4.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters stored: {}",
+            metric_value(&text, "iothub_push_dead_letters_stored", &[])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.stop();
+    assert_eq!(rx.count_for_imei("/pushgps", poison), 0);
+
+    let listed = dead_letters_command(&hub, &["list"]);
+    let lines: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{listed}");
+    assert!(lines.iter().all(|l| l["imei"] == poison), "{listed}");
+
+    rx.set_refused_marker(None);
+    let replayed = dead_letters_command(&hub, &["replay"]);
+    assert!(replayed.starts_with("4 "), "{replayed}");
+    hub.restart();
+    let poison_delivered = rx
+        .wait_for(
+            |v| {
+                v.count_for_imei("/pushevent", poison) >= 2
+                    && v.count_for_imei("/pushgps", poison) >= 1
+                    && v.count_for_imei("/pushhb", poison) >= 1
+            },
+            WAIT,
+        )
+        .await;
+    assert!(poison_delivered, "the replayed records did not arrive");
+}

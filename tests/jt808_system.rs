@@ -641,3 +641,32 @@ async fn a_source_over_its_registration_rate_is_closed() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_repeating_a_video_alarm_item_gives_one_alarm() {
+    use iothub::codec::jt808::LocationItem;
+    let rx = receiver().await;
+    let hub = hub_pushing_to(&rx, &[]);
+    let mut terminal = terminal_2013(&hub).await;
+    let mut extra = vec![LocationItem::VideoSignalLoss(0b001); 150];
+    extra.push(LocationItem::VideoSignalLoss(0b100));
+    terminal
+        .send_location(&fix(0), 0, &extra)
+        .await
+        .expect("the report is acknowledged");
+    terminal
+        .send_heartbeat()
+        .await
+        .expect("heartbeat acknowledged");
+    let arrived = rx
+        .wait_for(
+            |v| v.count("/pushalarm") >= 1 && v.count("/pushhb") >= 1,
+            WAIT,
+        )
+        .await;
+    assert!(arrived, "the alarm or the heartbeat did not arrive");
+    // The heartbeat came after the report: every alarm of the report is in by now.
+    let alarms = rx.records("/pushalarm");
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].record["msg"]["signalDropChannel"], 0b101);
+}

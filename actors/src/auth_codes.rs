@@ -22,8 +22,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cluster::redis::Pool;
 use deadpool_redis::redis::AsyncCommands;
-use deadpool_redis::Pool;
 use iothub::channel::AuthVerdict;
 use iothub::imei::Imei;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};

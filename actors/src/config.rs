@@ -29,7 +29,9 @@
 //! `IOTHUB_JT808_ALLOW_REREGISTRATION`, `IOTHUB_JT808_REGISTRATIONS_PER_CONNECTION`,
 //! `IOTHUB_JT808_REGISTRATIONS_PER_SOURCE`, `IOTHUB_JT808_UNUSED_CODE_EXPIRY_DAYS`,
 //! `IOTHUB_HTTP_HEADER_READ_TIMEOUT`, `IOTHUB_HTTP_BODY_READ_TIMEOUT`, `IOTHUB_HTTP_IDLE_TIMEOUT`,
-//! `IOTHUB_HTTP_MAX_CONNECTIONS`.
+//! `IOTHUB_HTTP_MAX_CONNECTIONS`, `IOTHUB_KAFKA_REPLICATION_FACTOR`,
+//! `IOTHUB_KAFKA_MIN_INSYNC_REPLICAS`, `IOTHUB_PUSH_DEAD_LETTER_AFTER`,
+//! `IOTHUB_PUSH_DEAD_LETTER_MAX`, `IOTHUB_REDIS_SENTINELS`, `IOTHUB_REDIS_SENTINEL_MASTER`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -177,6 +179,11 @@ pub struct KafkaConfig {
     pub consumer_group: String,
     /// Create missing topics at start-up with this many partitions.
     pub partitions: i32,
+    /// Replicas of each partition of the topics iothubd creates; `None` = the broker's
+    /// default (`default.replication.factor`).
+    pub replication_factor: Option<i16>,
+    /// `min.insync.replicas` of the topics iothubd creates; `None` = the broker's default.
+    pub min_insync_replicas: Option<i32>,
     /// `kafkaAuthSwitch`, `kafkaAuthUserName`, `kafkaAuthPassword`: SASL/PLAIN when set.
     pub auth: Option<(String, String)>,
     /// Most events kept in the local spool while Kafka is unreachable (at least 1).
@@ -200,12 +207,18 @@ pub struct PushConfig {
     /// First retry delay; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// Events older than this that still could not be delivered are dropped and counted.
+    /// Events older than this that still could not be delivered are dropped and counted;
+    /// zero: never.
     pub max_age: Duration,
     /// Per-request timeout (Jimi `readTimeOut`).
     pub request_timeout: Duration,
     /// Time to open a connection to the customer (Jimi `connectTimeout`).
     pub connect_timeout: Duration,
+    /// Tries of a batch the endpoint refuses for good (a 4xx other than 408/429) before it
+    /// is split to set the refused records aside as dead letters.
+    pub dead_letter_after: u32,
+    /// Most records the dead-letter store holds; past it a refused record holds its topic up.
+    pub dead_letter_max: u64,
 }
 
 /// Redis of the cluster mode (registry leases, offline instructions).
@@ -224,12 +237,17 @@ pub struct RedisConfig {
     /// How long a device route or a node's identity outlives its last renewal. Renewed every
     /// third of it, so a dead node's routes expire within one lease.
     pub lease: Duration,
+    /// Redis Sentinels (`host:port`) that name the current master of `sentinel_master`;
+    /// when set, `host` and `port` are not used.
+    pub sentinels: Vec<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub sentinel_master: String,
 }
 
 impl RedisConfig {
     /// Cluster mode: Redis holds the routes, offline instructions and auth codes.
     pub fn cluster_mode(&self) -> bool {
-        self.host.is_some()
+        self.host.is_some() || !self.sentinels.is_empty()
     }
 }
 
@@ -388,6 +406,8 @@ section!(KafkaFile {
     topic_prefix: String,
     consumer_group: String,
     partitions: u64,
+    replication_factor: i64,
+    min_insync_replicas: u64,
     auth: bool,
     auth_user: String,
     auth_password: String,
@@ -401,6 +421,8 @@ section!(RedisFile {
     db: u64,
     key_prefix: String,
     lease_secs: u64,
+    sentinels: Vec<String>,
+    sentinel_master: String,
 });
 
 section!(RuntimeFile {
@@ -431,6 +453,8 @@ section!(PushFile {
     max_age_secs: u64,
     request_timeout_secs: u64,
     connect_timeout_secs: u64,
+    dead_letter_after: u64,
+    dead_letter_max: u64,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,6 +543,27 @@ impl FromEnv for String {
     const EXPECTED: &'static str = "is not text";
     fn from_env(s: &str) -> Option<Self> {
         Some(s.to_string())
+    }
+}
+
+/// A comma-separated list; empty items are left out.
+impl FromEnv for Vec<String> {
+    const EXPECTED: &'static str = "a comma-separated list";
+    fn from_env(raw: &str) -> Option<Self> {
+        Some(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+}
+
+impl FromEnv for i64 {
+    const EXPECTED: &'static str = "an integer";
+    fn from_env(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
     }
 }
 
@@ -956,6 +1001,34 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         k.partitions,
         1..=10_000,
     )?;
+    let replication_factor = pick(
+        env,
+        "kafka.replication_factor",
+        &["IOTHUB_KAFKA_REPLICATION_FACTOR"],
+        k.replication_factor,
+    )?;
+    if replication_factor.value == 0
+        || !(-1..=i64::from(i16::MAX)).contains(&replication_factor.value)
+    {
+        return Err(replication_factor.invalid("must be -1 (the broker's default) or at least 1"));
+    }
+    let min_insync_replicas = integer_in(
+        env,
+        "kafka.min_insync_replicas",
+        &["IOTHUB_KAFKA_MIN_INSYNC_REPLICAS"],
+        k.min_insync_replicas,
+        0..=i16::MAX as u64,
+    )?;
+    if replication_factor.value > 0 && min_insync_replicas > replication_factor.value as u64 {
+        return Err(ConfigError::Invalid {
+            key: "kafka.min_insync_replicas".to_string(),
+            value: min_insync_replicas.to_string(),
+            reason: format!(
+                "must not exceed kafka.replication_factor ({}): acks=all could never succeed",
+                replication_factor.value
+            ),
+        });
+    }
     let auth_on = pick(env, "kafka.auth", &["kafkaAuthSwitch"], k.auth)?.value;
     let auth_user = pick(env, "kafka.auth_user", &["kafkaAuthUserName"], k.auth_user)?.value;
     let auth_password = pick(
@@ -988,6 +1061,10 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         topic_prefix: topic_prefix.value,
         consumer_group: consumer_group.value,
         partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+        replication_factor: i16::try_from(replication_factor.value)
+            .ok()
+            .filter(|r| *r > 0),
+        min_insync_replicas: i32::try_from(min_insync_replicas).ok().filter(|m| *m > 0),
         auth,
         spool_max_events: integer_in(
             env,
@@ -1043,6 +1120,37 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             r.lease_secs,
             3..=3600,
         )?),
+        sentinels: {
+            let v = pick(
+                env,
+                "redis.sentinels",
+                &["IOTHUB_REDIS_SENTINELS"],
+                r.sentinels,
+            )?;
+            if let Some(bad) = v.value.iter().find(|a| {
+                a.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return Err(ConfigError::Invalid {
+                    key: v.key.clone(),
+                    value: v.value.join(","),
+                    reason: format!("{bad:?} is not host:port"),
+                });
+            }
+            v.value
+        },
+        sentinel_master: {
+            let v = pick(
+                env,
+                "redis.sentinel_master",
+                &["IOTHUB_REDIS_SENTINEL_MASTER"],
+                r.sentinel_master,
+            )?;
+            if v.value.trim().is_empty() {
+                return Err(v.invalid("must not be empty"));
+            }
+            v.value
+        },
     };
 
     let c = f.cluster;
@@ -1157,12 +1265,15 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         )?,
         min_backoff,
         max_backoff,
-        max_age: secs(
+        // 0 keeps undelivered events until they are delivered: transient failures are then
+        // retried for as long as they last.
+        max_age: Duration::from_secs(integer_in(
             env,
             "push.max_age_secs",
             &["IOTHUB_PUSH_MAX_AGE"],
             p.max_age_secs,
-        )?,
+            0..=u64::MAX,
+        )?),
         request_timeout: secs(
             env,
             "push.request_timeout_secs",
@@ -1174,6 +1285,21 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
             "push.connect_timeout_secs",
             &["IOTHUB_PUSH_CONNECT_TIMEOUT", "connectTimeout"],
             p.connect_timeout_secs,
+        )?,
+        dead_letter_after: u32::try_from(integer_in(
+            env,
+            "push.dead_letter_after",
+            &["IOTHUB_PUSH_DEAD_LETTER_AFTER"],
+            p.dead_letter_after,
+            1..=1000,
+        )?)
+        .unwrap_or(5),
+        dead_letter_max: integer_in(
+            env,
+            "push.dead_letter_max",
+            &["IOTHUB_PUSH_DEAD_LETTER_MAX"],
+            p.dead_letter_max,
+            1..=u64::MAX,
         )?,
     };
 

@@ -1,11 +1,14 @@
 //! iothubd: the iothub daemon. Loads the configuration, starts the hub and runs until
 //! SIGTERM or SIGINT, then stops gracefully (no new devices, logouts stored, pushes kept).
+//! `iothubd dead-letters list|replay` works on the stopped node's dead-letter store.
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use iothub_actors::config::Config;
+use iothub_actors::push::dead_letters;
 use iothub_actors::root::Hub;
+use iothub_actors::storage::Storage;
 use iothub_actors::{open_files, telemetry};
 
 /// iothub: an IoT hub for GPS trackers and dashcams, compatible with Jimi IoT Hub devices
@@ -16,8 +19,56 @@ struct Cli {
     /// Configuration file (TOML). Without it, `config/iothub.toml` is used when present,
     /// else the built-in defaults (the same file, embedded). Environment variables with the
     /// Jimi names (pushURL, kafkaEnable, readTimeOut, ...) override the file.
-    #[arg(long, short = 'c', env = "IOTHUB_CONFIG")]
+    #[arg(long, short = 'c', env = "IOTHUB_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Records the push endpoint refused for good (HTTP 4xx), set aside so their topic kept
+    /// moving. Run while iothubd is stopped: the node's database has one user at a time.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// Prints the dead letters, oldest first, one JSON line each.
+    List {
+        /// Most dead letters printed.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+    /// Queues every dead letter again; the next start of iothubd pushes them.
+    Replay,
+}
+
+fn dead_letter_command(config: &Config, command: &DeadLetterCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let storage = Storage::open(&config.storage)
+        .context("cannot open the node's database (is iothubd still running?)")?;
+    match command {
+        DeadLetterCommand::List { max } => {
+            for d in dead_letters::list(&storage, *max)? {
+                let line = serde_json::json!({
+                    "seq": d.seq,
+                    "topic": d.topic.name(),
+                    "imei": d.imei.as_str(),
+                    "enqueuedMs": d.enqueued_ms,
+                    "reason": d.reason,
+                    "record": String::from_utf8_lossy(&d.json),
+                });
+                println!("{line}");
+            }
+        }
+        DeadLetterCommand::Replay => {
+            let n = dead_letters::replay(config, &storage)?;
+            println!("{n} dead letters queued again");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +81,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::DeadLetters(command)) = &cli.command {
+        return match dead_letter_command(&config, command) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("iothubd: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // The runtime is built after the configuration is read because its size is configured.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

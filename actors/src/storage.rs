@@ -9,7 +9,9 @@
 //! Layout:
 //! - one append-only table per [`Topic`] (`log_<name>`): one entry per commit, key = offset of
 //!   its first event (offsets are per event, dense, increasing), value = the enqueue time and
-//!   the commit's events of that topic (IMEI, record JSON bytes) in offset order. Databases of
+//!   the commit's events of that topic (IMEI, record JSON bytes) in offset order; a commit of
+//!   more than [`MAX_ENTRY_EVENTS`] events or [`MAX_ENTRY_BYTES`] bytes of a topic is stored as
+//!   several entries, so a read that starts inside an entry walks a bounded part of it. Databases of
 //!   the one-event-per-entry layout (`events_<name>`) are moved over when opened;
 //! - `meta`: the next offset of each topic (kept explicitly, because delivered entries are
 //!   deleted and the last key alone cannot tell where the log ended) and id counters;
@@ -18,7 +20,10 @@
 //! - `jt808_auth_codes`: imei -> JT/T 808 authentication code (see `auth_codes`);
 //! - `kafka_spool`: sequence (u64, increasing) -> event the Kafka sink could not produce while
 //!   the brokers were unreachable, waiting to be drained (see `publish::spool`); its next
-//!   sequence is kept in `meta`.
+//!   sequence is kept in `meta`;
+//! - `dead_letters`: sequence (u64, increasing) -> a record the customer's endpoint refused
+//!   for good (see `push`), kept with its topic, device, enqueue time and the refusal, until
+//!   `iothubd dead-letters replay` queues it again; its next sequence is kept in `meta`.
 //!
 //! Every function here blocks on disk I/O; async callers run them in `spawn_blocking`.
 //! redb serializes write transactions, so writers from several threads are safe; the Publisher
@@ -29,7 +34,9 @@ use std::sync::Arc;
 
 use iothub::event::Topic;
 use iothub::imei::Imei;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use tokio::sync::Notify;
 
 use crate::config::StorageConfig;
@@ -52,6 +59,11 @@ const LOG_OFFLINE_CB: TableDefinition<u64, &[u8]> =
 const LOG_RESOURCE_LIST: TableDefinition<u64, &[u8]> = TableDefinition::new("log_resource_list");
 const LOG_FTP_UPLOAD: TableDefinition<u64, &[u8]> = TableDefinition::new("log_ftp_file_upload");
 const LOG_PASS_THROUGH: TableDefinition<u64, &[u8]> = TableDefinition::new("log_pass_through");
+
+/// Records the customer refused for good, by sequence (see [`DeadLetter`]).
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Meta key of the next sequence of [`DEAD_LETTERS`].
+const DEAD_LETTERS_NEXT_SEQ: &str = "dead_letters.next_seq";
 
 /// Meta key of the offline instruction id counter.
 pub(crate) const OFFLINE_NEXT_ID: &str = "offline.next_id";
@@ -153,6 +165,101 @@ pub struct StoredEvent {
     pub enqueued_ms: i64,
     /// The record JSON, byte for byte as published.
     pub json: Vec<u8>,
+}
+
+/// Most events in one log entry. A read starts at the entry holding its cursor and checks and
+/// walks that entry from its start, so this bounds the work a read does beyond the events it
+/// returns, whatever the size of the commit; at 512 a full commit of 16,384 events is 32
+/// inserts instead of one, which costs the writer little.
+pub const MAX_ENTRY_EVENTS: usize = 512;
+/// Most bytes of events in one log entry (an event larger than this gets an entry of its own).
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// The commit's events of one topic cut into entries of at most [`MAX_ENTRY_EVENTS`] events
+/// and [`MAX_ENTRY_BYTES`] bytes, in order.
+fn entry_chunks<'a, 'b>(
+    group: &'b [(&'a Imei, &'a [u8])],
+) -> impl Iterator<Item = &'b [(&'a Imei, &'a [u8])]> {
+    let mut rest = group;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let mut n = 0;
+        for (_, json) in rest.iter().take(MAX_ENTRY_EVENTS) {
+            bytes += json.len();
+            if n > 0 && bytes > MAX_ENTRY_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, next) = rest.split_at(n);
+        rest = next;
+        Some(chunk)
+    })
+}
+
+/// A record the customer's endpoint refused for good, set aside so its topic keeps moving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub topic: Topic,
+    pub imei: Imei,
+    /// Unix milliseconds when the hub first made the event durable.
+    pub enqueued_ms: i64,
+    /// The refusal, as the push loop saw it (`HTTP status 413`).
+    pub reason: String,
+    pub json: Vec<u8>,
+}
+
+/// Dead letter layout: topic name length (u8) | topic name | IMEI length (u8) | IMEI digits |
+/// enqueue time (i64 big-endian) | reason length (u16 big-endian) | reason | JSON.
+fn encode_dead_letter(
+    topic: Topic,
+    imei: &Imei,
+    enqueued_ms: i64,
+    reason: &str,
+    json: &[u8],
+) -> Vec<u8> {
+    let name = topic.name().as_bytes();
+    let digits = imei.as_str().as_bytes();
+    let reason = &reason.as_bytes()[..reason.len().min(1024)];
+    let mut v = Vec::with_capacity(2 + name.len() + digits.len() + 10 + reason.len() + json.len());
+    // Topic names and IMEIs are short; the reason is cut to 1 KiB above.
+    v.push(name.len() as u8);
+    v.extend_from_slice(name);
+    v.push(digits.len() as u8);
+    v.extend_from_slice(digits);
+    v.extend_from_slice(&enqueued_ms.to_be_bytes());
+    v.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    v.extend_from_slice(reason);
+    v.extend_from_slice(json);
+    v
+}
+
+fn decode_dead_letter(seq: u64, v: &[u8]) -> Option<DeadLetter> {
+    let name_len = usize::from(*v.first()?);
+    let name = std::str::from_utf8(v.get(1..1 + name_len)?).ok()?;
+    let topic = Topic::ALL.into_iter().find(|t| t.name() == name)?;
+    let mut at = 1 + name_len;
+    let digits_len = usize::from(*v.get(at)?);
+    let imei = parse_imei(v.get(at + 1..at + 1 + digits_len)?)?;
+    at += 1 + digits_len;
+    let time: [u8; 8] = v.get(at..at + 8)?.try_into().ok()?;
+    at += 8;
+    let reason_len: [u8; 2] = v.get(at..at + 2)?.try_into().ok()?;
+    at += 2;
+    let reason_end = at + usize::from(u16::from_be_bytes(reason_len));
+    let reason = String::from_utf8_lossy(v.get(at..reason_end)?).into_owned();
+    Some(DeadLetter {
+        seq,
+        topic,
+        imei,
+        enqueued_ms: i64::from_be_bytes(time),
+        reason,
+        json: v.get(reason_end..)?.to_vec(),
+    })
 }
 
 /// Bytes before the first event of a log entry: enqueue time (i64) and event count (u32).
@@ -304,6 +411,7 @@ impl Storage {
             txn.open_table(OFFLINE)?;
             txn.open_table(crate::auth_codes::AUTH_CODES)?;
             txn.open_table(KAFKA_SPOOL)?;
+            txn.open_table(DEAD_LETTERS)?;
             for topic in Topic::ALL {
                 txn.open_table(log_table(topic))?;
             }
@@ -345,14 +453,17 @@ impl Storage {
                 if group.is_empty() {
                     continue;
                 }
-                let first = meta
+                let mut next = meta
                     .get(next_offset_key(topic))?
                     .map(|g| g.value())
                     .unwrap_or(0);
-                let entry = encode_entry(now_ms, group)?;
-                txn.open_table(log_table(topic))?
-                    .insert(first, entry.as_slice())?;
-                meta.insert(next_offset_key(topic), first + group.len() as u64)?;
+                let mut table = txn.open_table(log_table(topic))?;
+                for chunk in entry_chunks(group) {
+                    let entry = encode_entry(now_ms, chunk)?;
+                    table.insert(next, entry.as_slice())?;
+                    next += chunk.len() as u64;
+                }
+                meta.insert(next_offset_key(topic), next)?;
             }
         }
         txn.commit()?;
@@ -455,6 +566,131 @@ impl Storage {
         Ok(())
     }
 
+    /// Sets records the customer refused for good aside, in one durable transaction:
+    /// (device, enqueue time, JSON) each, with the refusal. Returns how many are stored now.
+    /// Refuses them all, storing nothing, when the store would then hold more than `max`.
+    pub fn add_dead_letters(
+        &self,
+        topic: Topic,
+        records: &[(Imei, i64, &[u8])],
+        reason: &str,
+        max: u64,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stored = {
+            let mut meta = txn.open_table(META_TABLE)?;
+            let mut table = txn.open_table(DEAD_LETTERS)?;
+            if table.len()?.saturating_add(records.len() as u64) > max {
+                return Err(StoreError(format!(
+                    "the dead-letter store holds its most, {max} records (push.dead_letter_max)"
+                )));
+            }
+            let mut next = meta
+                .get(DEAD_LETTERS_NEXT_SEQ)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            for (imei, enqueued_ms, json) in records {
+                let v = encode_dead_letter(topic, imei, *enqueued_ms, reason, json);
+                table.insert(next, v.as_slice())?;
+                next += 1;
+            }
+            meta.insert(DEAD_LETTERS_NEXT_SEQ, next)?;
+            table.len()?
+        };
+        txn.commit()?;
+        Ok(stored)
+    }
+
+    /// How many dead letters are stored.
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DEAD_LETTERS)?.len()?)
+    }
+
+    /// Up to `max` dead letters, oldest first. Undecodable ones are skipped and counted.
+    pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = entry?;
+            match decode_dead_letter(k.value(), v.value()) {
+                Some(d) => out.push(d),
+                None => tracing::warn!(seq = k.value(), "undecodable dead letter skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the dead letters with these sequences.
+    pub fn delete_dead_letters(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DEAD_LETTERS)?;
+            for seq in seqs {
+                table.remove(*seq)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Moves up to `max` dead letters back to the end of their topics' logs, in one
+    /// transaction, so the push loops deliver them again; returns how many moved.
+    pub fn replay_dead_letters_to_log(&self, max: usize, now_ms: i64) -> Result<usize, StoreError> {
+        let letters = self.dead_letters(max)?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<NewEvent> = letters
+            .iter()
+            .map(|d| NewEvent {
+                topic: d.topic,
+                imei: d.imei,
+                json: d.json.clone(),
+            })
+            .collect();
+        let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
+            std::array::from_fn(|_| Vec::new());
+        for e in &events {
+            by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META_TABLE)?;
+            for (group, topic) in by_topic.iter().zip(Topic::ALL) {
+                if group.is_empty() {
+                    continue;
+                }
+                let mut next = meta
+                    .get(next_offset_key(topic))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let mut table = txn.open_table(log_table(topic))?;
+                for chunk in entry_chunks(group) {
+                    let entry = encode_entry(now_ms, chunk)?;
+                    table.insert(next, entry.as_slice())?;
+                    next += chunk.len() as u64;
+                }
+                meta.insert(next_offset_key(topic), next)?;
+            }
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            for d in &letters {
+                dead.remove(d.seq)?;
+            }
+        }
+        txn.commit()?;
+        for (group, notify) in by_topic.iter().zip(&self.notify) {
+            if !group.is_empty() {
+                notify.notify_one();
+            }
+        }
+        Ok(letters.len())
+    }
+
     /// Deletes, from the front of every topic, entries enqueued before `cutoff_ms` (the
     /// retention limit), whether delivered or not. Returns per topic how many of the deleted
     /// events no consumer had delivered.
@@ -552,7 +788,6 @@ fn migrate_legacy_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
     use std::time::Duration;
 
     const IMEI_A: &str = "864717003283581";
@@ -637,6 +872,138 @@ mod tests {
         let txn = storage.db().begin_read().unwrap();
         assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
         assert_eq!(txn.open_table(LOG_HB).unwrap().len().unwrap(), 1);
+    }
+
+    /// (first offset, event count) of every entry of the GPS log.
+    fn gps_entries(storage: &Storage) -> Vec<(u64, u64)> {
+        let txn = storage.db().begin_read().unwrap();
+        let table = txn.open_table(LOG_GPS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), entry_header(v.value()).unwrap().1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_huge_commit_is_stored_as_entries_of_at_most_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let largest = gps_entries(&storage).iter().map(|e| e.1).max().unwrap();
+        assert_eq!(largest, MAX_ENTRY_EVENTS as u64);
+    }
+
+    #[test]
+    fn the_entries_of_a_huge_commit_hold_every_offset_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let mut expected_first = 0;
+        for (first, count) in gps_entries(&storage) {
+            assert_eq!(first, expected_first);
+            expected_first += count;
+        }
+        assert_eq!(expected_first, 100_000);
+    }
+
+    #[test]
+    fn read_from_the_middle_of_a_huge_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let events: Vec<NewEvent> = (0..100_000).map(|n| gps(IMEI_A, n)).collect();
+        storage.append(&events, 1).unwrap();
+        let read = storage.read(Topic::Gps, 50_001, 3).unwrap();
+        assert_eq!(offsets(&read), [50_001, 50_002, 50_003]);
+        assert_eq!(read[0].json, br#"{"n":50001}"#);
+    }
+
+    #[test]
+    fn large_events_are_cut_into_entries_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let big = |n: u32| NewEvent {
+            json: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(MAX_ENTRY_BYTES / 3))
+                .into_bytes(),
+            ..gps(IMEI_A, n)
+        };
+        let events: Vec<NewEvent> = (0..7).map(big).collect();
+        storage.append(&events, 1).unwrap();
+        let counts: Vec<u64> = gps_entries(&storage).iter().map(|e| e.1).collect();
+        assert_eq!(counts, [2, 2, 2, 1]);
+    }
+
+    #[test]
+    fn a_dead_letter_reads_back_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let imei = Imei::parse(IMEI_A).unwrap();
+        let stored = storage
+            .add_dead_letters(
+                Topic::Alarm,
+                &[(imei, 42, br#"{"a":1}"#)],
+                "HTTP status 413",
+                10,
+            )
+            .unwrap();
+        assert_eq!(stored, 1);
+        let dead = storage.dead_letters(10).unwrap();
+        assert_eq!(
+            dead,
+            [DeadLetter {
+                seq: 0,
+                topic: Topic::Alarm,
+                imei,
+                enqueued_ms: 42,
+                reason: "HTTP status 413".into(),
+                json: br#"{"a":1}"#.to_vec(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_full_dead_letter_store_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let imei = Imei::parse(IMEI_A).unwrap();
+        let two = [(imei, 1, &b"{}"[..]), (imei, 2, &b"{}"[..])];
+        storage
+            .add_dead_letters(Topic::Gps, &two, "HTTP status 400", 3)
+            .unwrap();
+        assert!(storage
+            .add_dead_letters(Topic::Gps, &two, "HTTP status 400", 3)
+            .is_err());
+        assert_eq!(storage.dead_letter_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn replayed_dead_letters_go_to_the_end_of_their_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage
+            .append(&[gps(IMEI_A, 0), gps(IMEI_A, 1)], 1)
+            .unwrap();
+        let imei = Imei::parse(IMEI_B).unwrap();
+        storage
+            .add_dead_letters(
+                Topic::Gps,
+                &[(imei, 5, br#"{"n":9}"#)],
+                "HTTP status 400",
+                10,
+            )
+            .unwrap();
+        assert_eq!(storage.replay_dead_letters_to_log(100, 7).unwrap(), 1);
+        let read = storage.read(Topic::Gps, 2, 10).unwrap();
+        assert_eq!(
+            (read[0].offset, read[0].json.as_slice()),
+            (2, &br#"{"n":9}"#[..])
+        );
+        assert_eq!(storage.dead_letter_count().unwrap(), 0);
     }
 
     #[test]

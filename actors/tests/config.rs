@@ -494,3 +494,93 @@ fn http_connection_cap_of_zero_is_refused_by_name() {
     let err = error("[http]\nmax_connections = 0\n", &[]);
     assert!(err.contains("http.max_connections"), "{err}");
 }
+
+#[test]
+fn kafka_durability_defaults_to_the_brokers_own() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(
+        (c.kafka.replication_factor, c.kafka.min_insync_replicas),
+        (None, None)
+    );
+}
+
+#[test]
+fn kafka_durability_of_the_production_recommendation() {
+    let c = load(
+        "[kafka]\nreplication_factor = 3\nmin_insync_replicas = 2\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.kafka.replication_factor, c.kafka.min_insync_replicas),
+        (Some(3), Some(2))
+    );
+}
+
+#[test]
+fn kafka_replication_factor_from_the_environment() {
+    let c = load("", &[("IOTHUB_KAFKA_REPLICATION_FACTOR", "3")]).unwrap();
+    assert_eq!(c.kafka.replication_factor, Some(3));
+}
+
+#[test]
+fn kafka_replication_factor_of_zero_is_refused() {
+    let e = error("[kafka]\nreplication_factor = 0\n", &[]);
+    assert!(e.contains("kafka.replication_factor"), "{e}");
+}
+
+#[test]
+fn kafka_min_insync_above_the_replication_factor_is_refused() {
+    let e = error(
+        "[kafka]\nreplication_factor = 2\nmin_insync_replicas = 3\n",
+        &[],
+    );
+    assert!(e.contains("kafka.min_insync_replicas"), "{e}");
+}
+
+#[test]
+fn push_dead_letter_after_defaults_to_five() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.push.dead_letter_after, 5);
+}
+
+#[test]
+fn push_dead_letter_after_of_zero_is_refused() {
+    let e = error("[push]\ndead_letter_after = 0\n", &[]);
+    assert!(e.contains("push.dead_letter_after"), "{e}");
+}
+
+#[test]
+fn redis_sentinels_from_the_environment_turn_cluster_mode_on() {
+    let c = load(
+        "",
+        &[("IOTHUB_REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26379")],
+    )
+    .unwrap();
+    assert_eq!(c.redis.sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+    assert!(c.redis.cluster_mode());
+}
+
+#[test]
+fn redis_sentinel_master_defaults_to_mymaster() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.redis.sentinel_master, "mymaster");
+}
+
+#[test]
+fn redis_sentinel_without_a_port_is_refused() {
+    let e = error("[redis]\nsentinels = [\"10.0.0.1\"]\n", &[]);
+    assert!(e.contains("redis.sentinels"), "{e}");
+}
+
+#[test]
+fn push_dead_letter_max_from_the_environment() {
+    let c = load("", &[("IOTHUB_PUSH_DEAD_LETTER_MAX", "500")]).unwrap();
+    assert_eq!(c.push.dead_letter_max, 500);
+}
+
+#[test]
+fn push_max_age_of_zero_keeps_events_until_delivered() {
+    let c = load("[push]\nmax_age_secs = 0\n", &[]).unwrap();
+    assert_eq!(c.push.max_age, Duration::ZERO);
+}

@@ -16,7 +16,7 @@ use iothub::imei::Imei;
 use iothub_actors::config::Config;
 use iothub_actors::offline::{OfflineCommands, OfflineError, MAX_PENDING_PER_DEVICE};
 use iothub_actors::publish::{Publisher, Unqueued};
-use iothub_actors::push::PushDispatcher;
+use iothub_actors::push::{dead_letters, PushDispatcher};
 use iothub_actors::storage::Storage;
 use push_receiver::{dead_url, Receiver};
 
@@ -34,6 +34,7 @@ fn config(dir: &std::path::Path, push_url: &str) -> Config {
     c.push.min_backoff = Duration::from_millis(20);
     c.push.max_backoff = Duration::from_millis(80);
     c.push.request_timeout = Duration::from_secs(5);
+    c.push.dead_letter_after = 2;
     c.kafka.enable = false;
     c
 }
@@ -241,6 +242,119 @@ async fn failing_endpoint_gets_the_same_batch_until_it_accepts() {
         expected,
         "all, once, in order"
     );
+}
+
+/// The GPS record the endpoint refuses in the dead-letter tests: its `distance` is unique.
+const POISON_DISTANCE: u64 = 777_777;
+const POISON_MARKER: &str = "\"distance\":777777";
+
+/// 10 GPS events, the poison one, 20 more, published as 4 calls; returns all in order.
+async fn publish_with_poison(publisher: &Publisher) -> Vec<Event> {
+    let mut sent = publish_gps(publisher, 0, 1, 10).await;
+    let poison = gps(imei(1), POISON_DISTANCE);
+    publisher.publish(vec![poison.clone()]).await.unwrap();
+    sent.push(poison);
+    sent.extend(publish_gps(publisher, 10, 2, 10).await);
+    sent
+}
+
+#[tokio::test]
+async fn a_record_refused_for_good_is_set_aside_and_the_others_are_delivered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0).await;
+    receiver.refuse_records_containing(Some(POISON_MARKER));
+    let cfg = config(dir.path(), &receiver.url());
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let sent = publish_with_poison(&publisher).await;
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
+
+    receiver
+        .wait_for(WAIT, "every other record accepted", |r| {
+            r.accepted_records("/pushgps").len() >= sent.len() - 1
+        })
+        .await;
+    push.stop().await;
+    publisher.stop().await;
+
+    let expected: Vec<serde_json::Value> = sent
+        .iter()
+        .filter(|e| !json(e).to_string().contains(POISON_MARKER))
+        .map(json)
+        .collect();
+    assert_eq!(receiver.accepted_records("/pushgps"), expected);
+}
+
+#[tokio::test]
+async fn a_record_refused_for_good_lands_in_the_dead_letter_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0).await;
+    receiver.refuse_records_containing(Some(POISON_MARKER));
+    let cfg = config(dir.path(), &receiver.url());
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let sent = publish_with_poison(&publisher).await;
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
+    receiver
+        .wait_for(WAIT, "every other record accepted", |r| {
+            r.accepted_records("/pushgps").len() >= sent.len() - 1
+        })
+        .await;
+    push.stop().await;
+    publisher.stop().await;
+
+    let dead = dead_letters::list(&storage, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].topic, Topic::Gps);
+    assert_eq!(dead[0].imei, imei(1));
+    assert!(dead[0].reason.contains("413"), "{}", dead[0].reason);
+    let record: serde_json::Value = serde_json::from_slice(&dead[0].json).unwrap();
+    assert_eq!(record, json(&gps(imei(1), POISON_DISTANCE)));
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_is_delivered_once_the_endpoint_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0).await;
+    receiver.refuse_records_containing(Some(POISON_MARKER));
+    let cfg = config(dir.path(), &receiver.url());
+    let storage = Storage::open(&cfg.storage).unwrap();
+    let publisher = Publisher::start(&cfg, storage.clone()).await.unwrap();
+    let sent = publish_with_poison(&publisher).await;
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
+    receiver
+        .wait_for(WAIT, "every other record accepted", |r| {
+            r.accepted_records("/pushgps").len() >= sent.len() - 1
+        })
+        .await;
+    push.stop().await;
+    receiver
+        .wait_for(WAIT, "the poison record set aside", |_| {
+            storage.dead_letter_count().unwrap() == 1
+        })
+        .await;
+
+    receiver.refuse_records_containing(None);
+    assert_eq!(dead_letters::replay(&cfg, &storage).unwrap(), 1);
+    assert_eq!(storage.dead_letter_count().unwrap(), 0);
+    let push = PushDispatcher::start(&cfg, storage.clone(), no_rejoin())
+        .await
+        .unwrap();
+    receiver
+        .wait_for(WAIT, "the replayed record accepted", |r| {
+            r.accepted_records("/pushgps").len() >= sent.len()
+        })
+        .await;
+    push.stop().await;
+    publisher.stop().await;
+    let last = receiver.accepted_records("/pushgps").pop().unwrap();
+    assert_eq!(last, json(&gps(imei(1), POISON_DISTANCE)));
 }
 
 #[tokio::test]

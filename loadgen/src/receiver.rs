@@ -138,6 +138,8 @@ struct Shared {
     config: ReceiverConfig,
     state: Mutex<State>,
     failure: AtomicU8,
+    /// A request carrying a record whose JSON text contains this is answered 413.
+    refused_marker: Mutex<Option<String>>,
     notify: Notify,
 }
 
@@ -226,6 +228,7 @@ impl PushReceiver {
             config,
             state: Mutex::new(State::default()),
             failure: AtomicU8::new(0),
+            refused_marker: Mutex::new(None),
             notify: Notify::new(),
         });
         let (shutdown, stop) = watch::channel(false);
@@ -309,6 +312,17 @@ impl PushReceiver {
 
     pub fn set_failure_mode(&self, mode: FailureMode) {
         self.shared.failure.store(mode.to_u8(), Ordering::SeqCst);
+    }
+
+    /// From now on answers HTTP 413 (nothing recorded, counted as rejected) to every request
+    /// carrying a record whose JSON text contains `marker`, as an endpoint does with a record
+    /// it will never take; `None` accepts them again.
+    pub fn set_refused_marker(&self, marker: Option<&str>) {
+        *self
+            .shared
+            .refused_marker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = marker.map(str::to_owned);
     }
 
     /// Waits until `predicate` holds (checked after every delivery) or `timeout` passes;
@@ -420,6 +434,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         }
     }
     let parsed = parse_push(&body, is_json);
+    let refused = shared
+        .refused_marker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .is_some_and(|marker| {
+            parsed.as_ref().is_some_and(|(_, items)| {
+                items.iter().any(|item| item.to_string().contains(&marker))
+            })
+        });
+    if refused {
+        let mut state = shared.lock();
+        state.requests += 1;
+        state.rejected += 1;
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"code":1,"msg":"refused on purpose"}"#,
+        );
+    }
     let now = Instant::now();
     {
         let mut state = shared.lock();

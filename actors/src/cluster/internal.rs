@@ -347,6 +347,8 @@ mod tests {
             db: 0,
             key_prefix: "iothub-internal-test".to_string(),
             lease: Duration::from_secs(30),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
         };
         let pool = redis::pool(&config).expect("pool");
         let keys = Keys::new(&config.key_prefix);

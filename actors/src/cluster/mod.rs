@@ -62,7 +62,7 @@ pub struct Cluster {
     pub routes: Routes,
     pub nodes: Nodes,
     /// The Redis pool and key names, shared with the offline store and the auth codes.
-    pub pool: deadpool_redis::Pool,
+    pub pool: redis::Pool,
     pub keys: redis::Keys,
     pub lease: Duration,
     /// The api token; node-to-node calls carry it.
@@ -110,11 +110,19 @@ impl Cluster {
     }
 
     async fn take_gate_id(&self, config: &Config) -> anyhow::Result<()> {
-        let redis_at = format!(
-            "{}:{}",
-            config.redis.host.as_deref().unwrap_or_default(),
-            config.redis.port
-        );
+        let redis_at = if config.redis.sentinels.is_empty() {
+            format!(
+                "{}:{}",
+                config.redis.host.as_deref().unwrap_or_default(),
+                config.redis.port
+            )
+        } else {
+            format!(
+                "master {:?} of the Sentinels {}",
+                config.redis.sentinel_master,
+                config.redis.sentinels.join(",")
+            )
+        };
         let attempt = |dead: String| {
             let redis_at = redis_at.clone();
             async move {

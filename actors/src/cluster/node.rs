@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use super::redis::Pool;
 use deadpool_redis::redis::{self, Script};
-use deadpool_redis::Pool;
 
 use super::redis::{connection, lease_ms, Keys, RedisCause, RedisFailure};
 

@@ -1,11 +1,17 @@
 //! The connection pool every Redis user of cluster mode shares, and the one place that names
 //! iothub's Redis keys, so the layout of the shared database is readable in one screen.
+//!
+//! The pool reaches one Redis (`redis.host`) or the master Redis Sentinel names
+//! (`redis.sentinels`): a new connection asks the Sentinels for the current master, and after
+//! a failover Sentinel closes the clients of the old master, so the pool's next connections
+//! reach the new one. Redis Cluster is not supported: the pool does not follow its redirects.
 
 use std::fmt;
 
-use deadpool_redis::redis::RedisError;
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use deadpool_redis::{
-    Config as PoolConfig, ConnectionAddr, ConnectionInfo, Pool, PoolError, Runtime, TimeoutType,
+    sentinel, Config as PoolConfig, ConnectionAddr, ConnectionInfo, PoolError, Runtime, TimeoutType,
 };
 
 use crate::config::RedisConfig;
@@ -15,31 +21,108 @@ use iothub::imei::Imei;
 /// a login storm: every login claims its route and reads its offline queue.
 const POOL_SIZE: usize = 128;
 
+/// The node's pool of Redis connections: to one Redis, or to the master Sentinel names.
+/// Clones share the connections.
+#[derive(Clone)]
+pub enum Pool {
+    Direct(deadpool_redis::Pool),
+    Sentinel(sentinel::Pool),
+}
+
+impl Pool {
+    /// A connection: a pooled one, or a new one when none is free.
+    pub async fn get(&self) -> Result<Connection, PoolError> {
+        Ok(match self {
+            Pool::Direct(p) => Connection::Direct(p.get().await?),
+            Pool::Sentinel(p) => Connection::Sentinel(p.get().await?),
+        })
+    }
+}
+
+/// A connection from a [`Pool`]; back in the pool when dropped.
+pub enum Connection {
+    Direct(deadpool_redis::Connection),
+    Sentinel(sentinel::Connection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Direct(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Direct(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Direct(c) => c.get_db(),
+            Connection::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
 /// The pool of connections to the configured Redis. Connections are opened lazily, so this
 /// succeeds while Redis is down; the first command says why it cannot reach it.
 pub fn pool(config: &RedisConfig) -> anyhow::Result<Pool> {
-    let host = config
-        .host
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("redis.host: not set (single-node mode has no Redis)"))?;
-    let mut pool_config = PoolConfig::from_connection_info(ConnectionInfo {
-        addr: ConnectionAddr::Tcp(host, config.port),
-        redis: deadpool_redis::RedisConnectionInfo {
-            db: config.db,
-            username: None,
-            password: config.password.clone(),
-            protocol: Default::default(),
-        },
-    });
     let mut limits = deadpool_redis::PoolConfig::new(POOL_SIZE);
     // A pool wait or a connect that hangs must not hold an API request or a login for long:
     // Redis on the same network answers in a millisecond or not at all.
     limits.timeouts.wait = Some(std::time::Duration::from_secs(3));
     limits.timeouts.create = Some(std::time::Duration::from_secs(2));
     limits.timeouts.recycle = Some(std::time::Duration::from_secs(2));
+    let node = deadpool_redis::RedisConnectionInfo {
+        db: config.db,
+        username: None,
+        password: config.password.clone(),
+        protocol: Default::default(),
+    };
+    if !config.sentinels.is_empty() {
+        let urls: Vec<String> = config
+            .sentinels
+            .iter()
+            .map(|addr| format!("redis://{addr}"))
+            .collect();
+        let mut pool_config = sentinel::Config::from_urls(
+            urls,
+            config.sentinel_master.clone(),
+            sentinel::SentinelServerType::Master,
+        )
+        .with_node_connection_info(Some(sentinel::SentinelNodeConnectionInfo {
+            tls_mode: None,
+            redis_connection_info: Some(node),
+        }));
+        pool_config.pool = Some(limits);
+        return pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .map(Pool::Sentinel)
+            .map_err(|e| {
+                anyhow::anyhow!("redis.sentinels: cannot create the connection pool: {e}")
+            });
+    }
+    let host = config
+        .host
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("redis.host: not set (single-node mode has no Redis)"))?;
+    let mut pool_config = PoolConfig::from_connection_info(ConnectionInfo {
+        addr: ConnectionAddr::Tcp(host, config.port),
+        redis: node,
+    });
     pool_config.pool = Some(limits);
     pool_config
         .create_pool(Some(Runtime::Tokio1))
+        .map(Pool::Direct)
         .map_err(|e| anyhow::anyhow!("redis: cannot create the connection pool: {e}"))
 }
 
@@ -115,10 +198,7 @@ impl RedisFailure {
 }
 
 /// A connection from the pool; a failure is counted and reported as a failure of `op`.
-pub async fn connection(
-    pool: &Pool,
-    op: &'static str,
-) -> Result<deadpool_redis::Connection, RedisFailure> {
+pub async fn connection(pool: &Pool, op: &'static str) -> Result<Connection, RedisFailure> {
     pool.get()
         .await
         .map_err(|e| RedisFailure::new(op, RedisCause::from(e)))
@@ -182,9 +262,8 @@ pub(crate) mod testing {
     use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
     use deadpool_redis::redis::{self, ConnectionAddr, IntoConnectionInfo};
-    use deadpool_redis::Pool;
 
-    use super::{pool, Keys, RedisCause};
+    use super::{pool, Keys, Pool, RedisCause};
     use crate::config::RedisConfig;
 
     pub(crate) struct TestRedis {
@@ -202,6 +281,8 @@ pub(crate) mod testing {
             db,
             key_prefix: String::new(),
             lease: Duration::from_secs(30),
+            sentinels: Vec::new(),
+            sentinel_master: "mymaster".into(),
         }
     }
 

@@ -111,7 +111,7 @@ impl OfflineCommands {
     }
 
     /// The offline store in the cluster's shared Redis (cluster mode).
-    pub fn redis(pool: deadpool_redis::Pool, keys: Keys) -> OfflineCommands {
+    pub fn redis(pool: crate::cluster::redis::Pool, keys: Keys) -> OfflineCommands {
         OfflineCommands {
             backend: Backend::Redis(redis::RedisQueues::new(pool, keys)),
         }

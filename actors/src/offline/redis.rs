@@ -21,8 +21,8 @@
 
 use std::sync::Arc;
 
+use crate::cluster::redis::{Connection, Pool};
 use deadpool_redis::redis::{AsyncCommands, Script};
-use deadpool_redis::{Connection, Pool};
 use iothub::command::Instruction;
 use iothub::imei::Imei;
 

@@ -43,6 +43,10 @@ impl SinkEvent for NewEvent {
             imei: event.imei,
         }
     }
+
+    fn json_len(&self) -> usize {
+        self.json.len()
+    }
 }
 
 pub struct EmbeddedSink {

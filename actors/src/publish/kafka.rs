@@ -43,7 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use iothub::event::{Event, Topic};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -133,10 +133,22 @@ pub async fn ensure_topics(config: &Config) -> Result<(), TopicsError> {
         .iter()
         .map(|t| topic_name(&config.kafka.topic_prefix, *t))
         .collect();
+    // -1 = the broker's default replication factor (KIP-464).
+    let replication = config.kafka.replication_factor.map_or(-1, i32::from);
+    let min_insync = config.kafka.min_insync_replicas.map(|m| m.to_string());
     let new: Vec<NewTopic<'_>> = names
         .iter()
-        // -1 = the broker's default replication factor (KIP-464), right for any cluster size.
-        .map(|n| NewTopic::new(n, config.kafka.partitions, TopicReplication::Fixed(-1)))
+        .map(|n| {
+            let topic = NewTopic::new(
+                n,
+                config.kafka.partitions,
+                TopicReplication::Fixed(replication),
+            );
+            match &min_insync {
+                Some(m) => topic.set(MIN_INSYNC, m),
+                None => topic,
+            }
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(ADMIN_TIMEOUT))
@@ -159,7 +171,136 @@ pub async fn ensure_topics(config: &Config) -> Result<(), TopicsError> {
             Err((topic, code)) => return Err(TopicsError::Refused { topic, code }),
         }
     }
+    check_replication(config, admin, &names).await;
     Ok(())
+}
+
+/// The topic setting that says how many replicas an acks=all write needs.
+const MIN_INSYNC: &str = "min.insync.replicas";
+
+/// What the brokers say of one topic's replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReplicas {
+    pub name: String,
+    /// (replicas, in-sync replicas) of each partition.
+    pub partitions: Vec<(usize, usize)>,
+    /// The topic's `min.insync.replicas`, when the brokers told it.
+    pub min_insync: Option<usize>,
+}
+
+/// Why a topic is under-replicated against `kafka.replication_factor` (`want_replicas`) and
+/// its `min.insync.replicas` (the topic's own, else `kafka.min_insync_replicas`); empty when
+/// it is not.
+pub fn replication_shortfalls(
+    topic: &TopicReplicas,
+    want_replicas: Option<i16>,
+    want_min_insync: Option<i32>,
+) -> Vec<String> {
+    let want_replicas = want_replicas.map_or(0, |r| r.max(0) as usize);
+    let min_insync = topic
+        .min_insync
+        .or(want_min_insync.map(|m| m.max(0) as usize))
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for (p, (replicas, isr)) in topic.partitions.iter().enumerate() {
+        if *replicas < want_replicas {
+            out.push(format!(
+                "partition {p} has {replicas} replicas, kafka.replication_factor is {want_replicas}"
+            ));
+        }
+        if *isr < min_insync {
+            out.push(format!(
+                "partition {p} has {isr} in-sync replicas, fewer than min.insync.replicas \
+                 {min_insync}: acks=all writes fail"
+            ));
+        }
+    }
+    if let Some(m) = topic.min_insync {
+        if want_min_insync.is_some_and(|want| m < want.max(0) as usize) {
+            out.push(format!(
+                "min.insync.replicas is {m}, kafka.min_insync_replicas is {}",
+                want_min_insync.unwrap_or(0)
+            ));
+        }
+    }
+    out
+}
+
+/// Describes the topics in use and warns about each that is under-replicated; sets
+/// `iothub_kafka_under_replicated_topics`. A failure to describe is only logged.
+async fn check_replication(
+    config: &Config,
+    admin: AdminClient<DefaultClientContext>,
+    names: &[String],
+) {
+    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let specifiers: Vec<ResourceSpecifier<'_>> =
+        names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let mut min_insync: Vec<(String, usize)> = Vec::new();
+    match admin.describe_configs(&specifiers, &opts).await {
+        Ok(results) => {
+            for (name, r) in names.iter().zip(results) {
+                let value = r.ok().and_then(|c| {
+                    c.get(MIN_INSYNC)
+                        .and_then(|e| e.value.as_deref()?.parse::<usize>().ok())
+                });
+                if let Some(v) = value {
+                    min_insync.push((name.clone(), v));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka: cannot describe the topics' settings"),
+    }
+    let names_owned = names.to_vec();
+    let metadata = tokio::task::spawn_blocking(move || {
+        names_owned
+            .iter()
+            .map(|n| {
+                let md = admin.inner().fetch_metadata(Some(n), ADMIN_TIMEOUT)?;
+                let partitions = md
+                    .topics()
+                    .iter()
+                    .flat_map(|t| t.partitions())
+                    .map(|p| (p.replicas().len(), p.isr().len()))
+                    .collect();
+                Ok((n.clone(), partitions))
+            })
+            .collect::<Result<Vec<(String, Vec<(usize, usize)>)>, KafkaError>>()
+    })
+    .await;
+    let topics = match metadata {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "kafka: cannot describe the topics' replicas");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka: cannot describe the topics' replicas");
+            return;
+        }
+    };
+    let mut under = 0;
+    for (name, partitions) in topics {
+        let topic = TopicReplicas {
+            min_insync: min_insync.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+            name,
+            partitions,
+        };
+        let shortfalls = replication_shortfalls(
+            &topic,
+            config.kafka.replication_factor,
+            config.kafka.min_insync_replicas,
+        );
+        if !shortfalls.is_empty() {
+            under += 1;
+            tracing::warn!(
+                topic = %topic.name,
+                problems = %shortfalls.join("; "),
+                "kafka topic is under-replicated: acknowledged events may be on fewer brokers than configured"
+            );
+        }
+    }
+    metrics::gauge!("iothub_kafka_under_replicated_topics").set(f64::from(under));
 }
 
 /// How a failed delivery is handled.
@@ -376,6 +517,10 @@ impl SinkEvent for SpoolEntry {
             accepted_ms,
         }
     }
+
+    fn json_len(&self) -> usize {
+        self.json.len()
+    }
 }
 
 /// The sink's queue, as sessions hold it.
@@ -543,7 +688,12 @@ async fn dispatch(shared: Arc<Shared>, mut calls: mpsc::Receiver<Job<SpoolEntry>
 /// Produces one batch, or spools it while Kafka is unreachable, and answers its callers.
 async fn deliver(shared: &Shared, batch: Batch<SpoolEntry>) {
     let started = Instant::now();
-    let Batch { events, calls } = batch;
+    // The batch's share of the queue's bounds is given back once its callers are answered.
+    let Batch {
+        events,
+        calls,
+        charge: _charge,
+    } = batch;
     let n = events.len();
     let topics: Vec<Topic> = events.iter().map(|e| e.topic).collect();
     let mode = shared.mode.lock().await;
@@ -937,6 +1087,54 @@ async fn finish_drain(shared: &Shared) -> Round {
 
 #[cfg(test)]
 mod tests {
+    mod replication {
+        use super::super::{replication_shortfalls, TopicReplicas};
+
+        fn topic(partitions: &[(usize, usize)], min_insync: Option<usize>) -> TopicReplicas {
+            TopicReplicas {
+                name: "iothub.gps".into(),
+                partitions: partitions.to_vec(),
+                min_insync,
+            }
+        }
+
+        #[test]
+        fn a_topic_with_the_configured_replicas_all_in_sync_is_fine() {
+            let t = topic(&[(3, 3), (3, 3)], Some(2));
+            assert!(replication_shortfalls(&t, Some(3), Some(2)).is_empty());
+        }
+
+        #[test]
+        fn fewer_replicas_than_configured_is_a_shortfall() {
+            let t = topic(&[(3, 3), (1, 1)], Some(1));
+            assert_eq!(replication_shortfalls(&t, Some(3), None).len(), 1);
+        }
+
+        #[test]
+        fn fewer_in_sync_replicas_than_the_topics_minimum_is_a_shortfall() {
+            let t = topic(&[(3, 1)], Some(2));
+            assert_eq!(replication_shortfalls(&t, Some(3), Some(2)).len(), 1);
+        }
+
+        #[test]
+        fn a_topic_minimum_below_the_configured_one_is_a_shortfall() {
+            let t = topic(&[(3, 3)], Some(1));
+            assert_eq!(replication_shortfalls(&t, Some(3), Some(2)).len(), 1);
+        }
+
+        #[test]
+        fn the_broker_defaults_on_a_single_broker_are_fine() {
+            let t = topic(&[(1, 1)], Some(1));
+            assert!(replication_shortfalls(&t, None, None).is_empty());
+        }
+
+        #[test]
+        fn the_configured_minimum_applies_when_the_topic_says_none() {
+            let t = topic(&[(2, 1)], None);
+            assert_eq!(replication_shortfalls(&t, None, Some(2)).len(), 1);
+        }
+    }
+
     use super::*;
     use crate::config::ConfigError;
 

@@ -10,14 +10,32 @@
 //! Events are serialized on the caller's thread, before they are queued: the record's many
 //! small allocations are freed where they were made, and the consumer gets one buffer per
 //! event.
+//!
+//! The queue is bounded three ways: in calls ([`QUEUE_CAPACITY`]), and in the events and JSON
+//! bytes that are queued or in the consumer's hands and not yet durable ([`QUEUE_MAX_EVENTS`],
+//! [`QUEUE_MAX_BYTES`]). A call counts against the last two from when it is queued until the
+//! consumer has finished the batch that carries it. A call is let in while both are below
+//! their bound, whatever its own size, so one call larger than a bound still gets through
+//! (alone); the bounds are therefore exceeded by at most one call, which the channels bound
+//! (a JT/T 808 frame yields at most `MAX_BATCH_LOCATIONS` locations of a bounded number of
+//! alarms each).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use iothub::event::Event;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::PublishError;
 
 /// Calls waiting for a sink's consumer; one more makes the caller wait.
 pub const QUEUE_CAPACITY: usize = 4096;
+/// Events queued or being made durable; at or above it a call waits. Larger than the events
+/// of any one frame, and than a batch of either sink (16,384), so a full batch never waits
+/// for itself.
+pub const QUEUE_MAX_EVENTS: usize = 65_536;
+/// Record JSON bytes queued or being made durable; at or above it a call waits.
+pub const QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 pub(crate) type Reply = oneshot::Sender<Result<(), PublishError>>;
 
@@ -25,6 +43,132 @@ pub(crate) type Reply = oneshot::Sender<Result<(), PublishError>>;
 pub trait SinkEvent: Send + 'static {
     /// `accepted_ms`: Unix milliseconds when the hub accepted the event.
     fn serialize(event: Event, accepted_ms: i64) -> Self;
+    /// Bytes of the record JSON, what the queue's byte bound counts.
+    fn json_len(&self) -> usize;
+}
+
+/// What the queue holds now, against its bounds in events and bytes.
+struct Budget {
+    /// (events, bytes) of the calls let in and not yet finished by the consumer.
+    used: Mutex<(usize, usize)>,
+    max_events: usize,
+    max_bytes: usize,
+    /// Callers waiting for room: while there are any, a caller that cannot wait is refused,
+    /// so it does not overtake them.
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+impl Budget {
+    fn used(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        // The counts stay consistent even if a holder panicked: each update is one statement.
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a call of `events` and `bytes` in if the queue is below both bounds.
+    fn try_charge(self: &Arc<Self>, events: usize, bytes: usize) -> Option<Charge> {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let mut used = self.used();
+        if used.0 >= self.max_events || used.1 >= self.max_bytes {
+            return None;
+        }
+        used.0 += events;
+        used.1 += bytes;
+        Some(Charge {
+            budget: Some(self.clone()),
+            events,
+            bytes,
+        })
+    }
+
+    /// Counts a call in, waiting until the queue is below both bounds.
+    async fn charge(self: &Arc<Self>, events: usize, bytes: usize) -> Charge {
+        // Counted as waiting until this returns or its caller gives up on it (drops it).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            // Registered before the check, so a release between the check and the wait wakes it.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut used = self.used();
+                if used.0 < self.max_events && used.1 < self.max_bytes {
+                    used.0 += events;
+                    used.1 += bytes;
+                    return Charge {
+                        budget: Some(self.clone()),
+                        events,
+                        bytes,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+/// A call's share of the queue's bounds, given back when dropped: when the consumer has
+/// finished the batch that carried the call.
+pub(crate) struct Charge {
+    budget: Option<Arc<Budget>>,
+    events: usize,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Takes `other` over, to be given back with this one.
+    fn absorb(&mut self, mut other: Charge) {
+        self.events += other.events;
+        self.bytes += other.bytes;
+        if self.budget.is_none() {
+            self.budget = other.budget.take();
+        }
+        other.events = 0;
+        other.bytes = 0;
+    }
+
+    fn add_bytes(&mut self, bytes: usize) {
+        if let Some(budget) = &self.budget {
+            budget.used().1 += bytes;
+            self.bytes += bytes;
+        }
+    }
+
+    fn none() -> Charge {
+        Charge {
+            budget: None,
+            events: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        if self.events == 0 && self.bytes == 0 {
+            return;
+        }
+        {
+            let mut used = budget.used();
+            used.0 = used.0.saturating_sub(self.events);
+            used.1 = used.1.saturating_sub(self.bytes);
+        }
+        budget.freed.notify_waiters();
+    }
 }
 
 pub(crate) enum Job<E> {
@@ -33,6 +177,7 @@ pub(crate) enum Job<E> {
     Append {
         events: Vec<E>,
         reply: Option<Reply>,
+        charge: Charge,
     },
     /// Everything queued before this is done; stop. Calls queued after it fail.
     Close,
@@ -41,18 +186,24 @@ pub(crate) enum Job<E> {
 /// One sink's queue, as sessions hold it: clones share the one consumer.
 pub struct SinkQueue<E> {
     tx: mpsc::Sender<Job<E>>,
+    budget: Arc<Budget>,
 }
 
 impl<E> Clone for SinkQueue<E> {
     fn clone(&self) -> Self {
         SinkQueue {
             tx: self.tx.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
 
-/// Events serialized for a sink, not queued yet.
-pub struct Prepared<E>(Job<E>);
+/// Events serialized for a sink, not queued yet; `charged` once counted against the bounds.
+pub struct Prepared<E> {
+    events: Vec<E>,
+    reply: Option<Reply>,
+    charged: Option<Charge>,
+}
 
 /// The answer to a call [`SinkQueue::try_append`] queued.
 pub struct Durable(oneshot::Receiver<Result<(), PublishError>>);
@@ -74,10 +225,31 @@ pub enum TryEnqueueError<E> {
 }
 
 impl<E: SinkEvent> SinkQueue<E> {
-    /// A queue of [`QUEUE_CAPACITY`] calls and the receiver its consumer takes them from.
+    /// A queue of [`QUEUE_CAPACITY`] calls, [`QUEUE_MAX_EVENTS`] events and
+    /// [`QUEUE_MAX_BYTES`] bytes, and the receiver its consumer takes them from.
     pub(crate) fn new() -> (SinkQueue<E>, mpsc::Receiver<Job<E>>) {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        (SinkQueue { tx }, rx)
+        Self::with_bounds(QUEUE_CAPACITY, QUEUE_MAX_EVENTS, QUEUE_MAX_BYTES)
+    }
+
+    pub(crate) fn with_bounds(
+        calls: usize,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> (SinkQueue<E>, mpsc::Receiver<Job<E>>) {
+        let (tx, rx) = mpsc::channel(calls);
+        let budget = Arc::new(Budget {
+            used: Mutex::new((0, 0)),
+            max_events,
+            max_bytes,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        });
+        (SinkQueue { tx, budget }, rx)
+    }
+
+    /// (events, bytes) queued or being made durable now.
+    pub fn held(&self) -> (usize, usize) {
+        *self.budget.used()
     }
 
     /// Returns once the events are durable.
@@ -91,12 +263,22 @@ impl<E: SinkEvent> SinkQueue<E> {
     /// what says when they are durable; never waits. When the queue is full or its consumer
     /// has stopped, the events come back untouched, for a caller that can wait.
     pub fn try_append(&self, events: Vec<Event>) -> Result<Durable, Vec<Event>> {
-        // Room first, so that a full queue costs no serialization and keeps the events whole.
+        // Room first, so that a full queue costs no serialization and keeps the events whole;
+        // the bytes are known and counted once serialized.
         let Ok(room) = self.tx.try_reserve() else {
             return Err(events);
         };
+        let Some(mut charge) = self.budget.try_charge(events.len(), 0) else {
+            return Err(events);
+        };
         let (reply, answer) = oneshot::channel();
-        room.send(prepare(events, Some(reply)).0);
+        let prepared = prepare::<E>(events, Some(reply));
+        charge.add_bytes(json_bytes(&prepared.events));
+        room.send(Job::Append {
+            events: prepared.events,
+            reply: prepared.reply,
+            charge,
+        });
         Ok(Durable(answer))
     }
 
@@ -104,20 +286,46 @@ impl<E: SinkEvent> SinkQueue<E> {
     /// When it is full the events come back serialized, to be queued with
     /// [`SinkQueue::enqueue_prepared`] by a caller that can wait.
     pub fn try_enqueue(&self, events: Vec<Event>) -> Result<(), TryEnqueueError<E>> {
-        match self.tx.try_send(prepare(events, None).0) {
+        let mut prepared = prepare::<E>(events, None);
+        let bytes = json_bytes(&prepared.events);
+        let Some(charge) = self.budget.try_charge(prepared.events.len(), bytes) else {
+            return Err(TryEnqueueError::Full(prepared));
+        };
+        let job = Job::Append {
+            events: prepared.events,
+            reply: None,
+            charge,
+        };
+        match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(job)) => Err(TryEnqueueError::Full(Prepared(job))),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TryEnqueueError::Stopped),
+            Err(mpsc::error::TrySendError::Full(Job::Append { events, charge, .. })) => {
+                prepared = Prepared {
+                    events,
+                    reply: None,
+                    charged: Some(charge),
+                };
+                Err(TryEnqueueError::Full(prepared))
+            }
+            Err(_) => Err(TryEnqueueError::Stopped),
         }
     }
 
     /// Queues events prepared by [`SinkQueue::try_enqueue`], waiting while the queue is full;
     /// returns without waiting for them to be durable.
     pub async fn enqueue_prepared(&self, prepared: Prepared<E>) -> Result<(), PublishError> {
-        self.tx
-            .send(prepared.0)
-            .await
-            .map_err(|_| PublishError::Stopped)
+        let charge = match prepared.charged {
+            Some(charge) => charge,
+            None => {
+                let bytes = json_bytes(&prepared.events);
+                self.budget.charge(prepared.events.len(), bytes).await
+            }
+        };
+        let job = Job::Append {
+            events: prepared.events,
+            reply: prepared.reply,
+            charge,
+        };
+        self.tx.send(job).await.map_err(|_| PublishError::Stopped)
     }
 
     /// Asks the consumer to stop once everything queued before is done.
@@ -132,7 +340,15 @@ fn prepare<E: SinkEvent>(events: Vec<Event>, reply: Option<Reply>) -> Prepared<E
         .into_iter()
         .map(|e| E::serialize(e, accepted_ms))
         .collect();
-    Prepared(Job::Append { events, reply })
+    Prepared {
+        events,
+        reply,
+        charged: None,
+    }
+}
+
+fn json_bytes<E: SinkEvent>(events: &[E]) -> usize {
+    events.iter().map(SinkEvent::json_len).sum()
 }
 
 /// The calls a consumer took from its queue at once, in queue order.
@@ -140,18 +356,25 @@ pub(crate) struct Batch<E> {
     pub events: Vec<E>,
     /// Each call's end in `events` and its reply.
     pub calls: Vec<(usize, Option<Reply>)>,
+    /// The calls' share of the queue's bounds: keep it until the batch is durable.
+    pub charge: Charge,
 }
 
 impl<E> Batch<E> {
     /// A batch of the consumer's first job; `None` if that is `Close`.
     pub fn of(first: Job<E>) -> Option<Batch<E>> {
         match first {
-            Job::Append { events, reply } => {
+            Job::Append {
+                events,
+                reply,
+                charge,
+            } => {
                 let mut batch = Batch {
                     events: Vec::new(),
                     calls: Vec::new(),
+                    charge: Charge::none(),
                 };
-                batch.add(events, reply);
+                batch.add(events, reply, charge);
                 Some(batch)
             }
             Job::Close => None,
@@ -164,16 +387,27 @@ impl<E> Batch<E> {
         self.events.reserve(rx.len().min(max_events));
         while !*closing && self.events.len() < max_events {
             match rx.try_recv() {
-                Ok(Job::Append { events, reply }) => self.add(events, reply),
+                Ok(Job::Append {
+                    events,
+                    reply,
+                    charge,
+                }) => self.add(events, reply, charge),
                 Ok(Job::Close) => *closing = true,
                 Err(_) => break,
             }
         }
         // Calls still waiting behind this batch: the queue's depth.
         metrics::gauge!("iothub_publish_queue_depth").set(rx.len() as f64);
+        // Events and bytes held against the bounds, this batch's included.
+        if let Some(budget) = &self.charge.budget {
+            let (events, bytes) = *budget.used();
+            metrics::gauge!("iothub_publish_queue_events").set(events as f64);
+            metrics::gauge!("iothub_publish_queue_bytes").set(bytes as f64);
+        }
     }
 
-    fn add(&mut self, events: Vec<E>, reply: Option<Reply>) {
+    fn add(&mut self, events: Vec<E>, reply: Option<Reply>, charge: Charge) {
+        self.charge.absorb(charge);
         if self.events.is_empty() {
             self.events = events;
         } else {
@@ -222,6 +456,81 @@ mod tests {
             panic!("a full queue took another call");
         };
         assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn a_queue_holding_its_most_events_refuses_another_call() {
+        let (queue, _consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        for _ in 0..10 {
+            assert!(queue.try_enqueue(vec![heartbeat()]).is_ok());
+        }
+        assert!(matches!(
+            queue.try_enqueue(vec![heartbeat()]),
+            Err(TryEnqueueError::Full(_))
+        ));
+    }
+
+    #[test]
+    fn a_queue_holding_its_most_bytes_refuses_another_call() {
+        let one = SinkEvent::json_len(&NewEvent::serialize(heartbeat(), 0));
+        let (queue, _consumer) = SinkQueue::<NewEvent>::with_bounds(100, 1000, 3 * one);
+        for _ in 0..3 {
+            assert!(queue.try_enqueue(vec![heartbeat()]).is_ok());
+        }
+        assert!(queue.try_append(vec![heartbeat()]).is_err());
+    }
+
+    #[test]
+    fn one_call_larger_than_the_bound_gets_into_an_empty_queue() {
+        let (queue, _consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        assert!(queue.try_enqueue(vec![heartbeat(); 50]).is_ok());
+        assert_eq!(queue.held().0, 50);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_is_queued_once_the_consumer_finishes_a_batch() {
+        let (queue, mut consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        assert!(queue.try_enqueue(vec![heartbeat(); 10]).is_ok());
+        let Err(TryEnqueueError::Full(prepared)) = queue.try_enqueue(vec![heartbeat()]) else {
+            panic!("a queue at its bound took another call");
+        };
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.enqueue_prepared(prepared).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the call did not wait for room");
+        let batch = Batch::of(consumer.recv().await.unwrap()).unwrap();
+        drop(batch);
+        let queued = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(matches!(queued, Ok(Ok(Ok(())))));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_waiting_does_not_hold_up_the_others() {
+        let (queue, mut consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        assert!(queue.try_enqueue(vec![heartbeat(); 10]).is_ok());
+        let Err(TryEnqueueError::Full(prepared)) = queue.try_enqueue(vec![heartbeat()]) else {
+            panic!("a queue at its bound took another call");
+        };
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            queue.enqueue_prepared(prepared),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the call did not wait for room");
+        drop(Batch::of(consumer.recv().await.unwrap()));
+        assert!(queue.try_enqueue(vec![heartbeat()]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_its_events_against_the_bound_until_dropped() {
+        let (queue, mut consumer) = SinkQueue::<NewEvent>::with_bounds(100, 10, usize::MAX);
+        assert!(queue.try_enqueue(vec![heartbeat(); 4]).is_ok());
+        let batch = Batch::of(consumer.recv().await.unwrap()).unwrap();
+        assert_eq!(queue.held().0, 4);
+        drop(batch);
+        assert_eq!(queue.held(), (0, 0));
     }
 
     #[tokio::test]

@@ -8,6 +8,17 @@
 //!
 //! Accepted = a 2xx status AND a JSON body whose `code` is 0 (number or the string "0");
 //! customers answer `{"code":0}` to stop the hub from pushing the same data again.
+//!
+//! A failure is transient or permanent ([`Outcome::is_permanent`]). Transient: transport
+//! errors, 5xx, 408, 425, 429 and a 2xx whose `code` is not 0: the endpoint is down,
+//! overloaded or busy; and the statuses that refuse every request whatever it carries (401,
+//! 403, 404, 405, 407, 421): a wrong token, URL or proxy that the customer or the operator
+//! fixes. Either way the same request succeeds once that is over, so the batch is retried as
+//! is (capped backoff, until `push.max_age`): an outage or a misconfiguration loses nothing
+//! and reorders nothing. Permanent: every other 4xx (400, 413, 415, 422, ...), where the
+//! endpoint refuses this content and will never take it as sent; retrying it as is would hold
+//! the topic up for every device, so after `push.dead_letter_after` tries the batch is split
+//! to find the records refused, which go to the dead-letter store.
 
 use std::time::Duration;
 
@@ -46,7 +57,20 @@ pub enum Outcome {
     Transport(String),
 }
 
+/// 4xx statuses that do not judge the request's content: retried as transient.
+const REFUSES_EVERY_REQUEST_OR_BUSY: [u16; 9] = [401, 403, 404, 405, 407, 408, 421, 425, 429];
+
 impl Outcome {
+    /// True when sending the same request again cannot succeed (see the module docs).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Outcome::Status(s) => {
+                (400..500).contains(s) && !REFUSES_EVERY_REQUEST_OR_BUSY.contains(s)
+            }
+            Outcome::Accepted | Outcome::Rejected(_) | Outcome::Transport(_) => false,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -200,6 +224,29 @@ mod tests {
     #[test]
     fn json_array_record_is_not_an_object() {
         assert!(json_object_body("tk", b"[1]").is_none());
+    }
+
+    #[test]
+    fn refusals_of_the_request_itself_are_permanent() {
+        for status in [400, 411, 413, 414, 415, 422] {
+            assert!(Outcome::Status(status).is_permanent(), "{status}");
+        }
+    }
+
+    #[test]
+    fn outages_and_overload_are_transient() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(!Outcome::Status(status).is_permanent(), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_token_or_url_is_retried_until_fixed() {
+        for status in [401, 403, 404, 405, 407, 421] {
+            assert!(!Outcome::Status(status).is_permanent(), "{status}");
+        }
+        assert!(!Outcome::Rejected(r#"{"code":1}"#.into()).is_permanent());
+        assert!(!Outcome::Transport("connection refused".into()).is_permanent());
     }
 
     #[test]

@@ -8,12 +8,25 @@
 //! reordered and a restart loses nothing; records older than `push.max_age` are dropped
 //! (logged and counted) rather than retried forever. Topics are independent: a customer
 //! endpoint that rejects alarms does not hold up positions.
+//!
+//! A batch the endpoint refuses for good (a permanent failure, see [`http`]) is tried
+//! `push.dead_letter_after` times, then split in two halves delivered one after the other,
+//! each tried as many times and split again, down to single records: a record still refused
+//! alone goes to the dead-letter store in the node's database (`storage::DeadLetter`,
+//! counted in `iothub_push_dead_letters_total`, stored ones in
+//! `iothub_push_dead_letters_stored`) and the loop moves on. The records the endpoint takes
+//! are delivered in order; `iothubd dead-letters list|replay` shows the dead letters and
+//! queues them again (in both modes the store is the node's database: a dead letter belongs
+//! to the node whose loop refused it).
 
+pub mod dead_letters;
 pub mod http;
 pub mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::collections::VecDeque;
 
 use iothub::event::Topic;
 use tokio::sync::watch;
@@ -22,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, PushConfig};
 use crate::storage::Storage;
 use http::{Destination, Format, Outcome};
-use source::{Batch, KafkaSource, LogSource, Source};
+use source::{Batch, Item, KafkaSource, LogSource, Source};
 
 /// Pause before restarting a delivery loop that panicked.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -63,6 +76,8 @@ struct LoopContext {
     dest: Destination,
     client: reqwest::Client,
     push: PushConfig,
+    /// Where dead letters go.
+    storage: Arc<Storage>,
 }
 
 impl PushDispatcher {
@@ -79,6 +94,20 @@ impl PushDispatcher {
         rejoin: watch::Receiver<u64>,
     ) -> anyhow::Result<PushDispatcher> {
         let client = http::client(config.push.request_timeout, config.push.connect_timeout)?;
+        if let Ok(stored) = storage.dead_letter_count() {
+            // A replay while the node was stopped may have lowered it.
+            *STORED_LARGEST
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = stored;
+            metrics::gauge!("iothub_push_dead_letters_stored").set(stored as f64);
+            if stored > 0 {
+                tracing::warn!(
+                    dead_letters = stored,
+                    "records refused by the push endpoint wait in the dead-letter store; \
+                     see iothubd dead-letters list"
+                );
+            }
+        }
         let (stop, _) = watch::channel(false);
         let mut loops = Vec::new();
         for dest in destinations(&config.push) {
@@ -97,6 +126,7 @@ impl PushDispatcher {
                 dest,
                 client: client.clone(),
                 push: config.push.clone(),
+                storage: storage.clone(),
             });
             tracing::info!(topic = topic.name(), url = %ctx.dest.url, "push delivery loop started");
             loops.push(tokio::spawn(supervise(
@@ -210,23 +240,128 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Posts the batch until the customer accepts it (or its records all expire).
-async fn deliver(
+/// Delivers the batch: the records the customer accepts, in order; those it refuses for
+/// good to the dead-letter store; those older than `push.max_age` dropped.
+async fn deliver(ctx: &LoopContext, batch: Batch, stop: &mut watch::Receiver<bool>) -> Delivery {
+    // Parts of the batch still to deliver, in order: split when a part is refused for good.
+    let mut parts = VecDeque::from([batch.items]);
+    while let Some(part) = parts.pop_front() {
+        match deliver_part(ctx, part, stop).await {
+            Part::Done => {}
+            Part::Stopped => return Delivery::Stopped,
+            Part::Refused(mut items, reason) => {
+                if items.len() > 1 {
+                    let second = items.split_off(items.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(items);
+                } else if !set_aside(ctx, &items, &reason, stop).await {
+                    return Delivery::Stopped;
+                }
+            }
+        }
+    }
+    Delivery::Done
+}
+
+enum Part {
+    Done,
+    Stopped,
+    /// Refused for good `push.dead_letter_after` times in a row, with the last refusal.
+    Refused(Vec<Item>, String),
+}
+
+/// Sets `iothub_push_dead_letters_stored` to the largest count a store returned. The loops
+/// of several topics store concurrently and a running node only adds dead letters, so the
+/// largest count is the latest; the lock keeps an older count from being set after it.
+fn record_stored(count: u64) {
+    let mut largest = STORED_LARGEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *largest = (*largest).max(count);
+    metrics::gauge!("iothub_push_dead_letters_stored").set(*largest as f64);
+}
+
+/// The count behind `iothub_push_dead_letters_stored` (see [`record_stored`]).
+static STORED_LARGEST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// Stores refused records in the dead-letter store, retrying while the store fails; false if
+/// the loop was stopped meanwhile.
+async fn set_aside(
     ctx: &LoopContext,
-    mut batch: Batch,
+    items: &[Item],
+    reason: &str,
     stop: &mut watch::Receiver<bool>,
-) -> Delivery {
+) -> bool {
+    let topic = ctx.dest.topic;
+    let records: Vec<_> = items
+        .iter()
+        .map(|i| {
+            // A Kafka message without an IMEI key has no device; the zero IMEI stands in.
+            let imei = i.imei.unwrap_or_else(|| {
+                iothub::imei::Imei::parse("000000000000000").expect("a valid IMEI")
+            });
+            (imei, i.enqueued_ms, i.json.clone())
+        })
+        .collect();
+    loop {
+        let storage = ctx.storage.clone();
+        let records = records.clone();
+        let reason_owned = reason.to_owned();
+        let max = ctx.push.dead_letter_max;
+        let stored = tokio::task::spawn_blocking(move || {
+            let refs: Vec<_> = records
+                .iter()
+                .map(|(imei, at, json)| (*imei, *at, json.as_slice()))
+                .collect();
+            storage.add_dead_letters(topic, &refs, &reason_owned, max)
+        })
+        .await;
+        match stored {
+            Ok(Ok(count)) => {
+                tracing::error!(
+                    topic = topic.name(),
+                    records = items.len(),
+                    reason,
+                    "records refused by the push endpoint set aside as dead letters"
+                );
+                metrics::counter!("iothub_push_dead_letters_total", "topic" => topic.name())
+                    .increment(items.len() as u64);
+                record_stored(count);
+                return true;
+            }
+            Ok(Err(e)) => {
+                // A full store holds the topic up on this record, as a record refused for
+                // good was before there was a store, until the operator replays or clears it.
+                tracing::error!(topic = topic.name(), error = %e, "cannot store dead letters; retrying")
+            }
+            Err(e) => {
+                tracing::error!(topic = topic.name(), error = %e, "cannot store dead letters")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.push.max_backoff) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+}
+
+/// Posts the records until the customer accepts them (or they all expire), or until it has
+/// refused them for good `push.dead_letter_after` times in a row.
+async fn deliver_part(
+    ctx: &LoopContext,
+    mut items: Vec<Item>,
+    stop: &mut watch::Receiver<bool>,
+) -> Part {
     let topic = ctx.dest.topic.name();
     let max_age_ms = i64::try_from(ctx.push.max_age.as_millis()).unwrap_or(i64::MAX);
     let mut backoff = ctx.push.min_backoff;
+    let mut refusals = 0u32;
     loop {
         if max_age_ms > 0 {
             let now = now_ms();
-            let before = batch.items.len();
-            batch
-                .items
-                .retain(|i| now.saturating_sub(i.enqueued_ms) <= max_age_ms);
-            let dropped = before - batch.items.len();
+            let before = items.len();
+            items.retain(|i| now.saturating_sub(i.enqueued_ms) <= max_age_ms);
+            let dropped = before - items.len();
             if dropped > 0 {
                 tracing::warn!(
                     topic,
@@ -237,20 +372,19 @@ async fn deliver(
                     .increment(dropped as u64);
             }
         }
-        if batch.items.is_empty() {
-            return Delivery::Done;
+        if items.is_empty() {
+            return Part::Done;
         }
         let (content_type, body) = match ctx.dest.format {
             Format::Form { msg_type } => {
-                let records: Vec<&[u8]> = batch.items.iter().map(|i| i.json.as_slice()).collect();
+                let records: Vec<&[u8]> = items.iter().map(|i| i.json.as_slice()).collect();
                 (
                     "application/x-www-form-urlencoded",
                     http::form_body(&ctx.dest.token, msg_type, &records).into_bytes(),
                 )
             }
             Format::JsonObject => {
-                let body = batch
-                    .items
+                let body = items
                     .first()
                     .and_then(|i| http::json_object_body(&ctx.dest.token, &i.json));
                 match body {
@@ -262,7 +396,7 @@ async fn deliver(
                         );
                         metrics::counter!("iothub_push_dropped_total", "topic" => topic, "reason" => "invalid")
                             .increment(1);
-                        return Delivery::Done;
+                        return Part::Done;
                     }
                 }
             }
@@ -273,18 +407,28 @@ async fn deliver(
         if outcome == Outcome::Accepted {
             let now = now_ms();
             let latency = metrics::histogram!("iothub_push_latency_seconds", "topic" => topic);
-            for i in &batch.items {
+            for i in &items {
                 latency.record(now.saturating_sub(i.enqueued_ms).max(0) as f64 / 1000.0);
             }
             metrics::counter!("iothub_push_records_total", "topic" => topic)
-                .increment(batch.items.len() as u64);
-            return Delivery::Done;
+                .increment(items.len() as u64);
+            return Part::Done;
+        }
+        if outcome.is_permanent() {
+            refusals += 1;
+            if refusals >= ctx.push.dead_letter_after {
+                tracing::warn!(topic, url = %ctx.dest.url, %outcome, records = items.len(), "push refused for good; splitting the batch");
+                return Part::Refused(items, outcome.to_string());
+            }
+        } else {
+            // A transient failure between refusals: the refusals were not for good after all.
+            refusals = 0;
         }
         tracing::warn!(topic, url = %ctx.dest.url, %outcome, retry_in_ms = backoff.as_millis() as u64, "push failed; will retry");
         metrics::counter!("iothub_push_retries_total", "topic" => topic).increment(1);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return Delivery::Stopped,
+            _ = stop.changed() => return Part::Stopped,
         }
         backoff = backoff
             .saturating_mul(2)

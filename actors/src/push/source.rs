@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iothub::event::Topic;
+use iothub::imei::Imei;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -38,6 +39,8 @@ const HEARTBEAT_INTERVAL_MS: &str = "3000";
 /// One record of a batch.
 #[derive(Debug, Clone)]
 pub struct Item {
+    /// The device: the log's, or the Kafka message key (`None` if that is not an IMEI).
+    pub imei: Option<Imei>,
     pub json: Vec<u8>,
     /// Unix milliseconds when the event was made durable (log) or produced (Kafka timestamp).
     pub enqueued_ms: i64,
@@ -199,6 +202,7 @@ impl LogSource {
                 let items = events
                     .into_iter()
                     .map(|e| Item {
+                        imei: Some(e.imei),
                         json: e.json,
                         enqueued_ms: e.enqueued_ms,
                     })
@@ -302,6 +306,10 @@ impl KafkaSource {
         }
         match m.payload() {
             Some(payload) => items.push(Item {
+                imei: m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| Imei::parse(k).ok()),
                 json: payload.to_vec(),
                 enqueued_ms: m.timestamp().to_millis().unwrap_or_else(now_ms),
             }),

@@ -47,6 +47,8 @@ pub struct Receiver {
     accepted_records: Arc<AtomicUsize>,
     /// How long each request waits before it is answered, in milliseconds.
     delay_ms: Arc<AtomicU64>,
+    /// A request whose records contain this text is answered 413 Payload Too Large.
+    refused: Arc<Mutex<Option<String>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -58,11 +60,13 @@ impl Receiver {
         let failures_left = Arc::new(AtomicUsize::new(failures));
         let accepted_records = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (reqs, left, count, delay) = (
+        let refused = Arc::new(Mutex::new(None::<String>));
+        let (reqs, left, count, delay, refusing) = (
             requests.clone(),
             failures_left.clone(),
             accepted_records.clone(),
             delay_ms.clone(),
+            refused.clone(),
         );
         let route = warp::post()
             .and(warp::path::full())
@@ -78,10 +82,25 @@ impl Receiver {
             .untuple_one()
             .map(
                 move |path: warp::path::FullPath, ct: Option<String>, body: bytes::Bytes| {
-                    let remaining = left
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .unwrap_or(0);
-                    let (status, reply, accepted) = if remaining == 0 {
+                    let refused_here = refusing.lock().unwrap().as_ref().is_some_and(|marker| {
+                        let form: Vec<(String, String)> =
+                            serde_urlencoded::from_bytes(&body).unwrap_or_default();
+                        form.iter().any(|(_, v)| v.contains(marker.as_str()))
+                            || String::from_utf8_lossy(&body).contains(marker.as_str())
+                    });
+                    let remaining = if refused_here {
+                        0
+                    } else {
+                        left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .unwrap_or(0)
+                    };
+                    let (status, reply, accepted) = if refused_here {
+                        (
+                            warp::http::StatusCode::PAYLOAD_TOO_LARGE,
+                            r#"{"code":1,"message":"too large"}"#,
+                            false,
+                        )
+                    } else if remaining == 0 {
                         (
                             warp::http::StatusCode::OK,
                             r#"{"code":0,"message":"ok"}"#,
@@ -134,8 +153,15 @@ impl Receiver {
             failures_left,
             accepted_records,
             delay_ms,
+            refused,
             shutdown: Some(tx),
         }
+    }
+
+    /// From now on answers 413 to every request carrying a record that contains `marker`
+    /// (`None`: accepts them again).
+    pub fn refuse_records_containing(&self, marker: Option<&str>) {
+        *self.refused.lock().unwrap() = marker.map(str::to_owned);
     }
 
     pub fn url(&self) -> String {

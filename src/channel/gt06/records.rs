@@ -283,6 +283,7 @@ pub fn alarm_record(
         signal_drop_channel: None,
         signal_cover_channel: None,
         storage_fault_channel: None,
+        omitted_alarms: None,
     };
     AlarmRecord {
         gate_time: jimi_time(now),

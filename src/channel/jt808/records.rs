@@ -215,8 +215,19 @@ fn safety_alarm(
     record
 }
 
-/// The `/pushalarm` records of one location report: none when it raises no alarm.
-/// `serial` is the serial of the packet that carried it.
+/// Most Su-biao alarms (items 0x64..=0x67) one location report yields. The standard carries
+/// each item once per report, so four is the most a terminal sends; the rest of a report that
+/// repeats them are left out and counted in the last one kept (`omittedAlarms`).
+pub const MAX_SAFETY_ALARMS_PER_LOCATION: usize = 8;
+/// Most `/pushalarm` records of one location report: the alarm word, one per video alarm
+/// type (a report that repeats a video item gets one record whose channel mask is the union
+/// of the repeats), and [`MAX_SAFETY_ALARMS_PER_LOCATION`]. With
+/// `codec::jt808::MAX_BATCH_LOCATIONS` this bounds the events of one frame, whatever its
+/// reassembled size.
+pub const MAX_ALARMS_PER_LOCATION: usize = 1 + 4 + MAX_SAFETY_ALARMS_PER_LOCATION;
+
+/// The `/pushalarm` records of one location report: none when it raises no alarm, at most
+/// [`MAX_ALARMS_PER_LOCATION`]. `serial` is the serial of the packet that carried it.
 pub fn alarm_records(
     imei: Imei,
     location: &Location,
@@ -225,7 +236,7 @@ pub fn alarm_records(
 ) -> Vec<AlarmRecord> {
     let basic = &location.basic;
     let fix = fix_of(basic, satellites_of(location), now);
-    let mut out = Vec::new();
+    let mut out: Vec<AlarmRecord> = Vec::new();
     if basic.alarm.0 != 0 {
         let mut r = jt_alarm(imei, ALERT_STANDARD, &fix, serial, now);
         r.msg.standard_alarm_value = Some(basic.alarm.0);
@@ -236,7 +247,40 @@ pub fn alarm_records(
         _ => 0,
     };
     let has = |id: u8| location.item(id).is_some();
+    // Where the record of each video alarm type is in `out`, once there is one: a repeated
+    // item merges into it (the masks are sets of channels, so the union loses nothing).
+    let mut video: [Option<usize>; 4] = [None; 4];
+    let mut safety_kept = 0usize;
+    let mut safety_omitted = 0u32;
     for item in &location.items {
+        let video_slot = match item {
+            LocationItem::VideoSignalLoss(ch) if *ch != 0 => Some(0),
+            LocationItem::VideoOcclusion(ch) if *ch != 0 => Some(1),
+            LocationItem::StorageFault(units) if *units != 0 => Some(2),
+            LocationItem::AbnormalDriving { behaviour, .. } if *behaviour != 0 => Some(3),
+            _ => None,
+        };
+        if let Some(slot) = video_slot {
+            if let Some(at) = video[slot] {
+                merge_video_item(&mut out[at], item);
+                continue;
+            }
+            video[slot] = Some(out.len());
+        }
+        let is_safety = matches!(
+            item,
+            LocationItem::Adas(_)
+                | LocationItem::Dsm(_)
+                | LocationItem::Tpms(_)
+                | LocationItem::Bsd(_)
+        );
+        if is_safety {
+            if safety_kept == MAX_SAFETY_ALARMS_PER_LOCATION {
+                safety_omitted += 1;
+                continue;
+            }
+            safety_kept += 1;
+        }
         match item {
             LocationItem::VideoSignalLoss(ch) if *ch != 0 => {
                 let mut r = jt_alarm(imei, ALERT_VIDEO_SIGNAL_LOST, &fix, serial, now);
@@ -315,6 +359,12 @@ pub fn alarm_records(
             _ => {}
         }
     }
+    if safety_omitted > 0 {
+        let last_safety = out.iter_mut().rev().find(|r| r.msg.alarm_label.is_some());
+        if let Some(r) = last_safety {
+            r.msg.omitted_alarms = Some(safety_omitted);
+        }
+    }
     // Summary bits whose detail item is missing still raise their alarm.
     let summary_only = [
         (0, 0x15, ALERT_VIDEO_SIGNAL_LOST),
@@ -328,6 +378,27 @@ pub fn alarm_records(
         }
     }
     out
+}
+
+/// Adds a repeat of a video alarm item to the record of its first occurrence.
+fn merge_video_item(record: &mut AlarmRecord, item: &LocationItem) {
+    let msg = &mut record.msg;
+    match item {
+        LocationItem::VideoSignalLoss(ch) => {
+            msg.signal_drop_channel = Some(msg.signal_drop_channel.unwrap_or(0) | ch);
+        }
+        LocationItem::VideoOcclusion(ch) => {
+            msg.signal_cover_channel = Some(msg.signal_cover_channel.unwrap_or(0) | ch);
+        }
+        LocationItem::StorageFault(units) => {
+            msg.storage_fault_channel = Some(msg.storage_fault_channel.unwrap_or(0) | units);
+        }
+        LocationItem::AbnormalDriving { behaviour, fatigue } => {
+            msg.alert_value = Some(msg.alert_value.unwrap_or(0) | u64::from(*behaviour));
+            msg.fatigue_level = Some(msg.fatigue_level.unwrap_or(0).max(*fatigue));
+        }
+        _ => {}
+    }
 }
 
 /// The state of a terminal as its last location left it, for `/pushhb`.
@@ -442,5 +513,150 @@ pub fn pass_through_record(
         gate_time: jimi_time(now),
         pass_through_type: kind,
         data: hex::encode_upper(data),
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::codec::jt808::{decode, decode_body, Header, Message, Phone, MAX_BATCH_LOCATIONS};
+    use crate::codec::CrcPolicy;
+
+    /// Basic location block: alarm word 0, status positioned, 22.985 N 114.010 E, 2020-07-07.
+    const BASIC: &str = "000000000000000206eeb6ad02633df7013800030063200707192359";
+    /// Item 0x15, video signal lost on channel 1 (mask 0x01).
+    const SIGNAL_LOST_CH1: &str = "150400000001";
+    /// Item 0x15, video signal lost on channel 3 (mask 0x04).
+    const SIGNAL_LOST_CH3: &str = "150400000004";
+    /// Item 0x64, ADAS alarm id 11, pedestrian collision, terminal 0074242.
+    const ADAS: &str = concat!(
+        "642f",
+        "0000000b0104010000000000",
+        "2a00000000000000000000260327155245",
+        "0000",
+        "30303734323432260327155245",
+        "0b0500"
+    );
+
+    fn imei() -> Imei {
+        Imei::parse("12345678901").unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    /// A whole 2013 frame of `msg_id` from terminal 012345678901, serial 1: header, body,
+    /// check code, escaped, between flags.
+    fn frame(msg_id: u16, body_hex: &str) -> Vec<u8> {
+        let body = hex::decode(body_hex).unwrap();
+        let mut packet = msg_id.to_be_bytes().to_vec();
+        packet.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        packet.extend_from_slice(&hex::decode("0123456789010001").unwrap());
+        packet.extend_from_slice(&body);
+        let check = packet.iter().fold(0u8, |x, b| x ^ b);
+        packet.push(check);
+        let mut wire = vec![0x7e];
+        for b in packet {
+            match b {
+                0x7e => wire.extend_from_slice(&[0x7d, 0x02]),
+                0x7d => wire.extend_from_slice(&[0x7d, 0x01]),
+                b => wire.push(b),
+            }
+        }
+        wire.push(0x7e);
+        wire
+    }
+
+    fn location_of(wire: &[u8]) -> Location {
+        let packet = decode(wire, CrcPolicy::Reject).unwrap().unwrap().packet;
+        let Message::Location(location) = packet.message else {
+            panic!("not a location: {:?}", packet.message);
+        };
+        location
+    }
+
+    #[test]
+    fn repeated_signal_loss_items_give_one_alarm() {
+        let body = format!("{BASIC}{}{}", SIGNAL_LOST_CH1.repeat(150), SIGNAL_LOST_CH3);
+        let location = location_of(&frame(0x0200, &body));
+        assert_eq!(location.items.len(), 151);
+        let alarms = alarm_records(imei(), &location, 1, now());
+        assert_eq!(alarms.len(), 1);
+    }
+
+    #[test]
+    fn merged_signal_loss_alarm_reports_every_channel() {
+        let body = format!("{BASIC}{}{}", SIGNAL_LOST_CH1.repeat(150), SIGNAL_LOST_CH3);
+        let location = location_of(&frame(0x0200, &body));
+        let alarms = alarm_records(imei(), &location, 1, now());
+        assert_eq!(alarms[0].msg.signal_drop_channel, Some(0x05));
+    }
+
+    #[test]
+    fn su_biao_alarms_of_one_report_are_bounded() {
+        let body = format!("{BASIC}{}", ADAS.repeat(20));
+        let location = location_of(&frame(0x0200, &body));
+        assert_eq!(location.items.len(), 20);
+        let alarms = alarm_records(imei(), &location, 1, now());
+        assert_eq!(alarms.len(), MAX_SAFETY_ALARMS_PER_LOCATION);
+    }
+
+    #[test]
+    fn left_out_su_biao_alarms_are_counted_in_the_last_one_kept() {
+        let body = format!("{BASIC}{}", ADAS.repeat(20));
+        let location = location_of(&frame(0x0200, &body));
+        let alarms = alarm_records(imei(), &location, 1, now());
+        let omitted: Vec<_> = alarms.iter().map(|a| a.msg.omitted_alarms).collect();
+        let mut expected = vec![None; MAX_SAFETY_ALARMS_PER_LOCATION - 1];
+        expected.push(Some(20 - MAX_SAFETY_ALARMS_PER_LOCATION as u32));
+        assert_eq!(omitted, expected);
+    }
+
+    #[test]
+    fn a_report_without_repeats_keeps_every_alarm() {
+        let body = format!("{BASIC}{SIGNAL_LOST_CH1}{ADAS}");
+        let location = location_of(&frame(0x0200, &body));
+        let alarms = alarm_records(imei(), &location, 1, now());
+        let types: Vec<_> = alarms.iter().map(|a| a.msg.alert_type.clone()).collect();
+        assert_eq!(
+            types,
+            [AlertType::Text("257".into()), AlertType::Text("264".into())]
+        );
+    }
+
+    /// The body of a 0x0704 of `n` locations, as a reassembled message would carry it.
+    fn batch_body(n: usize) -> Vec<u8> {
+        let item = format!("001c{BASIC}");
+        let body = format!("{:04x}00{}", n, item.repeat(n));
+        hex::decode(body).unwrap()
+    }
+
+    fn batch_header() -> Header {
+        Header {
+            msg_id: 0x0704,
+            version: None,
+            phone: Phone::from_digits("012345678901", false).unwrap(),
+            serial: 1,
+            package: None,
+            version_flag_mismatch: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_the_most_locations_decodes() {
+        let message = decode_body(&batch_header(), &batch_body(MAX_BATCH_LOCATIONS));
+        let Message::BatchLocation(batch) = message else {
+            panic!("not a batch: {message:?}");
+        };
+        assert_eq!(batch.items.len(), MAX_BATCH_LOCATIONS);
+    }
+
+    #[test]
+    fn a_batch_of_more_locations_is_invalid() {
+        let message = decode_body(&batch_header(), &batch_body(MAX_BATCH_LOCATIONS + 1));
+        assert!(matches!(message, Message::Invalid { .. }), "{message:?}");
     }
 }

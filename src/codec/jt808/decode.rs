@@ -735,6 +735,9 @@ fn media_event(r: &mut Reader<'_>) -> R<MediaEvent> {
 
 fn batch(r: &mut Reader<'_>) -> R<BatchLocation> {
     let n = usize::from(r.u16()?);
+    if n > super::MAX_BATCH_LOCATIONS {
+        return Err("more locations in one 0x0704 than the hub takes (MAX_BATCH_LOCATIONS)");
+    }
     let kind = r.u8()?;
     // Each item takes at least 2 + 28 bytes: bound the allocation by what is present.
     let mut items = Vec::with_capacity(n.min(r.left() / 30));

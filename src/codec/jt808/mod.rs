@@ -35,6 +35,12 @@ use crate::imei::{luhn_digit, Imei};
 /// check code, every byte escaped to two. Longer open frames are refused before allocating.
 pub const MAX_FRAME_LEN: usize = 2 * (21 + MAX_BODY_LEN + 1) + 2;
 
+/// Most locations one 0x0704 may carry. A 0x0704 that fits one frame holds at most 34; one
+/// reassembled from subpackages could hold tens of thousands, each turning into events, so a
+/// batch declaring more is refused as invalid (result 2) instead of decoded. With
+/// `channel::jt808::records::MAX_ALARMS_PER_LOCATION` this bounds the events of one frame.
+pub const MAX_BATCH_LOCATIONS: usize = 1024;
+
 /// Most bytes skipped before a `7e` flag before the stream is declared unusable.
 pub const MAX_GARBAGE: usize = 1024;
 
