@@ -2,6 +2,10 @@
 # output directory, raises the open-file limit, stops every process listed in PIDS at exit and
 # waits for listeners (wait_listening).
 # Reads CARGO_TARGET_DIR, IOTHUBD_BIN, IOTHUB_LOADGEN_BIN and OUT.
+#
+# The scripts start iothubd with IOTHUB_JT808_REGISTRATIONS_PER_SOURCE=0: loadgen's DVRs
+# register thousands of terminals a minute from four source addresses, which the default
+# per-source registration limit exists to refuse.
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 IOTHUBD="${IOTHUBD_BIN:-$TARGET_DIR/release/iothubd}"

@@ -40,7 +40,7 @@ start_hub() {
     [ -n "${KAFKA:-}" ] && kafka_env=(kafkaEnable=true "kafkaHost=$KAFKA" topicPrefix=iothub)
     [ "${PUSH:-0}" = 1 ] && push_url="http://127.0.0.1:$PUSH_PORT"
     # shellcheck disable=SC2086
-    env IOTHUB_DATA_DIR="$OUT/data" IOTHUB_MAX_CONNECTIONS=19500 RUST_LOG=warn \
+    env IOTHUB_DATA_DIR="$OUT/data" IOTHUB_MAX_CONNECTIONS=19500 IOTHUB_JT808_REGISTRATIONS_PER_SOURCE=0 RUST_LOG=warn \
         IOTHUB_GT06_LISTEN="127.0.0.1:$GT06_PORT" IOTHUB_JT808_LISTEN="127.0.0.1:$JT808_PORT" \
         IOTHUB_API_LISTEN=127.0.0.1:0 IOTHUB_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
         pushURL="$push_url" apiToken=bench ${kafka_env[@]+"${kafka_env[@]}"} ${HUB_ENV:-} \
