@@ -55,7 +55,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use crate::auth_codes::AuthCodes;
@@ -225,7 +225,9 @@ pub struct SessionState<P: Protocol> {
     protocol: Arc<P>,
     channel: SharedChannel<P::Channel>,
     writer: SharedWriter,
-    reader: JoinHandle<()>,
+    /// Aborted with the state: ractor skips `post_stop` after a panic in `handle` but still
+    /// drops the state, and a reader outliving its session would go on acknowledging.
+    reader: AbortOnDropHandle<()>,
     deps: Arc<SessionDeps>,
     imei: Option<Imei>,
     /// Boxed: most sessions have none most of the time, and it is 80 bytes.
@@ -270,7 +272,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             channel: args.protocol.new_channel(Utc::now()),
             closing: false,
         }));
-        let reader = tokio::spawn(read_loop(
+        let reader = AbortOnDropHandle::new(tokio::spawn(read_loop(
             Reader {
                 protocol: args.protocol.clone(),
                 channel: channel.clone(),
@@ -279,7 +281,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
                 session: myself,
             },
             read_half,
-        ));
+        )));
         metrics::gauge!("iothub_connections", "protocol" => args.protocol.name()).increment(1.0);
         let detected = args.protocol.name();
         Ok(SessionState {
@@ -1268,6 +1270,136 @@ mod tests {
             matches!(outcome.end, Some(ReaderEnd::Decode { .. })),
             "{:?}",
             outcome.end
+        );
+    }
+
+    /// GT06 whose channel panics on a tick, which only the session handles: a panic in
+    /// `DeviceSession::handle` with the reader alive and well.
+    struct TickPanics(Gt06Protocol);
+
+    struct TickPanicsChannel(iothub::channel::gt06::Gt06Channel);
+
+    impl Protocol for TickPanics {
+        type Frame = iothub::codec::gt06::Frame;
+        type Channel = TickPanicsChannel;
+
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn decode(
+            &self,
+            buf: &[u8],
+        ) -> Result<Option<iothub::protocol::Cut<Self::Frame>>, iothub::protocol::DecodeFailure>
+        {
+            self.0.decode(buf)
+        }
+        fn frame_label(&self, frame: &Self::Frame) -> (&'static str, &'static str) {
+            self.0.frame_label(frame)
+        }
+        fn new_channel(&self, now: chrono::DateTime<Utc>) -> TickPanicsChannel {
+            TickPanicsChannel(self.0.new_channel(now))
+        }
+    }
+
+    impl Channel for TickPanicsChannel {
+        type Frame = iothub::codec::gt06::Frame;
+
+        fn handle_frame(&mut self, frame: Self::Frame, now: chrono::DateTime<Utc>) -> Vec<Action> {
+            self.0.handle_frame(frame, now)
+        }
+        fn handle_instruction(
+            &mut self,
+            instruction: &Instruction,
+            now: chrono::DateTime<Utc>,
+        ) -> Result<Vec<Action>, iothub::command::InstructionRefusal> {
+            self.0.handle_instruction(instruction, now)
+        }
+        fn instruction_expired(&mut self, server_flag_id: u32) {
+            self.0.instruction_expired(server_flag_id)
+        }
+        fn handle_tick(&mut self, _now: chrono::DateTime<Utc>) -> Vec<Action> {
+            panic!("test channel panics on a tick")
+        }
+        fn handle_close(&mut self, now: chrono::DateTime<Utc>) -> Vec<Action> {
+            self.0.handle_close(now)
+        }
+        fn imei(&self) -> Option<Imei> {
+            self.0.imei()
+        }
+    }
+
+    /// What a session needs, on a fresh embedded store in `dir`.
+    async fn deps(dir: &std::path::Path) -> Arc<SessionDeps> {
+        let toml = format!("[storage]\ndata_dir = {:?}\n", dir.display().to_string());
+        let config = crate::config::Config::from_toml_str(&toml, &|_| None).unwrap();
+        let storage = crate::storage::Storage::open(&config.storage).unwrap();
+        let publisher = crate::publish::Publisher::start(&config, storage.clone())
+            .await
+            .unwrap();
+        let (registry, _) = Actor::spawn(None, crate::registry::RegistryActor, None)
+            .await
+            .unwrap();
+        Arc::new(SessionDeps {
+            registry: crate::registry::Registry {
+                actor: registry,
+                cluster: None,
+            },
+            publisher,
+            offline: crate::offline::OfflineCommands::open(storage.clone()),
+            auth_codes: crate::auth_codes::AuthCodes::open(storage),
+            write_timeout: Duration::from_secs(5),
+            offline_reply_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Reads what the device gets within `wait`: `Some(bytes)`, or `None` for a closed
+    /// connection or silence.
+    async fn device_reads(device: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(wait, device.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_no_reader_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        let deps = deps(dir.path()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut device = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (session, stopped) = Actor::spawn(
+            None,
+            DeviceSession::<TickPanics>::default(),
+            SessionArgs {
+                protocol: Arc::new(TickPanics(gt06())),
+                stream,
+                deps,
+                connection_permit: None,
+            },
+        )
+        .await
+        .unwrap();
+        device.write_all(&bytes(&[LOGIN])).await.unwrap();
+        assert!(
+            device_reads(&mut device, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "login not acknowledged"
+        );
+        session.cast(SessionMsg::Tick).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("the session did not stop")
+            .unwrap();
+        device.write_all(&bytes(&[HEARTBEAT])).await.unwrap();
+        assert_eq!(
+            device_reads(&mut device, Duration::from_secs(2)).await,
+            None
         );
     }
 
