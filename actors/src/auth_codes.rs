@@ -67,13 +67,15 @@ impl AuthCodes {
             Backend::Embedded(storage) => {
                 let storage = storage.clone();
                 blocking(move || {
-                    let txn = storage.db().begin_write()?;
-                    {
-                        let mut table = txn.open_table(AUTH_CODES)?;
-                        table.insert(imei.as_str(), code.as_str())?;
-                    }
-                    txn.commit()?;
-                    Ok(())
+                    storage.observe((|| -> Result<(), StoreError> {
+                        let txn = storage.db()?.begin_write()?;
+                        {
+                            let mut table = txn.open_table(AUTH_CODES)?;
+                            table.insert(imei.as_str(), code.as_str())?;
+                        }
+                        txn.commit()?;
+                        Ok(())
+                    })())
                 })
                 .await
             }
@@ -95,9 +97,11 @@ impl AuthCodes {
             Backend::Embedded(storage) => {
                 let storage = storage.clone();
                 blocking(move || {
-                    let txn = storage.db().begin_read()?;
-                    let table = txn.open_table(AUTH_CODES)?;
-                    Ok(table.get(imei.as_str())?.map(|v| v.value().to_string()))
+                    storage.observe((|| -> Result<Option<String>, StoreError> {
+                        let txn = storage.db()?.begin_read()?;
+                        let table = txn.open_table(AUTH_CODES)?;
+                        Ok(table.get(imei.as_str())?.map(|v| v.value().to_string()))
+                    })())
                 })
                 .await
             }

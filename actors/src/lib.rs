@@ -13,6 +13,7 @@
 //! - [`auth_codes`]: JT/T 808 authentication codes issued at registration, kept durably.
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
+//! - [`health`]: the parts of the node `/ready` reports on (storage, sink, supervised tasks).
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
 
@@ -21,6 +22,7 @@ pub mod auth_codes;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod health;
 pub mod offline;
 pub mod publish;
 pub mod push;

@@ -26,6 +26,7 @@ use crate::cluster::{Cluster, IdentityLost};
 use crate::config::Config;
 use crate::gateway::listener::{Gateway, GatewayArgs};
 use crate::gateway::session::SessionDeps;
+use crate::health::Health;
 use crate::offline::OfflineCommands;
 use crate::publish::Publisher;
 use crate::push::PushDispatcher;
@@ -108,7 +109,8 @@ impl Hub {
         } else {
             None
         };
-        let storage = Storage::open(&config.storage)?;
+        let health = Health::default();
+        let storage = Storage::open_reporting(&config.storage, health.clone())?;
         let publisher = Publisher::start(config, storage.clone()).await?;
         let (departures, rejoin) = watch::channel(0u64);
         let push = PushDispatcher::start(config, storage.clone(), rejoin).await?;
@@ -211,6 +213,7 @@ impl Hub {
                 registry: registry.clone(),
                 offline,
                 gate_id: config.gate_id.clone(),
+                health,
             },
         )
         .await?;

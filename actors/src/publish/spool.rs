@@ -111,11 +111,11 @@ pub struct Spool {
 impl Spool {
     /// Opens the spool in `storage`, with whatever an earlier run left in it.
     pub fn open(storage: Arc<Storage>, max_events: u64) -> Result<Spool, StoreError> {
-        let len = {
-            let txn = storage.db().begin_read()?;
+        let len = storage.observe((|| -> Result<u64, StoreError> {
+            let txn = storage.db()?.begin_read()?;
             let table = txn.open_table(KAFKA_SPOOL)?;
-            table.len()?
-        };
+            Ok(table.len()?)
+        })())?;
         Ok(Spool {
             storage,
             max_events,
@@ -140,73 +140,82 @@ impl Spool {
     /// whose events do not all fit under the bound is refused whole (`false` at its index);
     /// the calls before and after it are still appended.
     pub fn append(&mut self, calls: &[&[SpoolEntry]]) -> Result<Vec<bool>, StoreError> {
-        let mut admitted = Vec::with_capacity(calls.len());
-        let mut len = self.len;
-        let txn = self.storage.db().begin_write()?;
-        {
-            let mut meta = txn.open_table(META_TABLE)?;
-            let mut table = txn.open_table(KAFKA_SPOOL)?;
-            let mut next = meta
-                .get(KAFKA_SPOOL_NEXT_SEQ)?
-                .map(|g| g.value())
-                .unwrap_or(0);
-            for call in calls {
-                let n = call.len() as u64;
-                if len.saturating_add(n) > self.max_events {
-                    admitted.push(false);
-                    continue;
+        let result = (|| -> Result<Vec<bool>, StoreError> {
+            let mut admitted = Vec::with_capacity(calls.len());
+            let mut len = self.len;
+            let txn = self.storage.db()?.begin_write()?;
+            {
+                let mut meta = txn.open_table(META_TABLE)?;
+                let mut table = txn.open_table(KAFKA_SPOOL)?;
+                let mut next = meta
+                    .get(KAFKA_SPOOL_NEXT_SEQ)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                for call in calls {
+                    let n = call.len() as u64;
+                    if len.saturating_add(n) > self.max_events {
+                        admitted.push(false);
+                        continue;
+                    }
+                    for e in call.iter() {
+                        table.insert(next, encode_entry(e).as_slice())?;
+                        next += 1;
+                    }
+                    len += n;
+                    admitted.push(true);
                 }
-                for e in call.iter() {
-                    table.insert(next, encode_entry(e).as_slice())?;
-                    next += 1;
-                }
-                len += n;
-                admitted.push(true);
+                meta.insert(KAFKA_SPOOL_NEXT_SEQ, next)?;
             }
-            meta.insert(KAFKA_SPOOL_NEXT_SEQ, next)?;
-        }
-        txn.commit()?;
-        self.len = len;
-        Ok(admitted)
+            txn.commit()?;
+            self.len = len;
+            Ok(admitted)
+        })();
+        self.storage.observe(result)
     }
 
     /// Up to `max` entries from the front, in sequence order. Entries that cannot be decoded
     /// (corruption) are skipped but covered by `last_seq`, so the drain deletes them with the
     /// batch instead of stalling on them.
     pub fn read(&self, max: usize) -> Result<SpoolBatch, StoreError> {
-        let txn = self.storage.db().begin_read()?;
-        let table = txn.open_table(KAFKA_SPOOL)?;
-        let mut batch = SpoolBatch {
-            entries: Vec::with_capacity(max.min(1024)),
-            last_seq: None,
-        };
-        for item in table.iter()?.take(max) {
-            let (k, v) = item?;
-            let seq = k.value();
-            batch.last_seq = Some(seq);
-            match decode_entry(v.value()) {
-                Some(entry) => batch.entries.push(Spooled { seq, entry }),
-                None => {
-                    tracing::warn!(seq, "undecodable kafka spool entry skipped");
-                    metrics::counter!("iothub_kafka_spool_corrupt_total").increment(1);
+        let result = (|| -> Result<SpoolBatch, StoreError> {
+            let txn = self.storage.db()?.begin_read()?;
+            let table = txn.open_table(KAFKA_SPOOL)?;
+            let mut batch = SpoolBatch {
+                entries: Vec::with_capacity(max.min(1024)),
+                last_seq: None,
+            };
+            for item in table.iter()?.take(max) {
+                let (k, v) = item?;
+                let seq = k.value();
+                batch.last_seq = Some(seq);
+                match decode_entry(v.value()) {
+                    Some(entry) => batch.entries.push(Spooled { seq, entry }),
+                    None => {
+                        tracing::warn!(seq, "undecodable kafka spool entry skipped");
+                        metrics::counter!("iothub_kafka_spool_corrupt_total").increment(1);
+                    }
                 }
             }
-        }
-        Ok(batch)
+            Ok(batch)
+        })();
+        self.storage.observe(result)
     }
 
     /// Deletes every entry with a sequence up to and including `last_seq`; returns how many.
     pub fn delete_through(&mut self, last_seq: u64) -> Result<u64, StoreError> {
-        let txn = self.storage.db().begin_write()?;
-        let len = {
-            let mut table = txn.open_table(KAFKA_SPOOL)?;
-            table.retain_in(..=last_seq, |_, _| false)?;
-            table.len()?
-        };
-        txn.commit()?;
-        let deleted = self.len.saturating_sub(len);
-        self.len = len;
-        Ok(deleted)
+        let result = (|| -> Result<u64, StoreError> {
+            let txn = self.storage.db()?.begin_write()?;
+            let len = {
+                let mut table = txn.open_table(KAFKA_SPOOL)?;
+                table.retain_in(..=last_seq, |_, _| false)?;
+                table.len()?
+            };
+            txn.commit()?;
+            let deleted = self.len.saturating_sub(len);
+            self.len = len;
+            Ok(deleted)
+        })();
+        self.storage.observe(result)
     }
 }
 
