@@ -14,6 +14,7 @@
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
 //! - [`health`]: the parts of the node `/ready` reports on (storage, sink, supervised tasks).
+//! - [`supervise`]: restarts of the long-running tasks and threads after a panic.
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
 
@@ -29,4 +30,5 @@ pub mod push;
 pub mod registry;
 pub mod root;
 pub mod storage;
+pub mod supervise;
 pub mod telemetry;

@@ -147,12 +147,19 @@ impl Hub {
                 )
                 .await?;
                 let (lost_tx, identity_lost) = watch::channel(None);
-                let renewal = tokio::spawn(crate::cluster::renew_loop(
-                    cluster.clone(),
-                    registry.clone(),
-                    lost_tx,
-                    departures,
-                ));
+                // Supervised (see `crate::supervise`): restarted after a panic.
+                let renewal =
+                    tokio::spawn(crate::supervise::run("cluster_renewal", health.clone(), {
+                        let (cluster, registry) = (cluster.clone(), registry.clone());
+                        move || {
+                            crate::cluster::renew_loop(
+                                cluster.clone(),
+                                registry.clone(),
+                                lost_tx.clone(),
+                                departures.clone(),
+                            )
+                        }
+                    }));
                 Some(ClusterRuntime {
                     cluster,
                     internal,

@@ -407,6 +407,12 @@ impl Storage {
         result
     }
 
+    /// The node's health this storage reports to; the sinks and tasks built on it report
+    /// there too.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// False from a failed check of the database until a write succeeds again.
     pub fn is_up(&self) -> bool {
         !self.health.is_down(HEALTH_PART)

@@ -58,6 +58,7 @@ use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, Sp
 use super::PublishError;
 use crate::config::Config;
 use crate::storage::Storage;
+use crate::supervise;
 
 /// Most events produced (or spooled) in one batch.
 pub const MAX_BATCH_EVENTS: usize = 16_384;
@@ -399,6 +400,7 @@ impl KafkaSink {
         let all_brokers_down = Arc::new(Notify::new());
         let producer = create_producer(config, all_brokers_down.clone())?;
         let max = config.kafka.spool_max_events;
+        let health = storage.health().clone();
         let spool = tokio::task::spawn_blocking(move || Spool::open(storage, max))
             .await?
             .map_err(|e| anyhow::anyhow!("kafka spool: {e}"))?;
@@ -449,10 +451,23 @@ impl KafkaSink {
             failed_drains: std::sync::atomic::AtomicU32::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        let drain = tokio::spawn(drain_spool(shared.clone(), stopped.clone()));
-        let watch = tokio::spawn(watch_brokers(shared.clone(), stopped));
-        let (queue, calls) = KafkaQueue::new();
-        let dispatcher = tokio::spawn(dispatch(shared.clone(), calls));
+        // Each runs supervised (see `crate::supervise`): restarted after a panic.
+        let drain = tokio::spawn(supervise::run("kafka_drain", health.clone(), {
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            move || drain_spool(shared.clone(), stopped.clone())
+        }));
+        let watch = tokio::spawn(supervise::run("kafka_broker_watch", health.clone(), {
+            let shared = shared.clone();
+            move || watch_brokers(shared.clone(), stopped.clone())
+        }));
+        let (queue, mut calls) = KafkaQueue::new();
+        let dispatcher = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut restarts = supervise::Restarts::new("kafka_dispatcher", health);
+                while !restarts.finished(dispatch(&shared, &mut calls)).await {}
+            }
+        });
         Ok(KafkaSink {
             shared,
             queue,
@@ -528,15 +543,16 @@ async fn spool_answer(pending: PendingAppend) -> Result<(), PublishError> {
 }
 
 /// The dispatcher: takes the queued calls as batches, one batch in flight at a time (see the
-/// module docs), until the queue is closed.
-async fn dispatch(shared: Arc<Shared>, mut calls: mpsc::Receiver<Job<SpoolEntry>>) {
+/// module docs), until the queue is closed. The queue outlives a panic of the dispatcher, for
+/// the restarted one.
+async fn dispatch(shared: &Shared, calls: &mut mpsc::Receiver<Job<SpoolEntry>>) {
     let mut closing = false;
     while !closing {
         let Some(mut batch) = calls.recv().await.and_then(Batch::of) else {
             break;
         };
-        batch.fill(&mut calls, MAX_BATCH_EVENTS, &mut closing);
-        deliver(&shared, batch).await;
+        batch.fill(calls, MAX_BATCH_EVENTS, &mut closing);
+        deliver(shared, batch).await;
     }
 }
 

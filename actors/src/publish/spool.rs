@@ -25,6 +25,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::{Storage, StoreError, KAFKA_SPOOL, KAFKA_SPOOL_NEXT_SEQ, META_TABLE};
+use crate::supervise::Restarts;
 
 /// Requests waiting for the spool thread; one more makes the sender wait.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -121,6 +122,17 @@ impl Spool {
             max_events,
             len,
         })
+    }
+
+    /// Counts the entries again (after the thread that owns the spool panicked mid-update).
+    fn recount(&mut self) -> Result<(), StoreError> {
+        let storage = &self.storage;
+        self.len = storage.observe((|| -> Result<u64, StoreError> {
+            let txn = storage.db()?.begin_read()?;
+            let table = txn.open_table(KAFKA_SPOOL)?;
+            Ok(table.len()?)
+        })())?;
+        Ok(())
     }
 
     /// Events waiting to be produced.
@@ -257,10 +269,12 @@ pub type PendingAppend = oneshot::Receiver<Result<(), SpoolError>>;
 impl SpoolWriter {
     /// Starts the thread that owns `spool`.
     pub fn start(spool: Spool) -> std::io::Result<SpoolWriter> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
+        let restarts = Restarts::new("kafka_spool", spool.storage.health().clone());
+        let mut spool = spool;
         let thread = std::thread::Builder::new()
             .name("iothub-kafka-spool".into())
-            .spawn(move || run(spool, rx))?;
+            .spawn(move || restarts.run_blocking(|| run(&mut spool, &mut rx)))?;
         Ok(SpoolWriter {
             handle: SpoolHandle { tx },
             thread: Some(thread),
@@ -333,7 +347,12 @@ impl SpoolHandle {
 
 type Append = (Vec<SpoolEntry>, oneshot::Sender<Result<(), SpoolError>>);
 
-fn run(mut spool: Spool, mut rx: mpsc::Receiver<Request>) {
+/// Supervised (see `crate::supervise`): after a panic it runs again on the same spool and
+/// queue, its length counted again from the table.
+fn run(spool: &mut Spool, rx: &mut mpsc::Receiver<Request>) {
+    if let Err(e) = spool.recount() {
+        tracing::error!(error = %e, "kafka spool length unknown; keeping the last one");
+    }
     metrics::gauge!("iothub_kafka_spool_events").set(spool.len() as f64);
     let mut held: Option<Request> = None;
     // Whether the last appends were refused: a full spool is logged once, not per call.
@@ -363,7 +382,7 @@ fn run(mut spool: Spool, mut rx: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                commit_appends(&mut spool, appends, &mut full);
+                commit_appends(spool, appends, &mut full);
             }
             Request::Read { max, reply } => {
                 let _ = reply.send(spool.read(max));
