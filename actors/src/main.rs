@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use iothub_actors::config::Config;
+use iothub_actors::publish::spool::Spool;
 use iothub_actors::root::Hub;
+use iothub_actors::storage::Storage;
 use iothub_actors::telemetry;
 
 /// iothub: an IoT hub for GPS trackers and dashcams, compatible with Jimi IoT Hub devices
@@ -18,6 +20,16 @@ struct Cli {
     /// Jimi names (pushURL, kafkaEnable, readTimeOut, ...) override the file.
     #[arg(long, short = 'c', env = "IOTHUB_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Moves the events Kafka refused for good (parked, see `iothub_kafka_parked_events`)
+    /// back to the Kafka spool, for the node's next start to produce them. Run it with the
+    /// node stopped (it opens the node's data directory), once Kafka takes them.
+    ReplayParked,
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +42,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::ReplayParked) = cli.command {
+        return replay_parked(&config);
+    }
     // The runtime is built after the configuration is read because its size is configured.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -48,6 +63,26 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("iothubd stopped: {e:#}");
             eprintln!("iothubd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `iothubd replay-parked`.
+fn replay_parked(config: &Config) -> std::process::ExitCode {
+    let replayed = Storage::open(&config.storage).and_then(|storage| {
+        let mut spool = Spool::open(storage, config.kafka.spool_max_events)?;
+        Ok(spool.replay_parked()?)
+    });
+    match replayed {
+        Ok(n) => {
+            println!(
+                "{n} parked events moved to the Kafka spool; the node produces them when it starts"
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("iothubd: replay-parked: {e:#} (is the node still running?)");
             std::process::ExitCode::FAILURE
         }
     }

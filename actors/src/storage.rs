@@ -18,7 +18,9 @@
 //! - `jt808_auth_codes`: imei -> JT/T 808 authentication code (see `auth_codes`);
 //! - `kafka_spool`: sequence (u64, increasing) -> event the Kafka sink could not produce while
 //!   the brokers were unreachable, waiting to be drained (see `publish::spool`); its next
-//!   sequence is kept in `meta`.
+//!   sequence is kept in `meta`;
+//! - `kafka_parked`: sequence -> spooled event Kafka refused for good, kept for replay
+//!   (`iothubd replay-parked`); its next sequence is kept in `meta`.
 //!
 //! After an I/O error (a full disk, a failing device) redb refuses every later operation until
 //! the database is opened again. Every user reports its store errors ([`Storage::observe`]);
@@ -88,6 +90,11 @@ pub(crate) const KAFKA_SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new
 /// Meta key of the next sequence of [`KAFKA_SPOOL`]: kept explicitly, because drained entries
 /// are deleted and an empty table cannot tell where the sequence ended.
 pub(crate) const KAFKA_SPOOL_NEXT_SEQ: &str = "kafka_spool.next_seq";
+/// Spooled events Kafka refused for good after their device was acknowledged, kept for an
+/// operator to replay (see `publish::spool`); same layout as [`KAFKA_SPOOL`].
+pub(crate) const KAFKA_PARKED: TableDefinition<u64, &[u8]> = TableDefinition::new("kafka_parked");
+/// Meta key of the next sequence of [`KAFKA_PARKED`].
+pub(crate) const KAFKA_PARKED_NEXT_SEQ: &str = "kafka_parked.next_seq";
 
 fn log_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
     match topic {
@@ -636,6 +643,7 @@ fn open_database(path: &std::path::Path) -> Result<Database, StoreError> {
         txn.open_table(OFFLINE)?;
         txn.open_table(crate::auth_codes::AUTH_CODES)?;
         txn.open_table(KAFKA_SPOOL)?;
+        txn.open_table(KAFKA_PARKED)?;
         for topic in Topic::ALL {
             txn.open_table(log_table(topic))?;
         }

@@ -26,6 +26,11 @@
 //!   each batch once its delivery reports succeeded, and switches back to direct when the spool
 //!   is empty.
 //!
+//! A spooled event Kafka refuses for good while draining (its device was acknowledged when it
+//! was spooled) is parked in the `kafka_parked` table instead of stalling the spool (counter
+//! `iothub_kafka_parked_total`, gauge `iothub_kafka_parked_events`); with the node stopped,
+//! `iothubd replay-parked` moves the parked events back to the spool for the next start.
+//!
 //! The first batch whose delivery fails as unreachable, or librdkafka reporting all brokers
 //! down, switches to spooling at once, so later batches do not each wait
 //! [`DELIVERY_TIMEOUT`]. A failed batch spools its events from the first undelivered one on,
@@ -860,6 +865,7 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
 
     let mut produced = 0u64;
     let mut done_through = None;
+    let mut park = Vec::new();
     let mut failure = None;
     for ((seq, entry), result) in seqs.iter().zip(&entries).zip(results) {
         match result {
@@ -871,14 +877,17 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
                 if classify(&e) == Failure::Rejected
                     && e.rdkafka_error_code() != Some(RDKafkaErrorCode::InvalidTimestamp) =>
             {
-                // Kafka will never take this one; keeping it would stall every device behind it.
+                // Kafka will never take this one; keeping it in the spool would stall every
+                // device behind it, and its device was acknowledged: it is parked, for an
+                // operator to replay once Kafka takes it (`iothubd replay-parked`).
                 tracing::error!(
                     topic = entry.topic.name(),
                     imei = %entry.imei,
                     error = %e,
-                    "kafka refused a spooled event; dropped"
+                    "kafka refused a spooled event; parked for replay"
                 );
                 metrics::counter!("iothub_kafka_spool_rejected_total").increment(1);
+                park.push(*seq);
                 done_through = Some(*seq);
             }
             Err(e) => {
@@ -891,7 +900,7 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
         done_through = Some(last_seq);
     }
     if let Some(seq) = done_through {
-        if let Err(e) = shared.spool.delete_through(seq).await {
+        if let Err(e) = shared.spool.park_and_delete_through(park, seq).await {
             return Round::Retry(e.to_string());
         }
     }
