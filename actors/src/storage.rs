@@ -27,10 +27,10 @@
 //! a recovery thread then checks the database with a write of a megabyte (deleted right
 //! after) and, if that fails, marks the storage down (`/ready` answers 503, appends fail at
 //! once, devices get no ack), drops the database, and opens it again with backoff until that
-//! write succeeds. Reopening replays redb's
-//! recovery from the last durable commit, so everything acknowledged is still there. The
-//! process keeps running meanwhile: its connections, its push cursors and the events already
-//! queued in memory for no acknowledgement are worth more than what a restart would clear.
+//! write succeeds. Reopening replays redb's recovery from the last durable commit, so
+//! everything acknowledged is still there. The process keeps running meanwhile: its
+//! connections, its push cursors and the events queued in memory without an acknowledgement
+//! are worth more than what a restart would clear.
 //!
 //! Every function here blocks on disk I/O; async callers run them in `spawn_blocking`.
 //! redb serializes write transactions, so writers from several threads are safe; the Publisher
