@@ -561,8 +561,16 @@ async fn dispatch(shared: &Shared, calls: &mut mpsc::Receiver<Job<SpoolEntry>>) 
     }
 }
 
+/// An event of this device makes the dispatcher panic, in tests of its supervision.
+#[cfg(test)]
+const PANIC_IMEI: &str = "000000000000666";
+
 /// Produces one batch, or spools it while Kafka is unreachable, and answers its callers.
 async fn deliver(shared: &Shared, batch: Batch<SpoolEntry>) {
+    #[cfg(test)]
+    if batch.events.iter().any(|e| e.imei.as_str() == PANIC_IMEI) {
+        panic!("an event of the test device that makes the dispatcher panic");
+    }
     let started = Instant::now();
     let Batch { events, calls } = batch;
     let n = events.len();
@@ -974,6 +982,54 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_string())
         })
+    }
+
+    fn heartbeat(imei: &str) -> Event {
+        let imei = iothub::imei::Imei::parse(imei).unwrap();
+        Event {
+            topic: Topic::Heartbeat,
+            imei,
+            record: iothub::event::Record::Heartbeat(iothub::event::HeartbeatRecord {
+                device_imei: imei,
+                gate_time: "2026-12-07 12:00:00".into(),
+                power_level: 4,
+                gsm_sign: 3,
+                acc: 1,
+                oil_ele: 0,
+                gps_pos: 1,
+                remote_lock: 0,
+                power_status: 1,
+                fortify: 0,
+                voltage: None,
+            }),
+        }
+    }
+
+    /// A sink whose brokers never answer (a loopback port nothing listens on), so it spools.
+    async fn spooling_sink(dir: &tempfile::TempDir) -> KafkaSink {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hosts = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let mut config = kafka_config(&[("kafkaHost", &hosts)]).unwrap();
+        config.storage.data_dir = dir.path().to_path_buf();
+        let storage = Storage::open(&config.storage).unwrap();
+        KafkaSink::start(&config, storage).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_kafka_dispatcher_answers_again_after_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = spooling_sink(&dir).await;
+        let panicked = sink.queue().append(vec![heartbeat(PANIC_IMEI)]).await;
+        assert!(
+            panicked.is_err(),
+            "the batch it panicked on was answered Ok"
+        );
+        let spooled = sink
+            .queue()
+            .append(vec![heartbeat("864717003283581")])
+            .await;
+        assert!(spooled.is_ok(), "{spooled:?}");
     }
 
     #[test]
