@@ -812,6 +812,56 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_database_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage.append(&[gps(IMEI_A, 1)], 1_000).unwrap();
+        reopen(&storage).unwrap();
+        assert_eq!(offsets(&storage.read(Topic::Gps, 0, 10).unwrap()), vec![0]);
+    }
+
+    #[test]
+    fn a_reopened_database_takes_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        reopen(&storage).unwrap();
+        storage.append(&[gps(IMEI_A, 1)], 1_000).unwrap();
+        assert_eq!(storage.next_offset(Topic::Gps).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_reopen_waits_for_a_caller_still_holding_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let held = storage.db().unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        assert!(reopen(&storage).is_ok());
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn a_database_held_past_the_wait_stays_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let _held = storage.db().unwrap();
+        assert!(reopen(&storage).is_err());
+        assert_eq!(storage.next_offset(Topic::Gps).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_operation_leaves_a_healthy_database_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let _ = storage.observe(Err::<(), _>(StoreError("not an I/O error".into())));
+        // The recovery thread's write succeeds: the storage stays up and appends go on.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(storage.is_up());
+    }
+
+    #[test]
     fn entry_round_trip() {
         let (a, b) = (Imei::parse(IMEI_A).unwrap(), Imei::parse(IMEI_B).unwrap());
         let v = encode_entry(1_700_000_000_123, &[(&a, br#"{"a":1}"#), (&b, b"{}")]).unwrap();
