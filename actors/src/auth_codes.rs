@@ -94,9 +94,8 @@ impl AuthCodes {
         check_length(&code)?;
         match &self.backend {
             Backend::Embedded(storage) => {
-                let storage = storage.clone();
-                blocking(move || {
-                    let txn = storage.db().begin_write()?;
+                in_store(storage, move |db| {
+                    let txn = db.begin_write()?;
                     {
                         let mut table = txn.open_table(AUTH_CODES)?;
                         table.insert(imei.as_str(), code.as_str())?;
@@ -132,10 +131,9 @@ impl AuthCodes {
         let expiry = self.unused_expiry;
         match &self.backend {
             Backend::Embedded(storage) => {
-                let storage = storage.clone();
-                blocking(move || {
+                in_store(storage, move |db| {
                     let now = unix_now();
-                    let txn = storage.db().begin_write()?;
+                    let txn = db.begin_write()?;
                     {
                         let mut codes = txn.open_table(AUTH_CODES)?;
                         let mut unused = txn.open_table(UNUSED_AUTH_CODES)?;
@@ -177,16 +175,15 @@ impl AuthCodes {
     async fn mark_used(&self, imei: Imei) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Embedded(storage) => {
-                let storage = storage.clone();
-                blocking(move || {
+                in_store(storage, move |db| {
                     // Only a code's first authentication writes.
                     let unused = {
-                        let txn = storage.db().begin_read()?;
+                        let txn = db.begin_read()?;
                         let table = txn.open_table(UNUSED_AUTH_CODES)?;
                         table.get(imei.as_str())?.is_some()
                     };
                     if unused {
-                        let txn = storage.db().begin_write()?;
+                        let txn = db.begin_write()?;
                         txn.open_table(UNUSED_AUTH_CODES)?.remove(imei.as_str())?;
                         txn.commit()?;
                     }
@@ -212,11 +209,10 @@ impl AuthCodes {
         let Backend::Embedded(storage) = &self.backend else {
             return Ok(0);
         };
-        let storage = storage.clone();
         let expiry = self.unused_expiry.as_secs();
-        blocking(move || {
+        in_store(storage, move |db| {
             let now = unix_now();
-            let txn = storage.db().begin_write()?;
+            let txn = db.begin_write()?;
             let expired = {
                 let mut codes = txn.open_table(AUTH_CODES)?;
                 let mut unused = txn.open_table(UNUSED_AUTH_CODES)?;
@@ -243,9 +239,8 @@ impl AuthCodes {
     pub async fn get(&self, imei: Imei) -> Result<Option<String>, StoreError> {
         match &self.backend {
             Backend::Embedded(storage) => {
-                let storage = storage.clone();
-                blocking(move || {
-                    let txn = storage.db().begin_read()?;
+                in_store(storage, move |db| {
+                    let txn = db.begin_read()?;
                     let table = txn.open_table(AUTH_CODES)?;
                     Ok(table.get(imei.as_str())?.map(|v| v.value().to_string()))
                 })
@@ -301,6 +296,16 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Runs `f` on the node's database off the async threads; its errors go to the storage's
+/// recovery (see `Storage::observe`).
+async fn in_store<T: Send + 'static>(
+    storage: &Arc<Storage>,
+    f: impl FnOnce(&redb::Database) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let storage = storage.clone();
+    blocking(move || storage.observe(storage.db().and_then(|db| f(&db)))).await
 }
 
 async fn blocking<T: Send + 'static>(

@@ -13,6 +13,8 @@
 //! - [`auth_codes`]: JT/T 808 authentication codes issued at registration, kept durably.
 //! - [`offline`]: instructions queued for offline devices, delivered at their next login.
 //! - [`api`]: the instruction API (`POST /api/device/sendInstruct`), health and readiness.
+//! - [`health`]: the parts of the node `/ready` reports on (storage, sink, supervised tasks).
+//! - [`supervise`]: restarts of the long-running tasks and threads after a panic.
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`open_files`]: the open-file limit raised at start and checked against the connection budget.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
@@ -23,6 +25,7 @@ pub mod auth_codes;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod health;
 pub mod http_server;
 pub mod offline;
 pub mod open_files;
@@ -31,4 +34,5 @@ pub mod push;
 pub mod registry;
 pub mod root;
 pub mod storage;
+pub mod supervise;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use iothub_actors::config::Config;
+use iothub_actors::publish::spool::Spool;
 use iothub_actors::push::dead_letters;
 use iothub_actors::root::Hub;
 use iothub_actors::storage::Storage;
@@ -31,6 +32,10 @@ enum Command {
     /// moving. Run while iothubd is stopped: the node's database has one user at a time.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Moves the events Kafka refused for good (parked, see `iothub_kafka_parked_events`)
+    /// back to the Kafka spool, for the node's next start to produce them. Run it with the
+    /// node stopped (it opens the node's data directory), once Kafka takes them.
+    ReplayParked,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +95,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(Command::ReplayParked) = cli.command {
+        return replay_parked(&config);
+    }
     // The runtime is built after the configuration is read because its size is configured.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -108,6 +116,26 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("iothubd stopped: {e:#}");
             eprintln!("iothubd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `iothubd replay-parked`.
+fn replay_parked(config: &Config) -> std::process::ExitCode {
+    let replayed = Storage::open(&config.storage).and_then(|storage| {
+        let mut spool = Spool::open(storage, config.kafka.spool_max_events)?;
+        Ok(spool.replay_parked()?)
+    });
+    match replayed {
+        Ok(n) => {
+            println!(
+                "{n} parked events moved to the Kafka spool; the node produces them when it starts"
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("iothubd: replay-parked: {e:#} (is the node still running?)");
             std::process::ExitCode::FAILURE
         }
     }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::gateway::listener::{Admission, Gateway, GatewayArgs};
 use crate::gateway::registrations::RegistrationLimiter;
 use crate::gateway::session::SessionDeps;
+use crate::health::Health;
 use crate::offline::OfflineCommands;
 use crate::publish::Publisher;
 use crate::push::PushDispatcher;
@@ -111,7 +112,8 @@ impl Hub {
         } else {
             None
         };
-        let storage = Storage::open(&config.storage)?;
+        let health = Health::default();
+        let storage = Storage::open_reporting(&config.storage, health.clone())?;
         let publisher = Publisher::start(config, storage.clone()).await?;
         let (departures, rejoin) = watch::channel(0u64);
         let push = PushDispatcher::start(config, storage.clone(), rejoin).await?;
@@ -153,12 +155,19 @@ impl Hub {
                 )
                 .await?;
                 let (lost_tx, identity_lost) = watch::channel(None);
-                let renewal = tokio::spawn(crate::cluster::renew_loop(
-                    cluster.clone(),
-                    registry.clone(),
-                    lost_tx,
-                    departures,
-                ));
+                // Supervised (see `crate::supervise`): restarted after a panic.
+                let renewal =
+                    tokio::spawn(crate::supervise::run("cluster_renewal", health.clone(), {
+                        let (cluster, registry) = (cluster.clone(), registry.clone());
+                        move || {
+                            crate::cluster::renew_loop(
+                                cluster.clone(),
+                                registry.clone(),
+                                lost_tx.clone(),
+                                departures.clone(),
+                            )
+                        }
+                    }));
                 Some(ClusterRuntime {
                     cluster,
                     internal,
@@ -243,6 +252,7 @@ impl Hub {
                 registry: registry.clone(),
                 offline,
                 gate_id: config.gate_id.clone(),
+                health,
             },
         )
         .await?;

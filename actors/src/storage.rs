@@ -23,14 +23,27 @@
 //!   sequence is kept in `meta`;
 //! - `dead_letters`: sequence (u64, increasing) -> a record the customer's endpoint refused
 //!   for good (see `push`), kept with its topic, device, enqueue time and the refusal, until
-//!   `iothubd dead-letters replay` queues it again; its next sequence is kept in `meta`.
+//!   `iothubd dead-letters replay` queues it again; its next sequence is kept in `meta`;
+//! - `kafka_parked`: sequence -> spooled event Kafka refused for good, kept for replay
+//!   (`iothubd replay-parked`); its next sequence is kept in `meta`.
+//!
+//! After an I/O error (a full disk, a failing device) redb refuses every later operation until
+//! the database is opened again. Every user reports its store errors ([`Storage::observe`]);
+//! a recovery thread then checks the database with a write of a megabyte (deleted right
+//! after) and, if that fails, marks the storage down (`/ready` answers 503, appends fail at
+//! once, devices get no ack), drops the database, and opens it again with backoff until that
+//! write succeeds. Reopening replays redb's recovery from the last durable commit, so
+//! everything acknowledged is still there. The process keeps running meanwhile: its
+//! connections, its push cursors and the events queued in memory without an acknowledgement
+//! are worth more than what a restart would clear.
 //!
 //! Every function here blocks on disk I/O; async callers run them in `spawn_blocking`.
 //! redb serializes write transactions, so writers from several threads are safe; the Publisher
 //! batches appends into one transaction (group commit) because each commit costs an fsync.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use iothub::event::Topic;
 use iothub::imei::Imei;
@@ -40,6 +53,7 @@ use redb::{
 use tokio::sync::Notify;
 
 use crate::config::StorageConfig;
+use crate::health::{self, Health};
 
 /// File name of the database inside `data_dir`.
 pub const DB_FILE: &str = "iothub.redb";
@@ -65,6 +79,21 @@ const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_let
 /// Meta key of the next sequence of [`DEAD_LETTERS`].
 const DEAD_LETTERS_NEXT_SEQ: &str = "dead_letters.next_seq";
 
+/// Where the recovery thread writes to find out whether the database takes writes.
+const PROBE_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("storage_probe");
+/// Bytes the recovery thread's write takes (and gives back right after): the storage is up
+/// again only with this much room, so that a disk with a few pages left does not flap between
+/// up and down with every small commit.
+const PROBE_BYTES: usize = 1 << 20;
+/// Name of the storage in `/ready` and in `iothub_sink_up{sink}`.
+pub const HEALTH_PART: &str = "storage";
+/// First wait between two attempts to open the database again; doubles up to
+/// [`MAX_REOPEN_BACKOFF`].
+const MIN_REOPEN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a reopen waits for the callers still holding the old database to let go of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Meta key of the offline instruction id counter.
 pub(crate) const OFFLINE_NEXT_ID: &str = "offline.next_id";
 
@@ -73,6 +102,11 @@ pub(crate) const KAFKA_SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new
 /// Meta key of the next sequence of [`KAFKA_SPOOL`]: kept explicitly, because drained entries
 /// are deleted and an empty table cannot tell where the sequence ended.
 pub(crate) const KAFKA_SPOOL_NEXT_SEQ: &str = "kafka_spool.next_seq";
+/// Spooled events Kafka refused for good after their device was acknowledged, kept for an
+/// operator to replay (see `publish::spool`); same layout as [`KAFKA_SPOOL`].
+pub(crate) const KAFKA_PARKED: TableDefinition<u64, &[u8]> = TableDefinition::new("kafka_parked");
+/// Meta key of the next sequence of [`KAFKA_PARKED`].
+pub(crate) const KAFKA_PARKED_NEXT_SEQ: &str = "kafka_parked.next_seq";
 
 fn log_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
     match topic {
@@ -377,12 +411,54 @@ fn count_corrupt_entry(topic: Topic, offset: u64) {
 /// Handle to the embedded database, shared by the Publisher, the PushDispatcher and the
 /// offline instruction store.
 pub struct Storage {
-    db: Database,
+    /// `None` while the recovery thread opens the database again: every operation fails.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     /// One wake-up per topic: the Publisher signals after each commit, the topic's delivery
     /// loop waits on it instead of polling. `notify_one` keeps a permit when nobody waits, so a
     /// commit between a read and the wait is not missed.
     notify: [Notify; Topic::ALL.len()],
+    health: Health,
+    recovery: Arc<RecoveryCall>,
+}
+
+/// How users call the recovery thread: an operation failed, or the storage is gone.
+#[derive(Default)]
+struct RecoveryCall {
+    state: Mutex<Calls>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Calls {
+    /// An operation failed: check the database.
+    suspect: bool,
+    /// The storage was dropped: stop.
+    closed: bool,
+}
+
+impl RecoveryCall {
+    fn call(&self, set: impl FnOnce(&mut Calls)) {
+        set(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        self.wake.notify_one();
+    }
+
+    /// Waits for a call; false when the storage is gone.
+    fn wait_for_suspect(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .wake
+            .wait_while(state, |c| !c.suspect && !c.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.suspect = false;
+        !state.closed
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.recovery.call(|c| c.closed = true);
+    }
 }
 
 impl std::fmt::Debug for Storage {
@@ -392,8 +468,15 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) `data_dir/iothub.redb` and its tables.
+    /// Opens (or creates) `data_dir/iothub.redb` and its tables, reporting to a health of
+    /// its own.
     pub fn open(config: &StorageConfig) -> anyhow::Result<Arc<Storage>> {
+        Storage::open_reporting(config, Health::default())
+    }
+
+    /// Opens (or creates) `data_dir/iothub.redb` and its tables, and starts the thread that
+    /// opens it again after an I/O error; the storage's state goes to `health`.
+    pub fn open_reporting(config: &StorageConfig, health: Health) -> anyhow::Result<Arc<Storage>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
@@ -402,31 +485,51 @@ impl Storage {
             )
         })?;
         let path = config.data_dir.join(DB_FILE);
-        let db = Database::create(&path)
+        let db = open_database(&path)
             .with_context(|| format!("storage.data_dir: cannot open {}", path.display()))?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(META_TABLE)?;
-            txn.open_table(CURSORS)?;
-            txn.open_table(OFFLINE)?;
-            txn.open_table(crate::auth_codes::AUTH_CODES)?;
-            txn.open_table(KAFKA_SPOOL)?;
-            txn.open_table(DEAD_LETTERS)?;
-            for topic in Topic::ALL {
-                txn.open_table(log_table(topic))?;
-            }
-        }
-        migrate_legacy_tables(&txn)?;
-        txn.commit()?;
-        Ok(Arc::new(Storage {
-            db,
+        health::set_sink_up(&health, HEALTH_PART, true);
+        let storage = Arc::new(Storage {
+            db: RwLock::new(Some(Arc::new(db))),
             path,
             notify: std::array::from_fn(|_| Notify::new()),
-        }))
+            health,
+            recovery: Arc::default(),
+        });
+        let (weak, calls) = (Arc::downgrade(&storage), storage.recovery.clone());
+        std::thread::Builder::new()
+            .name("iothub-storage-recovery".into())
+            .spawn(move || recovery_loop(weak, &calls))?;
+        Ok(storage)
     }
 
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
+    /// The database, or an error while it is being opened again.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError("storage unavailable: reopening after an I/O error".into()))
+    }
+
+    /// Passes `result` on; an error makes the recovery thread check the database. Every
+    /// user of [`Storage::db`] reports its outcome here.
+    pub(crate) fn observe<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            metrics::counter!("iothub_storage_errors_total").increment(1);
+            self.recovery.call(|c| c.suspect = true);
+        }
+        result
+    }
+
+    /// The node's health this storage reports to; the sinks and tasks built on it report
+    /// there too.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// False from a failed check of the database until a write succeeds again.
+    pub fn is_up(&self) -> bool {
+        !self.health.is_down(HEALTH_PART)
     }
 
     /// The wake-up signalled after events of `topic` were committed.
@@ -438,41 +541,48 @@ impl Storage {
     /// Within a topic the events get consecutive offsets in the given order; they are stored
     /// as one log entry per topic.
     pub fn append(&self, events: &[NewEvent], now_ms: i64) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
+        // Down: nothing is acknowledged until the recovery thread's write succeeds, so that
+        // devices and `/ready` see the same state.
+        if !self.is_up() {
+            return Err(StoreError("storage down after an I/O error".into()));
         }
-        let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
-            std::array::from_fn(|_| Vec::new());
-        for e in events {
-            by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META_TABLE)?;
-            for (group, topic) in by_topic.iter().zip(Topic::ALL) {
-                if group.is_empty() {
-                    continue;
-                }
-                let mut next = meta
-                    .get(next_offset_key(topic))?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let mut table = txn.open_table(log_table(topic))?;
-                for chunk in entry_chunks(group) {
-                    let entry = encode_entry(now_ms, chunk)?;
-                    table.insert(next, entry.as_slice())?;
-                    next += chunk.len() as u64;
-                }
-                meta.insert(next_offset_key(topic), next)?;
+        self.observe((|| -> Result<(), StoreError> {
+            if events.is_empty() {
+                return Ok(());
             }
-        }
-        txn.commit()?;
-        for (group, notify) in by_topic.iter().zip(&self.notify) {
-            if !group.is_empty() {
-                notify.notify_one();
+            let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
+                std::array::from_fn(|_| Vec::new());
+            for e in events {
+                by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
             }
-        }
-        Ok(())
+            let txn = self.db()?.begin_write()?;
+            {
+                let mut meta = txn.open_table(META_TABLE)?;
+                for (group, topic) in by_topic.iter().zip(Topic::ALL) {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let mut next = meta
+                        .get(next_offset_key(topic))?
+                        .map(|g| g.value())
+                        .unwrap_or(0);
+                    let mut table = txn.open_table(log_table(topic))?;
+                    for chunk in entry_chunks(group) {
+                        let entry = encode_entry(now_ms, chunk)?;
+                        table.insert(next, entry.as_slice())?;
+                        next += chunk.len() as u64;
+                    }
+                    meta.insert(next_offset_key(topic), next)?;
+                }
+            }
+            txn.commit()?;
+            for (group, notify) in by_topic.iter().zip(&self.notify) {
+                if !group.is_empty() {
+                    notify.notify_one();
+                }
+            }
+            Ok(())
+        })())
     }
 
     /// Up to `max` events of `topic` with offset >= `from`, in offset order.
@@ -483,64 +593,70 @@ impl Storage {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(log_table(topic))?;
-        let mut out = Vec::with_capacity(max.min(1024));
-        if max == 0 {
-            return Ok(out);
-        }
-        // The entry holding `from` may start before it.
-        let start = match table.range(..=from)?.next_back() {
-            Some(entry) => entry?.0.value(),
-            None => from,
-        };
-        for entry in table.range(start..)? {
-            let (k, v) = entry?;
-            let first = k.value();
-            let Some(parsed) = parse_entry(v.value()) else {
-                count_corrupt_entry(topic, first);
-                continue;
+        self.observe((|| -> Result<Vec<StoredEvent>, StoreError> {
+            let txn = self.db()?.begin_read()?;
+            let table = txn.open_table(log_table(topic))?;
+            let mut out = Vec::with_capacity(max.min(1024));
+            if max == 0 {
+                return Ok(out);
+            }
+            // The entry holding `from` may start before it.
+            let start = match table.range(..=from)?.next_back() {
+                Some(entry) => entry?.0.value(),
+                None => from,
             };
-            for (offset, (digits, json)) in (first..).zip(parsed.events()) {
-                if offset < from {
-                    continue;
-                }
-                let Some(imei) = parse_imei(digits) else {
-                    count_corrupt_entry(topic, offset);
+            for entry in table.range(start..)? {
+                let (k, v) = entry?;
+                let first = k.value();
+                let Some(parsed) = parse_entry(v.value()) else {
+                    count_corrupt_entry(topic, first);
                     continue;
                 };
-                out.push(StoredEvent {
-                    offset,
-                    imei,
-                    enqueued_ms: parsed.enqueued_ms,
-                    json: json.to_vec(),
-                });
-                if out.len() >= max {
-                    return Ok(out);
+                for (offset, (digits, json)) in (first..).zip(parsed.events()) {
+                    if offset < from {
+                        continue;
+                    }
+                    let Some(imei) = parse_imei(digits) else {
+                        count_corrupt_entry(topic, offset);
+                        continue;
+                    };
+                    out.push(StoredEvent {
+                        offset,
+                        imei,
+                        enqueued_ms: parsed.enqueued_ms,
+                        json: json.to_vec(),
+                    });
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })())
     }
 
     /// The offset the next appended event of `topic` will get.
     pub fn next_offset(&self, topic: Topic) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META_TABLE)?;
-        Ok(meta
-            .get(next_offset_key(topic))?
-            .map(|g| g.value())
-            .unwrap_or(0))
+        self.observe((|| -> Result<u64, StoreError> {
+            let txn = self.db()?.begin_read()?;
+            let meta = txn.open_table(META_TABLE)?;
+            Ok(meta
+                .get(next_offset_key(topic))?
+                .map(|g| g.value())
+                .unwrap_or(0))
+        })())
     }
 
     /// The first offset `consumer` has not delivered yet (0 for a new consumer).
     pub fn cursor(&self, topic: Topic, consumer: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let cursors = txn.open_table(CURSORS)?;
-        Ok(cursors
-            .get((topic.name(), consumer))?
-            .map(|g| g.value())
-            .unwrap_or(0))
+        self.observe((|| -> Result<u64, StoreError> {
+            let txn = self.db()?.begin_read()?;
+            let cursors = txn.open_table(CURSORS)?;
+            Ok(cursors
+                .get((topic.name(), consumer))?
+                .map(|g| g.value())
+                .unwrap_or(0))
+        })())
     }
 
     /// Records that `consumer` delivered everything below `next`, and deletes the entries
@@ -553,17 +669,19 @@ impl Storage {
         consumer: &str,
         next: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut cursors = txn.open_table(CURSORS)?;
-            cursors.insert((topic.name(), consumer), next)?;
-            let mut table = txn.open_table(log_table(topic))?;
-            table.retain_in(..next, |first, v| {
-                entry_header(v).is_some_and(|(_, count)| first.saturating_add(count) > next)
-            })?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.observe((|| -> Result<(), StoreError> {
+            let txn = self.db()?.begin_write()?;
+            {
+                let mut cursors = txn.open_table(CURSORS)?;
+                cursors.insert((topic.name(), consumer), next)?;
+                let mut table = txn.open_table(log_table(topic))?;
+                table.retain_in(..next, |first, v| {
+                    entry_header(v).is_some_and(|(_, count)| first.saturating_add(count) > next)
+                })?;
+            }
+            txn.commit()?;
+            Ok(())
+        })())
     }
 
     /// Sets records the customer refused for good aside, in one durable transaction:
@@ -576,7 +694,7 @@ impl Storage {
         reason: &str,
         max: u64,
     ) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let stored = {
             let mut meta = txn.open_table(META_TABLE)?;
             let mut table = txn.open_table(DEAD_LETTERS)?;
@@ -603,13 +721,13 @@ impl Storage {
 
     /// How many dead letters are stored.
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(DEAD_LETTERS)?.len()?)
     }
 
     /// Up to `max` dead letters, oldest first. Undecodable ones are skipped and counted.
     pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -627,7 +745,7 @@ impl Storage {
 
     /// Deletes the dead letters with these sequences.
     pub fn delete_dead_letters(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut table = txn.open_table(DEAD_LETTERS)?;
             for seq in seqs {
@@ -658,7 +776,7 @@ impl Storage {
         for e in &events {
             by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut meta = txn.open_table(META_TABLE)?;
             for (group, topic) in by_topic.iter().zip(Topic::ALL) {
@@ -695,40 +813,42 @@ impl Storage {
     /// retention limit), whether delivered or not. Returns per topic how many of the deleted
     /// events no consumer had delivered.
     pub fn prune_older_than(&self, cutoff_ms: i64) -> Result<Vec<(Topic, u64)>, StoreError> {
-        let mut deleted = Vec::new();
-        let txn = self.db.begin_write()?;
-        {
-            let cursors = txn.open_table(CURSORS)?;
-            for topic in Topic::ALL {
-                let delivered = slowest_cursor(&cursors, topic)?;
-                let mut table = txn.open_table(log_table(topic))?;
-                // Offsets are assigned in commit order, so enqueue times grow with the key:
-                // the expired entries are a prefix of the table.
-                let mut end = None;
-                let mut undelivered = 0;
-                for entry in table.iter()? {
-                    let (k, v) = entry?;
-                    let first = k.value();
-                    let (expired, count) = match entry_header(v.value()) {
-                        Some((enqueued_ms, count)) => (enqueued_ms < cutoff_ms, count),
-                        None => (true, 0),
-                    };
-                    if !expired {
-                        break;
+        self.observe((|| -> Result<Vec<(Topic, u64)>, StoreError> {
+            let mut deleted = Vec::new();
+            let txn = self.db()?.begin_write()?;
+            {
+                let cursors = txn.open_table(CURSORS)?;
+                for topic in Topic::ALL {
+                    let delivered = slowest_cursor(&cursors, topic)?;
+                    let mut table = txn.open_table(log_table(topic))?;
+                    // Offsets are assigned in commit order, so enqueue times grow with the key:
+                    // the expired entries are a prefix of the table.
+                    let mut end = None;
+                    let mut undelivered = 0;
+                    for entry in table.iter()? {
+                        let (k, v) = entry?;
+                        let first = k.value();
+                        let (expired, count) = match entry_header(v.value()) {
+                            Some((enqueued_ms, count)) => (enqueued_ms < cutoff_ms, count),
+                            None => (true, 0),
+                        };
+                        if !expired {
+                            break;
+                        }
+                        undelivered += (first + count).saturating_sub(first.max(delivered));
+                        end = Some(first);
                     }
-                    undelivered += (first + count).saturating_sub(first.max(delivered));
-                    end = Some(first);
-                }
-                if let Some(end) = end {
-                    table.retain_in(..=end, |_, _| false)?;
-                    if undelivered > 0 {
-                        deleted.push((topic, undelivered));
+                    if let Some(end) = end {
+                        table.retain_in(..=end, |_, _| false)?;
+                        if undelivered > 0 {
+                            deleted.push((topic, undelivered));
+                        }
                     }
                 }
             }
-        }
-        txn.commit()?;
-        Ok(deleted)
+            txn.commit()?;
+            Ok(deleted)
+        })())
     }
 }
 
@@ -746,6 +866,111 @@ fn slowest_cursor(
         slowest = Some(slowest.map_or(v.value(), |s| s.min(v.value())));
     }
     Ok(slowest.unwrap_or(0))
+}
+
+/// Opens (or creates) the database at `path` with every table, its layout up to date.
+fn open_database(path: &std::path::Path) -> Result<Database, StoreError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(META_TABLE)?;
+        txn.open_table(CURSORS)?;
+        txn.open_table(OFFLINE)?;
+        txn.open_table(crate::auth_codes::AUTH_CODES)?;
+        txn.open_table(KAFKA_SPOOL)?;
+        txn.open_table(DEAD_LETTERS)?;
+        txn.open_table(KAFKA_PARKED)?;
+        for topic in Topic::ALL {
+            txn.open_table(log_table(topic))?;
+        }
+    }
+    migrate_legacy_tables(&txn)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+/// Whether `db` takes a durable write of [`PROBE_BYTES`] now. The bytes are deleted in a
+/// second commit, which leaves their pages free in the file for the log.
+fn probe(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(PROBE_TABLE)?;
+        table.insert("headroom", vec![0u8; PROBE_BYTES].as_slice())?;
+    }
+    txn.commit()?;
+    let txn = db.begin_write()?;
+    txn.delete_table(PROBE_TABLE)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The recovery thread: waits for a reported error, checks the database with a write, and
+/// while that fails keeps the storage down and opens the database again with backoff. Ends
+/// when the storage is dropped.
+fn recovery_loop(storage: Weak<Storage>, calls: &RecoveryCall) {
+    while calls.wait_for_suspect() {
+        let Some(mut s) = storage.upgrade() else {
+            return;
+        };
+        let checked = s.db().and_then(|db| probe(&db));
+        let Err(e) = checked else { continue };
+        tracing::error!(path = %s.path.display(), error = %e, "storage failed a write, reopening it; devices are not acknowledged meanwhile");
+        health::set_sink_up(&s.health, HEALTH_PART, false);
+        let mut backoff = MIN_REOPEN_BACKOFF;
+        loop {
+            match reopen(&s) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(path = %s.path.display(), error = %e, retry_in = ?backoff, "storage still failing");
+                }
+            }
+            drop(s);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
+            let Some(again) = storage.upgrade() else {
+                return;
+            };
+            s = again;
+        }
+        health::set_sink_up(&s.health, HEALTH_PART, true);
+        tracing::info!(path = %s.path.display(), "storage reopened and writable again");
+    }
+}
+
+/// Drops the database (redb takes a file only once, and refuses every operation after an
+/// I/O error until it is opened again), opens it again and checks it takes a write.
+fn reopen(storage: &Storage) -> Result<(), StoreError> {
+    let old = storage
+        .db
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(mut old) = old {
+        // Callers that took the database before it was taken out finish their operation
+        // (which fails) and let go of it.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    break;
+                }
+                Err(still_held) if std::time::Instant::now() < deadline => {
+                    old = still_held;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(still_held) => {
+                    *storage.db.write().unwrap_or_else(PoisonError::into_inner) = Some(still_held);
+                    return Err(StoreError("database still in use, not reopened".into()));
+                }
+            }
+        }
+    }
+    let db = open_database(&storage.path)?;
+    metrics::counter!("iothub_storage_reopens_total").increment(1);
+    let checked = probe(&db);
+    *storage.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+    checked
 }
 
 /// Moves the entries of the one-event-per-entry layout (`events_<name>` tables) into the log
@@ -822,6 +1047,56 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_database_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        storage.append(&[gps(IMEI_A, 1)], 1_000).unwrap();
+        reopen(&storage).unwrap();
+        assert_eq!(offsets(&storage.read(Topic::Gps, 0, 10).unwrap()), vec![0]);
+    }
+
+    #[test]
+    fn a_reopened_database_takes_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        reopen(&storage).unwrap();
+        storage.append(&[gps(IMEI_A, 1)], 1_000).unwrap();
+        assert_eq!(storage.next_offset(Topic::Gps).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_reopen_waits_for_a_caller_still_holding_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let held = storage.db().unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        assert!(reopen(&storage).is_ok());
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn a_database_held_past_the_wait_stays_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let _held = storage.db().unwrap();
+        assert!(reopen(&storage).is_err());
+        assert_eq!(storage.next_offset(Topic::Gps).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_operation_leaves_a_healthy_database_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let _ = storage.observe(Err::<(), _>(StoreError("not an I/O error".into())));
+        // The recovery thread's write succeeds: the storage stays up and appends go on.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(storage.is_up());
+    }
+
+    #[test]
     fn entry_round_trip() {
         let (a, b) = (Imei::parse(IMEI_A).unwrap(), Imei::parse(IMEI_B).unwrap());
         let v = encode_entry(1_700_000_000_123, &[(&a, br#"{"a":1}"#), (&b, b"{}")]).unwrap();
@@ -869,14 +1144,14 @@ mod tests {
             json: b"{}".to_vec(),
         });
         storage.append(&events, 1).unwrap();
-        let txn = storage.db().begin_read().unwrap();
+        let txn = storage.db().unwrap().begin_read().unwrap();
         assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
         assert_eq!(txn.open_table(LOG_HB).unwrap().len().unwrap(), 1);
     }
 
     /// (first offset, event count) of every entry of the GPS log.
     fn gps_entries(storage: &Storage) -> Vec<(u64, u64)> {
-        let txn = storage.db().begin_read().unwrap();
+        let txn = storage.db().unwrap().begin_read().unwrap();
         let table = txn.open_table(LOG_GPS).unwrap();
         table
             .iter()
@@ -1041,7 +1316,7 @@ mod tests {
         let storage = open(&dir);
         two_commits_of_ten(&storage, 1, 2);
         storage.advance_cursor(Topic::Gps, "push", 15).unwrap();
-        let txn = storage.db().begin_read().unwrap();
+        let txn = storage.db().unwrap().begin_read().unwrap();
         assert_eq!(txn.open_table(LOG_GPS).unwrap().len().unwrap(), 1);
         assert_eq!(storage.read(Topic::Gps, 15, 100).unwrap()[0].offset, 15);
         assert_eq!(storage.cursor(Topic::Gps, "push").unwrap(), 15);
@@ -1055,7 +1330,7 @@ mod tests {
             .append(&[gps(IMEI_A, 0), gps(IMEI_A, 1)], 1)
             .unwrap();
         storage.advance_cursor(Topic::Gps, "push", 2).unwrap();
-        let txn = storage.db().begin_read().unwrap();
+        let txn = storage.db().unwrap().begin_read().unwrap();
         assert!(txn.open_table(LOG_GPS).unwrap().is_empty().unwrap());
     }
 
@@ -1079,7 +1354,7 @@ mod tests {
         let storage = open(&dir);
         storage.append(&[gps(IMEI_A, 0)], 1).unwrap();
         storage.append(&[gps(IMEI_A, 1)], 2).unwrap();
-        let txn = storage.db().begin_write().unwrap();
+        let txn = storage.db().unwrap().begin_write().unwrap();
         txn.open_table(LOG_GPS)
             .unwrap()
             .insert(0, &b"garbage"[..])
@@ -1119,7 +1394,7 @@ mod tests {
         assert_eq!(read[1].enqueued_ms, 1_700_000_000_000);
         storage.append(&[gps(IMEI_A, 43)], 1).unwrap();
         assert_eq!(storage.read(Topic::Gps, 43, 10).unwrap()[0].offset, 43);
-        let txn = storage.db().begin_read().unwrap();
+        let txn = storage.db().unwrap().begin_read().unwrap();
         let names: Vec<String> = txn
             .list_tables()
             .unwrap()

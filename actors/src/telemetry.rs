@@ -282,6 +282,30 @@ pub fn describe_metrics() {
         "Push delivery loops restarted after a panic"
     );
     describe_counter!(
+        "iothub_storage_errors_total",
+        "Failed operations on the embedded database"
+    );
+    describe_counter!(
+        "iothub_storage_reopens_total",
+        "Times the embedded database was opened again after an I/O error"
+    );
+    describe_gauge!(
+        "iothub_sink_up",
+        "1 while the sink takes writes, 0 while it is down (then /ready answers 503)"
+    );
+    describe_counter!(
+        "iothub_task_panics_total",
+        "Panics of supervised tasks (log writer, Kafka dispatcher/drain/watch, spool, cluster renewal), each followed by a restart"
+    );
+    describe_counter!(
+        "iothub_kafka_parked_total",
+        "Spooled events Kafka refused for good, parked for iothubd replay-parked"
+    );
+    describe_gauge!(
+        "iothub_kafka_parked_events",
+        "Parked events waiting for iothubd replay-parked"
+    );
+    describe_counter!(
         "iothub_push_rejoins_total",
         "Push consumers that left and rejoined their Kafka group after a node left the cluster"
     );

@@ -10,6 +10,7 @@ use iothub::imei::Imei;
 use iothub_actors::api::{self, ApiDeps, ApiServer, MSG_CONVERTED};
 use iothub_actors::config::Config;
 use iothub_actors::gateway::control::{NotAnswered, SessionControl, SessionRef};
+use iothub_actors::health::Health;
 use iothub_actors::offline::OfflineCommands;
 use iothub_actors::registry::{Registry, RegistryActor};
 use iothub_actors::storage::Storage;
@@ -25,6 +26,7 @@ struct Hub {
     base: String,
     registry: Registry,
     offline: OfflineCommands,
+    health: Health,
     server: ApiServer,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -46,12 +48,14 @@ async fn start_hub() -> Hub {
         cluster: None,
     };
     let offline = OfflineCommands::open(Storage::open(&config.storage).unwrap());
+    let health = Health::default();
     let server = api::start(
         &config,
         ApiDeps {
             registry: registry.clone(),
             offline: offline.clone(),
             gate_id: config.gate_id.clone(),
+            health: health.clone(),
         },
     )
     .await
@@ -60,6 +64,7 @@ async fn start_hub() -> Hub {
         base: format!("http://{}", server.local_addr()),
         registry,
         offline,
+        health,
         server,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -555,6 +560,35 @@ async fn ready_follows_the_registry() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_a_part_that_is_down() {
+    let hub = start_hub().await;
+    hub.health.set_down("storage", true);
+    let response = hub
+        .client
+        .get(format!("{}/ready", hub.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = read(response).await;
+    assert_eq!(status, 503);
+    assert_eq!(v["failing"], serde_json::json!(["storage"]));
+}
+
+#[tokio::test]
+async fn ready_is_200_again_once_the_part_is_back_up() {
+    let hub = start_hub().await;
+    hub.health.set_down("storage", true);
+    hub.health.set_down("storage", false);
+    let response = hub
+        .client
+        .get(format!("{}/ready", hub.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::cluster::internal::{self, ForwardAnswer, ForwardError};
 use crate::config::Config;
 use crate::gateway::control::{self, Delivery, NotAnswered};
+use crate::health::Health;
 use crate::http_server;
 use crate::offline::OfflineCommands;
 use crate::registry::{Registry, RouteError, Target};
@@ -79,6 +80,8 @@ pub struct ApiDeps {
     pub offline: OfflineCommands,
     /// Reported as `_gateId`.
     pub gate_id: String,
+    /// The node's failing parts, which make `/ready` answer 503.
+    pub health: Health,
 }
 
 /// The running API server. Dropping it also stops the server (without the grace period
@@ -214,9 +217,17 @@ async fn rejection(r: Rejection) -> Result<Response, Infallible> {
     Ok(response)
 }
 
-/// Ready when the registry answers. The device count is deliberately not shown on this
-/// unauthenticated port; it is in the metrics (`iothub_registry_devices`).
+/// Ready when no part of the node is down (see [`Health`]) and the registry answers. The
+/// device count is deliberately not shown on this unauthenticated port; it is in the metrics
+/// (`iothub_registry_devices`).
 async fn ready(state: Arc<State>) -> Response {
+    let down = state.deps.health.down();
+    if !down.is_empty() {
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "failing", "failing": down}),
+        );
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.deps.registry.count()).await {
         Ok(Ok(_)) => json_reply(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         _ => json_reply(

@@ -55,7 +55,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::control::{InstructOutcome, NotAnswered, SessionControl, SessionRef};
 use super::registrations::RegistrationLimiter;
@@ -230,7 +230,9 @@ pub struct SessionState<P: Protocol> {
     protocol: Arc<P>,
     channel: SharedChannel<P::Channel>,
     writer: SharedWriter,
-    reader: JoinHandle<()>,
+    /// Aborted with the state: ractor skips `post_stop` after a panic in `handle` but still
+    /// drops the state, and a reader outliving its session would go on acknowledging.
+    reader: AbortOnDropHandle<()>,
     deps: Arc<SessionDeps>,
     imei: Option<Imei>,
     /// Boxed: most sessions have none most of the time, and it is 80 bytes.
@@ -280,7 +282,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
             channel: args.protocol.new_channel(Utc::now()),
             closing: false,
         }));
-        let reader = tokio::spawn(read_loop(
+        let reader = AbortOnDropHandle::new(tokio::spawn(read_loop(
             Reader {
                 protocol: args.protocol.clone(),
                 channel: channel.clone(),
@@ -289,7 +291,7 @@ impl<P: Protocol> Actor for DeviceSession<P> {
                 session: myself,
             },
             read_half,
-        ));
+        )));
         metrics::gauge!("iothub_connections", "protocol" => args.protocol.name()).increment(1.0);
         let detected = args.protocol.name();
         Ok(SessionState {

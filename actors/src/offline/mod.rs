@@ -197,8 +197,14 @@ impl Embedded {
         queued_at_ms: i64,
     ) -> Result<u64, OfflineError> {
         let storage = self.storage.clone();
-        let id =
-            blocking(move || enqueue_blocking(&storage, imei, instruction, queued_at_ms)).await?;
+        let id = blocking(move || {
+            match enqueue_blocking(&storage, imei, instruction, queued_at_ms) {
+                // A device's full queue says nothing about the store.
+                Err(OfflineError::Full(limit)) => Err(OfflineError::Full(limit)),
+                queued => storage.observe(queued),
+            }
+        })
+        .await?;
         self.mark(imei, true);
         Ok(id)
     }
@@ -208,28 +214,30 @@ impl Embedded {
             return Ok(Vec::new());
         }
         let storage = self.storage.clone();
-        blocking(move || pending_blocking(&storage, imei)).await
+        blocking(move || storage.observe(pending_blocking(&storage, imei))).await
     }
 
     async fn remove(&self, imei: Imei, id: u64) -> Result<(), OfflineError> {
         let storage = self.storage.clone();
         let left = blocking(move || {
-            let txn = storage.db().begin_write().map_err(StoreError::from)?;
-            let left = {
-                let mut table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
-                table
-                    .remove((imei.as_str(), id))
-                    .map_err(StoreError::from)?;
-                let key = imei.as_str();
-                let left = table
-                    .range((key, 0)..=(key, u64::MAX))
-                    .map_err(StoreError::from)?
-                    .next()
-                    .is_some();
-                left
-            };
-            txn.commit().map_err(StoreError::from)?;
-            Ok(left)
+            storage.observe((|| -> Result<bool, OfflineError> {
+                let txn = storage.db()?.begin_write().map_err(StoreError::from)?;
+                let left = {
+                    let mut table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
+                    table
+                        .remove((imei.as_str(), id))
+                        .map_err(StoreError::from)?;
+                    let key = imei.as_str();
+                    let left = table
+                        .range((key, 0)..=(key, u64::MAX))
+                        .map_err(StoreError::from)?
+                        .next()
+                        .is_some();
+                    left
+                };
+                txn.commit().map_err(StoreError::from)?;
+                Ok(left)
+            })())
         })
         .await?;
         self.mark(imei, left);
@@ -239,7 +247,7 @@ impl Embedded {
 
 /// Every IMEI with a queued instruction (read once, at start).
 fn queued_imeis(storage: &Storage) -> Result<HashSet<Imei>, OfflineError> {
-    let txn = storage.db().begin_read().map_err(StoreError::from)?;
+    let txn = storage.db()?.begin_read().map_err(StoreError::from)?;
     let table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
     let mut set = HashSet::new();
     for entry in table.iter().map_err(StoreError::from)? {
@@ -268,7 +276,7 @@ fn enqueue_blocking(
     queued_at_ms: i64,
 ) -> Result<u64, OfflineError> {
     let value = encode_stored(instruction, queued_at_ms)?;
-    let txn = storage.db().begin_write().map_err(StoreError::from)?;
+    let txn = storage.db()?.begin_write().map_err(StoreError::from)?;
     let id = {
         let mut table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
         let key = imei.as_str();
@@ -299,7 +307,7 @@ fn enqueue_blocking(
 }
 
 fn pending_blocking(storage: &Storage, imei: Imei) -> Result<Vec<QueuedInstruction>, OfflineError> {
-    let txn = storage.db().begin_read().map_err(StoreError::from)?;
+    let txn = storage.db()?.begin_read().map_err(StoreError::from)?;
     let table = txn.open_table(OFFLINE).map_err(StoreError::from)?;
     let key = imei.as_str();
     let mut out = Vec::new();

@@ -12,7 +12,9 @@
 //! `commit_interval`: the events that arrive meanwhile join the next batch. A call that comes
 //! after a quiet spell commits at once, so a lightly loaded node adds no latency.
 //!
-//! The writer is a plain OS thread, not a tokio task: every step of it blocks on the disk.
+//! The writer is a plain OS thread, not a tokio task: every step of it blocks on the disk. It
+//! runs supervised ([`crate::supervise`]): a panic fails the batch in hand (its callers are
+//! not acknowledged) and the writer starts again on the same queue.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use super::json_buffers;
 use super::queue::{Batch, Job, SinkEvent, SinkQueue};
 use super::PublishError;
 use crate::storage::{NewEvent, Storage};
+use crate::supervise::Restarts;
 
 /// Most events committed in one transaction.
 pub const MAX_BATCH_EVENTS: usize = 16_384;
@@ -61,10 +64,13 @@ impl EmbeddedSink {
         retention: Duration,
         commit_interval: Duration,
     ) -> anyhow::Result<EmbeddedSink> {
-        let (queue, rx) = LogQueue::new();
+        let (queue, mut rx) = LogQueue::new();
+        let restarts = Restarts::new("log_writer", storage.health().clone());
         let writer = std::thread::Builder::new()
             .name("iothub-log-writer".into())
-            .spawn(move || write_loop(&storage, rx, retention, commit_interval))?;
+            .spawn(move || {
+                restarts.run_blocking(|| write_loop(&storage, &mut rx, retention, commit_interval))
+            })?;
         Ok(EmbeddedSink {
             queue,
             writer: Some(writer),
@@ -93,9 +99,13 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An event of this device makes the writer panic, in tests of its supervision.
+#[cfg(test)]
+const PANIC_IMEI: &str = "000000000000666";
+
 fn write_loop(
     storage: &Storage,
-    mut rx: mpsc::Receiver<Job<NewEvent>>,
+    rx: &mut mpsc::Receiver<Job<NewEvent>>,
     retention: Duration,
     commit_interval: Duration,
 ) {
@@ -110,7 +120,11 @@ fn write_loop(
         if let Some(wait) = last_commit.and_then(|t| commit_interval.checked_sub(t.elapsed())) {
             std::thread::sleep(wait);
         }
-        batch.fill(&mut rx, MAX_BATCH_EVENTS, &mut closing);
+        batch.fill(rx, MAX_BATCH_EVENTS, &mut closing);
+        #[cfg(test)]
+        if batch.events.iter().any(|e| e.imei.as_str() == PANIC_IMEI) {
+            panic!("an event of the test device that makes the log writer panic");
+        }
         last_commit = Some(Instant::now());
         let mut per_topic = [0u64; Topic::ALL.len()];
         for e in &batch.events {
@@ -172,5 +186,78 @@ fn prune(storage: &Storage, retention: Duration, last: &mut Option<Instant>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "event log retention failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iothub::event::{HeartbeatRecord, Record};
+    use iothub::imei::Imei;
+
+    use super::*;
+    use crate::config::StorageConfig;
+
+    fn heartbeat(imei: &str) -> Event {
+        let imei = Imei::parse(imei).unwrap();
+        Event {
+            topic: Topic::Heartbeat,
+            imei,
+            record: Record::Heartbeat(HeartbeatRecord {
+                device_imei: imei,
+                gate_time: "2026-12-07 12:00:00".into(),
+                power_level: 4,
+                gsm_sign: 3,
+                acc: 1,
+                oil_ele: 0,
+                gps_pos: 1,
+                remote_lock: 0,
+                power_status: 1,
+                fortify: 0,
+                voltage: None,
+            }),
+        }
+    }
+
+    fn sink(dir: &tempfile::TempDir) -> (Arc<Storage>, EmbeddedSink) {
+        let storage = Storage::open(&StorageConfig {
+            data_dir: dir.path().to_path_buf(),
+            retention: Duration::ZERO,
+            commit_interval: Duration::ZERO,
+        })
+        .unwrap();
+        let sink = EmbeddedSink::start(storage.clone(), Duration::ZERO, Duration::ZERO).unwrap();
+        (storage, sink)
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_writer_panicked_on_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_storage, sink) = sink(&dir);
+        let answer = sink.queue().append(vec![heartbeat(PANIC_IMEI)]).await;
+        assert!(matches!(answer, Err(PublishError::Stopped)), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn the_writer_stores_again_after_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, sink) = sink(&dir);
+        let _ = sink.queue().append(vec![heartbeat(PANIC_IMEI)]).await;
+        sink.queue()
+            .append(vec![heartbeat("864717003283581")])
+            .await
+            .expect("stored after the restart");
+        assert_eq!(storage.next_offset(Topic::Heartbeat).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_up_again_after_its_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, sink) = sink(&dir);
+        let _ = sink.queue().append(vec![heartbeat(PANIC_IMEI)]).await;
+        sink.queue()
+            .append(vec![heartbeat("864717003283581")])
+            .await
+            .expect("stored after the restart");
+        assert!(storage.health().down().is_empty());
     }
 }

@@ -26,6 +26,11 @@
 //!   each batch once its delivery reports succeeded, and switches back to direct when the spool
 //!   is empty.
 //!
+//! A spooled event Kafka refuses for good while draining (its device was acknowledged when it
+//! was spooled) is parked in the `kafka_parked` table instead of stalling the spool (counter
+//! `iothub_kafka_parked_total`, gauge `iothub_kafka_parked_events`); with the node stopped,
+//! `iothubd replay-parked` moves the parked events back to the spool for the next start.
+//!
 //! The first batch whose delivery fails as unreachable, or librdkafka reporting all brokers
 //! down, switches to spooling at once, so later batches do not each wait
 //! [`DELIVERY_TIMEOUT`]. A failed batch spools its events from the first undelivered one on,
@@ -58,6 +63,7 @@ use super::spool::{PendingAppend, Spool, SpoolEntry, SpoolError, SpoolHandle, Sp
 use super::PublishError;
 use crate::config::Config;
 use crate::storage::Storage;
+use crate::supervise;
 
 /// Most events produced (or spooled) in one batch.
 pub const MAX_BATCH_EVENTS: usize = 16_384;
@@ -544,6 +550,7 @@ impl KafkaSink {
         let all_brokers_down = Arc::new(Notify::new());
         let producer = create_producer(config, all_brokers_down.clone())?;
         let max = config.kafka.spool_max_events;
+        let health = storage.health().clone();
         let spool = tokio::task::spawn_blocking(move || Spool::open(storage, max))
             .await?
             .map_err(|e| anyhow::anyhow!("kafka spool: {e}"))?;
@@ -594,10 +601,23 @@ impl KafkaSink {
             failed_drains: std::sync::atomic::AtomicU32::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        let drain = tokio::spawn(drain_spool(shared.clone(), stopped.clone()));
-        let watch = tokio::spawn(watch_brokers(shared.clone(), stopped));
-        let (queue, calls) = KafkaQueue::new();
-        let dispatcher = tokio::spawn(dispatch(shared.clone(), calls));
+        // Each runs supervised (see `crate::supervise`): restarted after a panic.
+        let drain = tokio::spawn(supervise::run("kafka_drain", health.clone(), {
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            move || drain_spool(shared.clone(), stopped.clone())
+        }));
+        let watch = tokio::spawn(supervise::run("kafka_broker_watch", health.clone(), {
+            let shared = shared.clone();
+            move || watch_brokers(shared.clone(), stopped.clone())
+        }));
+        let (queue, mut calls) = KafkaQueue::new();
+        let dispatcher = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut restarts = supervise::Restarts::new("kafka_dispatcher", health);
+                while !restarts.finished(dispatch(&shared, &mut calls)).await {}
+            }
+        });
         Ok(KafkaSink {
             shared,
             queue,
@@ -673,20 +693,29 @@ async fn spool_answer(pending: PendingAppend) -> Result<(), PublishError> {
 }
 
 /// The dispatcher: takes the queued calls as batches, one batch in flight at a time (see the
-/// module docs), until the queue is closed.
-async fn dispatch(shared: Arc<Shared>, mut calls: mpsc::Receiver<Job<SpoolEntry>>) {
+/// module docs), until the queue is closed. The queue outlives a panic of the dispatcher, for
+/// the restarted one.
+async fn dispatch(shared: &Shared, calls: &mut mpsc::Receiver<Job<SpoolEntry>>) {
     let mut closing = false;
     while !closing {
         let Some(mut batch) = calls.recv().await.and_then(Batch::of) else {
             break;
         };
-        batch.fill(&mut calls, MAX_BATCH_EVENTS, &mut closing);
-        deliver(&shared, batch).await;
+        batch.fill(calls, MAX_BATCH_EVENTS, &mut closing);
+        deliver(shared, batch).await;
     }
 }
 
+/// An event of this device makes the dispatcher panic, in tests of its supervision.
+#[cfg(test)]
+const PANIC_IMEI: &str = "000000000000666";
+
 /// Produces one batch, or spools it while Kafka is unreachable, and answers its callers.
 async fn deliver(shared: &Shared, batch: Batch<SpoolEntry>) {
+    #[cfg(test)]
+    if batch.events.iter().any(|e| e.imei.as_str() == PANIC_IMEI) {
+        panic!("an event of the test device that makes the dispatcher panic");
+    }
     let started = Instant::now();
     // The batch's share of the queue's bounds is given back once its callers are answered.
     let Batch {
@@ -994,6 +1023,7 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
 
     let mut produced = 0u64;
     let mut done_through = None;
+    let mut park = Vec::new();
     let mut failure = None;
     for ((seq, entry), result) in seqs.iter().zip(&entries).zip(results) {
         match result {
@@ -1005,14 +1035,17 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
                 if classify(&e) == Failure::Rejected
                     && e.rdkafka_error_code() != Some(RDKafkaErrorCode::InvalidTimestamp) =>
             {
-                // Kafka will never take this one; keeping it would stall every device behind it.
+                // Kafka will never take this one; keeping it in the spool would stall every
+                // device behind it, and its device was acknowledged: it is parked, for an
+                // operator to replay once Kafka takes it (`iothubd replay-parked`).
                 tracing::error!(
                     topic = entry.topic.name(),
                     imei = %entry.imei,
                     error = %e,
-                    "kafka refused a spooled event; dropped"
+                    "kafka refused a spooled event; parked for replay"
                 );
                 metrics::counter!("iothub_kafka_spool_rejected_total").increment(1);
+                park.push(*seq);
                 done_through = Some(*seq);
             }
             Err(e) => {
@@ -1025,7 +1058,7 @@ async fn drain_round(shared: &Shared, probed: &mut bool, stamp: &mut bool) -> Ro
         done_through = Some(last_seq);
     }
     if let Some(seq) = done_through {
-        if let Err(e) = shared.spool.delete_through(seq).await {
+        if let Err(e) = shared.spool.park_and_delete_through(park, seq).await {
             return Round::Retry(e.to_string());
         }
     }
@@ -1147,6 +1180,54 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_string())
         })
+    }
+
+    fn heartbeat(imei: &str) -> Event {
+        let imei = iothub::imei::Imei::parse(imei).unwrap();
+        Event {
+            topic: Topic::Heartbeat,
+            imei,
+            record: iothub::event::Record::Heartbeat(iothub::event::HeartbeatRecord {
+                device_imei: imei,
+                gate_time: "2026-12-07 12:00:00".into(),
+                power_level: 4,
+                gsm_sign: 3,
+                acc: 1,
+                oil_ele: 0,
+                gps_pos: 1,
+                remote_lock: 0,
+                power_status: 1,
+                fortify: 0,
+                voltage: None,
+            }),
+        }
+    }
+
+    /// A sink whose brokers never answer (a loopback port nothing listens on), so it spools.
+    async fn spooling_sink(dir: &tempfile::TempDir) -> KafkaSink {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hosts = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let mut config = kafka_config(&[("kafkaHost", &hosts)]).unwrap();
+        config.storage.data_dir = dir.path().to_path_buf();
+        let storage = Storage::open(&config.storage).unwrap();
+        KafkaSink::start(&config, storage).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_kafka_dispatcher_answers_again_after_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = spooling_sink(&dir).await;
+        let panicked = sink.queue().append(vec![heartbeat(PANIC_IMEI)]).await;
+        assert!(
+            panicked.is_err(),
+            "the batch it panicked on was answered Ok"
+        );
+        let spooled = sink
+            .queue()
+            .append(vec![heartbeat("864717003283581")])
+            .await;
+        assert!(spooled.is_ok(), "{spooled:?}");
     }
 
     #[test]

@@ -24,7 +24,11 @@ use iothub::imei::Imei;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::{Storage, StoreError, KAFKA_SPOOL, KAFKA_SPOOL_NEXT_SEQ, META_TABLE};
+use crate::storage::{
+    Storage, StoreError, KAFKA_PARKED, KAFKA_PARKED_NEXT_SEQ, KAFKA_SPOOL, KAFKA_SPOOL_NEXT_SEQ,
+    META_TABLE,
+};
+use crate::supervise::Restarts;
 
 /// Requests waiting for the spool thread; one more makes the sender wait.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -111,16 +115,27 @@ pub struct Spool {
 impl Spool {
     /// Opens the spool in `storage`, with whatever an earlier run left in it.
     pub fn open(storage: Arc<Storage>, max_events: u64) -> Result<Spool, StoreError> {
-        let len = {
-            let txn = storage.db().begin_read()?;
+        let len = storage.observe((|| -> Result<u64, StoreError> {
+            let txn = storage.db()?.begin_read()?;
             let table = txn.open_table(KAFKA_SPOOL)?;
-            table.len()?
-        };
+            Ok(table.len()?)
+        })())?;
         Ok(Spool {
             storage,
             max_events,
             len,
         })
+    }
+
+    /// Counts the entries again (after the thread that owns the spool panicked mid-update).
+    fn recount(&mut self) -> Result<(), StoreError> {
+        let storage = &self.storage;
+        self.len = storage.observe((|| -> Result<u64, StoreError> {
+            let txn = storage.db()?.begin_read()?;
+            let table = txn.open_table(KAFKA_SPOOL)?;
+            Ok(table.len()?)
+        })())?;
+        Ok(())
     }
 
     /// Events waiting to be produced.
@@ -140,73 +155,148 @@ impl Spool {
     /// whose events do not all fit under the bound is refused whole (`false` at its index);
     /// the calls before and after it are still appended.
     pub fn append(&mut self, calls: &[&[SpoolEntry]]) -> Result<Vec<bool>, StoreError> {
-        let mut admitted = Vec::with_capacity(calls.len());
-        let mut len = self.len;
-        let txn = self.storage.db().begin_write()?;
-        {
-            let mut meta = txn.open_table(META_TABLE)?;
-            let mut table = txn.open_table(KAFKA_SPOOL)?;
-            let mut next = meta
-                .get(KAFKA_SPOOL_NEXT_SEQ)?
-                .map(|g| g.value())
-                .unwrap_or(0);
-            for call in calls {
-                let n = call.len() as u64;
-                if len.saturating_add(n) > self.max_events {
-                    admitted.push(false);
-                    continue;
+        let result = (|| -> Result<Vec<bool>, StoreError> {
+            let mut admitted = Vec::with_capacity(calls.len());
+            let mut len = self.len;
+            let txn = self.storage.db()?.begin_write()?;
+            {
+                let mut meta = txn.open_table(META_TABLE)?;
+                let mut table = txn.open_table(KAFKA_SPOOL)?;
+                let mut next = meta
+                    .get(KAFKA_SPOOL_NEXT_SEQ)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                for call in calls {
+                    let n = call.len() as u64;
+                    if len.saturating_add(n) > self.max_events {
+                        admitted.push(false);
+                        continue;
+                    }
+                    for e in call.iter() {
+                        table.insert(next, encode_entry(e).as_slice())?;
+                        next += 1;
+                    }
+                    len += n;
+                    admitted.push(true);
                 }
-                for e in call.iter() {
-                    table.insert(next, encode_entry(e).as_slice())?;
-                    next += 1;
-                }
-                len += n;
-                admitted.push(true);
+                meta.insert(KAFKA_SPOOL_NEXT_SEQ, next)?;
             }
-            meta.insert(KAFKA_SPOOL_NEXT_SEQ, next)?;
-        }
-        txn.commit()?;
-        self.len = len;
-        Ok(admitted)
+            txn.commit()?;
+            self.len = len;
+            Ok(admitted)
+        })();
+        self.storage.observe(result)
     }
 
     /// Up to `max` entries from the front, in sequence order. Entries that cannot be decoded
     /// (corruption) are skipped but covered by `last_seq`, so the drain deletes them with the
     /// batch instead of stalling on them.
     pub fn read(&self, max: usize) -> Result<SpoolBatch, StoreError> {
-        let txn = self.storage.db().begin_read()?;
-        let table = txn.open_table(KAFKA_SPOOL)?;
-        let mut batch = SpoolBatch {
-            entries: Vec::with_capacity(max.min(1024)),
-            last_seq: None,
-        };
-        for item in table.iter()?.take(max) {
-            let (k, v) = item?;
-            let seq = k.value();
-            batch.last_seq = Some(seq);
-            match decode_entry(v.value()) {
-                Some(entry) => batch.entries.push(Spooled { seq, entry }),
-                None => {
-                    tracing::warn!(seq, "undecodable kafka spool entry skipped");
-                    metrics::counter!("iothub_kafka_spool_corrupt_total").increment(1);
+        let result = (|| -> Result<SpoolBatch, StoreError> {
+            let txn = self.storage.db()?.begin_read()?;
+            let table = txn.open_table(KAFKA_SPOOL)?;
+            let mut batch = SpoolBatch {
+                entries: Vec::with_capacity(max.min(1024)),
+                last_seq: None,
+            };
+            for item in table.iter()?.take(max) {
+                let (k, v) = item?;
+                let seq = k.value();
+                batch.last_seq = Some(seq);
+                match decode_entry(v.value()) {
+                    Some(entry) => batch.entries.push(Spooled { seq, entry }),
+                    None => {
+                        tracing::warn!(seq, "undecodable kafka spool entry skipped");
+                        metrics::counter!("iothub_kafka_spool_corrupt_total").increment(1);
+                    }
                 }
             }
-        }
-        Ok(batch)
+            Ok(batch)
+        })();
+        self.storage.observe(result)
     }
 
     /// Deletes every entry with a sequence up to and including `last_seq`; returns how many.
     pub fn delete_through(&mut self, last_seq: u64) -> Result<u64, StoreError> {
-        let txn = self.storage.db().begin_write()?;
-        let len = {
-            let mut table = txn.open_table(KAFKA_SPOOL)?;
-            table.retain_in(..=last_seq, |_, _| false)?;
-            table.len()?
-        };
-        txn.commit()?;
-        let deleted = self.len.saturating_sub(len);
-        self.len = len;
-        Ok(deleted)
+        self.park_and_delete_through(&[], last_seq)
+    }
+
+    /// Moves the entries `park` (sequences, each up to `last_seq`) to the parked table and
+    /// deletes every entry up to and including `last_seq`, in one transaction; returns how
+    /// many left the spool. Parked entries wait there for `iothubd replay-parked`.
+    pub fn park_and_delete_through(
+        &mut self,
+        park: &[u64],
+        last_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let result = (|| -> Result<u64, StoreError> {
+            let txn = self.storage.db()?.begin_write()?;
+            let len = {
+                let mut table = txn.open_table(KAFKA_SPOOL)?;
+                if !park.is_empty() {
+                    let mut parked = txn.open_table(KAFKA_PARKED)?;
+                    let mut meta = txn.open_table(META_TABLE)?;
+                    let mut next = meta
+                        .get(KAFKA_PARKED_NEXT_SEQ)?
+                        .map(|g| g.value())
+                        .unwrap_or(0);
+                    for seq in park {
+                        if let Some(value) = table.get(*seq)? {
+                            parked.insert(next, value.value())?;
+                            next += 1;
+                        }
+                    }
+                    meta.insert(KAFKA_PARKED_NEXT_SEQ, next)?;
+                }
+                table.retain_in(..=last_seq, |_, _| false)?;
+                table.len()?
+            };
+            txn.commit()?;
+            let deleted = self.len.saturating_sub(len);
+            self.len = len;
+            Ok(deleted)
+        })();
+        self.storage.observe(result)
+    }
+
+    /// Events parked because Kafka refused them.
+    pub fn parked(&self) -> Result<u64, StoreError> {
+        self.storage.observe((|| -> Result<u64, StoreError> {
+            let txn = self.storage.db()?.begin_read()?;
+            Ok(txn.open_table(KAFKA_PARKED)?.len()?)
+        })())
+    }
+
+    /// Moves every parked event to the end of the spool, in the order they were parked, for
+    /// the drain to produce again (the operator fixed what made Kafka refuse them); returns
+    /// how many. Not bounded by `kafka.spool_max_events`: the operator asked for all of them.
+    pub fn replay_parked(&mut self) -> Result<u64, StoreError> {
+        let result = (|| -> Result<u64, StoreError> {
+            let txn = self.storage.db()?.begin_write()?;
+            let moved = {
+                let mut parked = txn.open_table(KAFKA_PARKED)?;
+                let mut table = txn.open_table(KAFKA_SPOOL)?;
+                let mut meta = txn.open_table(META_TABLE)?;
+                let mut next = meta
+                    .get(KAFKA_SPOOL_NEXT_SEQ)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let mut moved = 0u64;
+                for item in parked.iter()? {
+                    let (_, v) = item?;
+                    table.insert(next, v.value())?;
+                    next += 1;
+                    moved += 1;
+                }
+                meta.insert(KAFKA_SPOOL_NEXT_SEQ, next)?;
+                parked.retain(|_, _| false)?;
+                moved
+            };
+            txn.commit()?;
+            self.len += moved;
+            Ok(moved)
+        })();
+        self.storage.observe(result)
     }
 }
 
@@ -221,6 +311,8 @@ enum Request {
     },
     DeleteThrough {
         seq: u64,
+        /// Entries to park instead of deleting (see [`Spool::park_and_delete_through`]).
+        park: Vec<u64>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Len {
@@ -248,10 +340,12 @@ pub type PendingAppend = oneshot::Receiver<Result<(), SpoolError>>;
 impl SpoolWriter {
     /// Starts the thread that owns `spool`.
     pub fn start(spool: Spool) -> std::io::Result<SpoolWriter> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
+        let restarts = Restarts::new("kafka_spool", spool.storage.health().clone());
+        let mut spool = spool;
         let thread = std::thread::Builder::new()
             .name("iothub-kafka-spool".into())
-            .spawn(move || run(spool, rx))?;
+            .spawn(move || restarts.run_blocking(|| run(&mut spool, &mut rx)))?;
         Ok(SpoolWriter {
             handle: SpoolHandle { tx },
             thread: Some(thread),
@@ -297,8 +391,18 @@ impl SpoolHandle {
 
     /// Deletes the entries up to and including `seq`; returns how many.
     pub async fn delete_through(&self, seq: u64) -> Result<u64, SpoolError> {
+        self.park_and_delete_through(Vec::new(), seq).await
+    }
+
+    /// Parks the entries `park` and deletes every entry up to and including `seq`, at once;
+    /// returns how many left the spool.
+    pub async fn park_and_delete_through(
+        &self,
+        park: Vec<u64>,
+        seq: u64,
+    ) -> Result<u64, SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Request::DeleteThrough { seq, reply }, answer)
+        self.request(Request::DeleteThrough { seq, park, reply }, answer)
             .await?
             .map_err(SpoolError::from)
     }
@@ -324,8 +428,24 @@ impl SpoolHandle {
 
 type Append = (Vec<SpoolEntry>, oneshot::Sender<Result<(), SpoolError>>);
 
-fn run(mut spool: Spool, mut rx: mpsc::Receiver<Request>) {
+/// Supervised (see `crate::supervise`): after a panic it runs again on the same spool and
+/// queue, its length counted again from the table.
+fn run(spool: &mut Spool, rx: &mut mpsc::Receiver<Request>) {
+    if let Err(e) = spool.recount() {
+        tracing::error!(error = %e, "kafka spool length unknown; keeping the last one");
+    }
     metrics::gauge!("iothub_kafka_spool_events").set(spool.len() as f64);
+    match spool.parked() {
+        Ok(0) => metrics::gauge!("iothub_kafka_parked_events").set(0.0),
+        Ok(parked) => {
+            metrics::gauge!("iothub_kafka_parked_events").set(parked as f64);
+            tracing::warn!(
+                events = parked,
+                "events Kafka refused are parked; `iothubd replay-parked` produces them again"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "kafka parked events not counted"),
+    }
     let mut held: Option<Request> = None;
     // Whether the last appends were refused: a full spool is logged once, not per call.
     let mut full = false;
@@ -354,13 +474,19 @@ fn run(mut spool: Spool, mut rx: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                commit_appends(&mut spool, appends, &mut full);
+                commit_appends(spool, appends, &mut full);
             }
             Request::Read { max, reply } => {
                 let _ = reply.send(spool.read(max));
             }
-            Request::DeleteThrough { seq, reply } => {
-                let result = spool.delete_through(seq);
+            Request::DeleteThrough { seq, park, reply } => {
+                let result = spool.park_and_delete_through(&park, seq);
+                if !park.is_empty() && result.is_ok() {
+                    metrics::counter!("iothub_kafka_parked_total").increment(park.len() as u64);
+                    if let Ok(parked) = spool.parked() {
+                        metrics::gauge!("iothub_kafka_parked_events").set(parked as f64);
+                    }
+                }
                 metrics::gauge!("iothub_kafka_spool_events").set(spool.len() as f64);
                 let _ = reply.send(result);
             }
@@ -493,6 +619,60 @@ mod tests {
         // Sequences keep growing after the spool emptied: no new entry sorts before an old one.
         spool.append(&[&[entry(1, 9)]]).unwrap();
         assert!(spool.read(1).unwrap().entries[0].seq > last);
+    }
+
+    /// A spool of entries 0, 1, 2 of device 1 whose entry 1 was parked and the rest deleted.
+    fn spool_with_one_parked(dir: &std::path::Path) -> Spool {
+        let mut spool = Spool::open(storage(dir), 100).unwrap();
+        let three: Vec<SpoolEntry> = (0..3).map(|n| entry(1, n)).collect();
+        spool.append(&[&three]).unwrap();
+        let batch = spool.read(3).unwrap();
+        spool
+            .park_and_delete_through(&[batch.entries[1].seq], batch.last_seq.unwrap())
+            .unwrap();
+        spool
+    }
+
+    #[test]
+    fn publish_spool_keeps_a_parked_entry_out_of_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with_one_parked(dir.path());
+        assert!(spool.is_empty());
+    }
+
+    #[test]
+    fn publish_spool_counts_a_parked_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with_one_parked(dir.path());
+        assert_eq!(spool.parked().unwrap(), 1);
+    }
+
+    #[test]
+    fn publish_spool_keeps_parked_entries_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(spool_with_one_parked(dir.path()));
+        let spool = Spool::open(storage(dir.path()), 100).unwrap();
+        assert_eq!(spool.parked().unwrap(), 1);
+    }
+
+    #[test]
+    fn publish_spool_replays_parked_entries_behind_the_spooled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = spool_with_one_parked(dir.path());
+        spool.append(&[&[entry(2, 9)]]).unwrap();
+        assert_eq!(spool.replay_parked().unwrap(), 1);
+        assert_eq!(
+            entries(&spool.read(10).unwrap()),
+            vec![entry(2, 9), entry(1, 1)]
+        );
+    }
+
+    #[test]
+    fn publish_spool_has_nothing_parked_after_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = spool_with_one_parked(dir.path());
+        spool.replay_parked().unwrap();
+        assert_eq!(spool.parked().unwrap(), 0);
     }
 
     #[test]
