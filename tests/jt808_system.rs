@@ -369,15 +369,24 @@ async fn issued_auth_code_survives_a_restart_and_a_wrong_one_is_refused() {
     hub.stop();
     hub.restart();
 
+    authenticates_2013_with(&hub, &code, "the code issued before the restart").await;
+    is_refused_2013_with(&hub, "WRONG").await;
+}
+
+/// `IMEI_2013` presenting `code` authenticates.
+async fn authenticates_2013_with(hub: &Hub, code: &str, which: &str) {
     let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
-    config.auth_code = Some(code);
+    config.auth_code = Some(code.to_string());
     let terminal = SimTerminal::connect_and_login(hub.jt808, config)
         .await
-        .expect("the code issued before the restart still authenticates");
+        .unwrap_or_else(|e| panic!("{which} must authenticate: {e}"));
     terminal.close().await;
+}
 
+/// `IMEI_2013` presenting `code` is refused with 0x8001 result 1.
+async fn is_refused_2013_with(hub: &Hub, code: &str) {
     let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
-    config.auth_code = Some("WRONG".into());
+    config.auth_code = Some(code.to_string());
     match SimTerminal::connect_and_login(hub.jt808, config).await {
         Err(TerminalError::Rejected { msg_id, result, .. }) => {
             assert_eq!((msg_id, result), (0x0102, 1));
@@ -385,7 +394,7 @@ async fn issued_auth_code_survives_a_restart_and_a_wrong_one_is_refused() {
         Err(e) => panic!("expected a refusal with result 1, got {e}"),
         Ok(t) => {
             t.close().await;
-            panic!("a wrong authentication code was accepted")
+            panic!("the code {code:?} authenticates the terminal")
         }
     }
 }
@@ -559,24 +568,8 @@ async fn two_authentications_in_one_write_cannot_take_over_a_registered_terminal
     );
     drop(attacker);
 
-    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
-    config.auth_code = Some(code);
-    let victim = SimTerminal::connect_and_login(hub.jt808, config)
-        .await
-        .expect("the terminal's own code still authenticates it");
-    victim.close().await;
-    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
-    config.auth_code = Some("y".into());
-    match SimTerminal::connect_and_login(hub.jt808, config).await {
-        Err(TerminalError::Rejected { msg_id, result, .. }) => {
-            assert_eq!((msg_id, result), (0x0102, 1));
-        }
-        Err(e) => panic!("expected a refusal with result 1, got {e}"),
-        Ok(t) => {
-            t.close().await;
-            panic!("the attacker's code authenticates the terminal")
-        }
-    }
+    authenticates_2013_with(&hub, &code, "the terminal's own code").await;
+    is_refused_2013_with(&hub, "y").await;
 }
 
 /// Registers `IMEI_2013` on a connection of its own; returns the code or the refusal.
@@ -599,12 +592,7 @@ async fn registering_a_registered_terminal_again_is_refused_and_its_code_kept() 
         Err(TerminalError::RegisterRefused(result)) => assert_eq!(result, 3),
         other => panic!("expected 0x8100 result 3 (terminal already registered), got {other:?}"),
     }
-    let mut config = terminal_config(IMEI_2013, Jt808Version::V2013);
-    config.auth_code = Some(code);
-    let terminal = SimTerminal::connect_and_login(hub.jt808, config)
-        .await
-        .expect("the first code still authenticates");
-    terminal.close().await;
+    authenticates_2013_with(&hub, &code, "the first code").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,44 @@ pub const MAX_ENTRY_EVENTS: usize = 512;
 /// Most bytes of events in one log entry (an event larger than this gets an entry of its own).
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
+/// Events by topic, as (device, JSON), each topic's in the given order.
+type ByTopic<'a> = [Vec<(&'a Imei, &'a [u8])>; Topic::ALL.len()];
+
+fn by_topic(events: &[NewEvent]) -> ByTopic<'_> {
+    let mut by_topic: ByTopic<'_> = std::array::from_fn(|_| Vec::new());
+    for e in events {
+        by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
+    }
+    by_topic
+}
+
+/// Appends each topic's events at the end of its log, in entries of bounded size, inside
+/// `txn`; the caller commits.
+fn append_to_logs(
+    txn: &redb::WriteTransaction,
+    by_topic: &ByTopic<'_>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META_TABLE)?;
+    for (group, topic) in by_topic.iter().zip(Topic::ALL) {
+        if group.is_empty() {
+            continue;
+        }
+        let mut next = meta
+            .get(next_offset_key(topic))?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let mut table = txn.open_table(log_table(topic))?;
+        for chunk in entry_chunks(group) {
+            let entry = encode_entry(now_ms, chunk)?;
+            table.insert(next, entry.as_slice())?;
+            next += chunk.len() as u64;
+        }
+        meta.insert(next_offset_key(topic), next)?;
+    }
+    Ok(())
+}
+
 /// The commit's events of one topic cut into entries of at most [`MAX_ENTRY_EVENTS`] events
 /// and [`MAX_ENTRY_BYTES`] bytes, in order.
 fn entry_chunks<'a, 'b>(
@@ -550,31 +588,9 @@ impl Storage {
             if events.is_empty() {
                 return Ok(());
             }
-            let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
-                std::array::from_fn(|_| Vec::new());
-            for e in events {
-                by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
-            }
+            let by_topic = by_topic(events);
             let txn = self.db()?.begin_write()?;
-            {
-                let mut meta = txn.open_table(META_TABLE)?;
-                for (group, topic) in by_topic.iter().zip(Topic::ALL) {
-                    if group.is_empty() {
-                        continue;
-                    }
-                    let mut next = meta
-                        .get(next_offset_key(topic))?
-                        .map(|g| g.value())
-                        .unwrap_or(0);
-                    let mut table = txn.open_table(log_table(topic))?;
-                    for chunk in entry_chunks(group) {
-                        let entry = encode_entry(now_ms, chunk)?;
-                        table.insert(next, entry.as_slice())?;
-                        next += chunk.len() as u64;
-                    }
-                    meta.insert(next_offset_key(topic), next)?;
-                }
-            }
+            append_to_logs(&txn, &by_topic, now_ms)?;
             txn.commit()?;
             for (group, notify) in by_topic.iter().zip(&self.notify) {
                 if !group.is_empty() {
@@ -771,30 +787,10 @@ impl Storage {
                 json: d.json.clone(),
             })
             .collect();
-        let mut by_topic: [Vec<(&Imei, &[u8])>; Topic::ALL.len()] =
-            std::array::from_fn(|_| Vec::new());
-        for e in &events {
-            by_topic[topic_index(e.topic)].push((&e.imei, e.json.as_slice()));
-        }
+        let by_topic = by_topic(&events);
         let txn = self.db()?.begin_write()?;
+        append_to_logs(&txn, &by_topic, now_ms)?;
         {
-            let mut meta = txn.open_table(META_TABLE)?;
-            for (group, topic) in by_topic.iter().zip(Topic::ALL) {
-                if group.is_empty() {
-                    continue;
-                }
-                let mut next = meta
-                    .get(next_offset_key(topic))?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let mut table = txn.open_table(log_table(topic))?;
-                for chunk in entry_chunks(group) {
-                    let entry = encode_entry(now_ms, chunk)?;
-                    table.insert(next, entry.as_slice())?;
-                    next += chunk.len() as u64;
-                }
-                meta.insert(next_offset_key(topic), next)?;
-            }
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             for d in &letters {
                 dead.remove(d.seq)?;

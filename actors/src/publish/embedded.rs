@@ -191,31 +191,12 @@ fn prune(storage: &Storage, retention: Duration, last: &mut Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use iothub::event::{HeartbeatRecord, Record};
-    use iothub::imei::Imei;
 
     use super::*;
     use crate::config::StorageConfig;
 
     fn heartbeat(imei: &str) -> Event {
-        let imei = Imei::parse(imei).unwrap();
-        Event {
-            topic: Topic::Heartbeat,
-            imei,
-            record: Record::Heartbeat(HeartbeatRecord {
-                device_imei: imei,
-                gate_time: "2026-12-07 12:00:00".into(),
-                power_level: 4,
-                gsm_sign: 3,
-                acc: 1,
-                oil_ele: 0,
-                gps_pos: 1,
-                remote_lock: 0,
-                power_status: 1,
-                fortify: 0,
-                voltage: None,
-            }),
-        }
+        crate::publish::test_heartbeat(imei)
     }
 
     fn sink(dir: &tempfile::TempDir) -> (Arc<Storage>, EmbeddedSink) {

@@ -1183,24 +1183,7 @@ mod tests {
     }
 
     fn heartbeat(imei: &str) -> Event {
-        let imei = iothub::imei::Imei::parse(imei).unwrap();
-        Event {
-            topic: Topic::Heartbeat,
-            imei,
-            record: iothub::event::Record::Heartbeat(iothub::event::HeartbeatRecord {
-                device_imei: imei,
-                gate_time: "2026-12-07 12:00:00".into(),
-                power_level: 4,
-                gsm_sign: 3,
-                acc: 1,
-                oil_ele: 0,
-                gps_pos: 1,
-                remote_lock: 0,
-                power_status: 1,
-                fortify: 0,
-                voltage: None,
-            }),
-        }
+        crate::publish::test_heartbeat(imei)
     }
 
     /// A sink whose brokers never answer (a loopback port nothing listens on), so it spools.

@@ -204,3 +204,26 @@ impl Publisher {
         }
     }
 }
+
+/// A heartbeat event of `imei`, for the sinks' and the queue's tests.
+#[cfg(test)]
+pub(crate) fn test_heartbeat(imei: &str) -> Event {
+    let imei = iothub::imei::Imei::parse(imei).unwrap();
+    Event {
+        topic: iothub::event::Topic::Heartbeat,
+        imei,
+        record: iothub::event::Record::Heartbeat(iothub::event::HeartbeatRecord {
+            device_imei: imei,
+            gate_time: "2026-12-07 12:00:00".into(),
+            power_level: 4,
+            gsm_sign: 3,
+            acc: 1,
+            oil_ele: 0,
+            gps_pos: 1,
+            remote_lock: 0,
+            power_status: 1,
+            fortify: 0,
+            voltage: None,
+        }),
+    }
+}

@@ -419,31 +419,13 @@ impl<E> Batch<E> {
 
 #[cfg(test)]
 mod tests {
-    use iothub::event::{Event, HeartbeatRecord, Record, Topic};
-    use iothub::imei::Imei;
+    use iothub::event::Event;
 
     use super::*;
     use crate::storage::NewEvent;
 
     fn heartbeat() -> Event {
-        let imei = Imei::parse("864717003283581").unwrap();
-        Event {
-            topic: Topic::Heartbeat,
-            imei,
-            record: Record::Heartbeat(HeartbeatRecord {
-                device_imei: imei,
-                gate_time: "2026-11-27 12:00:00".into(),
-                power_level: 4,
-                gsm_sign: 3,
-                acc: 1,
-                oil_ele: 0,
-                gps_pos: 1,
-                remote_lock: 0,
-                power_status: 1,
-                fortify: 0,
-                voltage: None,
-            }),
-        }
+        crate::publish::test_heartbeat("864717003283581")
     }
 
     #[test]
