@@ -21,7 +21,7 @@
 //! alarms each).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use iothub::event::Event;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -48,9 +48,16 @@ pub trait SinkEvent: Send + 'static {
 }
 
 /// What the queue holds now, against its bounds in events and bytes.
+///
+/// Every reader charges it once per unacknowledged call, so the counts are two atomics
+/// rather than a lock: two callers that check at the same instant may both get in, which
+/// overshoots the bounds by at most one call per worker thread, as a call larger than the
+/// bound may overshoot them alone.
 struct Budget {
-    /// (events, bytes) of the calls let in and not yet finished by the consumer.
-    used: Mutex<(usize, usize)>,
+    /// Events of the calls let in and not yet finished by the consumer.
+    events: AtomicUsize,
+    /// Their bytes.
+    bytes: AtomicUsize,
     max_events: usize,
     max_bytes: usize,
     /// Callers waiting for room: while there are any, a caller that cannot wait is refused,
@@ -60,29 +67,36 @@ struct Budget {
 }
 
 impl Budget {
-    fn used(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
-        // The counts stay consistent even if a holder panicked: each update is one statement.
-        self.used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// (events, bytes) held now.
+    fn used(&self) -> (usize, usize) {
+        (
+            self.events.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    fn below_bounds(&self) -> bool {
+        let (events, bytes) = self.used();
+        events < self.max_events && bytes < self.max_bytes
+    }
+
+    /// Counts a call in, unconditionally.
+    fn take(self: &Arc<Self>, events: usize, bytes: usize) -> Charge {
+        self.events.fetch_add(events, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        Charge {
+            budget: Some(self.clone()),
+            events,
+            bytes,
+        }
     }
 
     /// Counts a call of `events` and `bytes` in if the queue is below both bounds.
     fn try_charge(self: &Arc<Self>, events: usize, bytes: usize) -> Option<Charge> {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.waiting.load(Ordering::SeqCst) > 0 || !self.below_bounds() {
             return None;
         }
-        let mut used = self.used();
-        if used.0 >= self.max_events || used.1 >= self.max_bytes {
-            return None;
-        }
-        used.0 += events;
-        used.1 += bytes;
-        Some(Charge {
-            budget: Some(self.clone()),
-            events,
-            bytes,
-        })
+        Some(self.take(events, bytes))
     }
 
     /// Counts a call in, waiting until the queue is below both bounds.
@@ -91,27 +105,18 @@ impl Budget {
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
         loop {
             // Registered before the check, so a release between the check and the wait wakes it.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut used = self.used();
-                if used.0 < self.max_events && used.1 < self.max_bytes {
-                    used.0 += events;
-                    used.1 += bytes;
-                    return Charge {
-                        budget: Some(self.clone()),
-                        events,
-                        bytes,
-                    };
-                }
+            if self.below_bounds() {
+                return self.take(events, bytes);
             }
             freed.await;
         }
@@ -140,7 +145,7 @@ impl Charge {
 
     fn add_bytes(&mut self, bytes: usize) {
         if let Some(budget) = &self.budget {
-            budget.used().1 += bytes;
+            budget.bytes.fetch_add(bytes, Ordering::SeqCst);
             self.bytes += bytes;
         }
     }
@@ -162,12 +167,13 @@ impl Drop for Charge {
         if self.events == 0 && self.bytes == 0 {
             return;
         }
-        {
-            let mut used = budget.used();
-            used.0 = used.0.saturating_sub(self.events);
-            used.1 = used.1.saturating_sub(self.bytes);
+        budget.events.fetch_sub(self.events, Ordering::SeqCst);
+        budget.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        // A waiter counts itself before it checks the bounds, so one that checked before
+        // this release is seen here and woken.
+        if budget.waiting.load(Ordering::SeqCst) > 0 {
+            budget.freed.notify_waiters();
         }
-        budget.freed.notify_waiters();
     }
 }
 
@@ -238,7 +244,8 @@ impl<E: SinkEvent> SinkQueue<E> {
     ) -> (SinkQueue<E>, mpsc::Receiver<Job<E>>) {
         let (tx, rx) = mpsc::channel(calls);
         let budget = Arc::new(Budget {
-            used: Mutex::new((0, 0)),
+            events: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             max_events,
             max_bytes,
             waiting: AtomicUsize::new(0),
@@ -249,7 +256,7 @@ impl<E: SinkEvent> SinkQueue<E> {
 
     /// (events, bytes) queued or being made durable now.
     pub fn held(&self) -> (usize, usize) {
-        *self.budget.used()
+        self.budget.used()
     }
 
     /// Returns once the events are durable.
@@ -400,7 +407,7 @@ impl<E> Batch<E> {
         metrics::gauge!("iothub_publish_queue_depth").set(rx.len() as f64);
         // Events and bytes held against the bounds, this batch's included.
         if let Some(budget) = &self.charge.budget {
-            let (events, bytes) = *budget.used();
+            let (events, bytes) = budget.used();
             metrics::gauge!("iothub_publish_queue_events").set(events as f64);
             metrics::gauge!("iothub_publish_queue_bytes").set(bytes as f64);
         }
