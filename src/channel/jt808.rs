@@ -629,10 +629,6 @@ impl Channel for Jt808Channel {
         if !accepted {
             return self.refuse(&header, now);
         }
-        // A connection never changes identity, whatever order its checks are answered in.
-        if self.imei().is_some_and(|current| current != imei) {
-            return self.close(CloseReason::IdentityChanged);
-        }
         let mut actions = Vec::new();
         if verdict == AuthVerdict::Unknown {
             actions.push(Action::StoreAuthCode { imei, code });
