@@ -18,4 +18,5 @@ pub mod codec;
 pub mod command;
 pub mod event;
 pub mod imei;
+pub mod media;
 pub mod protocol;
