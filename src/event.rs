@@ -62,10 +62,13 @@ pub enum Topic {
     FtpFileUpload,
     /// JT/T 808 transparent data (0x0900), `{pushURL}/pushPassThroughData`.
     PassThrough,
+    /// Hub events about a device: media streams starting and stopping,
+    /// `{pushURL}/pushIothubEvent`.
+    IothubEvent,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::Event,
         Topic::Heartbeat,
         Topic::Gps,
@@ -76,6 +79,7 @@ impl Topic {
         Topic::ResourceList,
         Topic::FtpFileUpload,
         Topic::PassThrough,
+        Topic::IothubEvent,
     ];
 
     /// Short stable name: Kafka topic suffix (`{topicPrefix}.{name}`) and embedded table name.
@@ -91,6 +95,7 @@ impl Topic {
             Topic::ResourceList => "resource_list",
             Topic::FtpFileUpload => "ftp_file_upload",
             Topic::PassThrough => "pass_through",
+            Topic::IothubEvent => "iothub_event",
         }
     }
 
@@ -111,6 +116,7 @@ impl Topic {
             Topic::ResourceList => Some("/pushresourcelist"),
             Topic::FtpFileUpload => Some("/pushftpfileupload"),
             Topic::PassThrough => Some("/pushPassThroughData"),
+            Topic::IothubEvent => Some("/pushIothubEvent"),
         }
     }
 }
@@ -194,6 +200,7 @@ pub enum Record {
     ResourceList(ResourceListRecord),
     FtpFileUpload(FtpFileUploadRecord),
     PassThrough(PassThroughRecord),
+    MediaStream(MediaStreamRecord),
 }
 
 impl Record {
@@ -210,6 +217,7 @@ impl Record {
             Record::ResourceList(_) => Topic::ResourceList,
             Record::FtpFileUpload(_) => Topic::FtpFileUpload,
             Record::PassThrough(_) => Topic::PassThrough,
+            Record::MediaStream(_) => Topic::IothubEvent,
         }
     }
 }
@@ -579,6 +587,30 @@ pub struct PassThroughRecord {
     pub pass_through_type: u8,
     /// The payload as uppercase hex.
     pub data: String,
+}
+
+/// `/pushIothubEvent`: a media stream of a device started or stopped.
+///
+/// `{"deviceImei":"868120303960873","eventType":"streamStart","stream":"1/868120303960873",
+/// "channel":1,"source":"jt1078","gateTime":"2026-12-07 10:00:00"}`; a stop adds `reason`
+/// (`publisher_left`, `idle_close`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaStreamRecord {
+    pub device_imei: Imei,
+    /// `streamStart` or `streamStop`.
+    pub event_type: String,
+    /// The stream key, which is also the HTTP-FLV path without its `.flv`.
+    pub stream: String,
+    /// The device's channel in the URL's numbering (JIMI from 0, JT/T from 1); absent for
+    /// JIMI history and talk streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<u8>,
+    /// `jt1078` or `rtmp`.
+    pub source: String,
+    pub gate_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

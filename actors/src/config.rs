@@ -63,6 +63,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub runtime: RuntimeConfig,
     pub http: HttpConfig,
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +262,67 @@ pub struct ClusterConfig {
     pub internal_advertise: String,
 }
 
+/// The media server: JT/T 1078 and RTMP ingest, HTTP-FLV and RTMP egress (`[media]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// HTTP-FLV viewers, default 0.0.0.0:8880; `None` = off.
+    pub http_flv_listen: Option<SocketAddr>,
+    /// HTTPS-FLV viewers, default 0.0.0.0:8890; started only with a certificate.
+    pub https_flv_listen: Option<SocketAddr>,
+    /// RTMP publishers and players, default 0.0.0.0:1935.
+    pub rtmp_listen: Option<SocketAddr>,
+    /// RTMPS, default 0.0.0.0:19350; started only with a certificate.
+    pub rtmps_listen: Option<SocketAddr>,
+    /// JT/T 1078 live streams (TCP and UDP), default 0.0.0.0:10000.
+    pub jt1078_live_listen: Option<SocketAddr>,
+    /// JT/T 1078 playback streams (TCP and UDP), default 0.0.0.0:10001.
+    pub jt1078_playback_listen: Option<SocketAddr>,
+    /// PEM or PKCS#12 file for the TLS listeners; `None` = plain listeners only.
+    pub tls_certificate: Option<PathBuf>,
+    /// Password of a PKCS#12 certificate (may be empty).
+    pub tls_password: String,
+    /// Host name or address put in 0x9101/0x9201; empty = the local address the device's
+    /// signalling connection reached.
+    pub public_host: String,
+    /// Port put in 0x9101 (the live listener's port as the devices reach it).
+    pub public_live_port: u16,
+    /// Port put in 0x9201.
+    pub public_playback_port: u16,
+    /// An on-demand stream is closed (0x9102) this long after its last viewer left.
+    pub idle_close: Duration,
+    /// How long a viewer of an on-demand stream waits for the device to start streaming.
+    pub start_timeout: Duration,
+    /// The GOP cache of a stream holds at most this many tags and bytes.
+    pub gop_max_tags: usize,
+    pub gop_max_bytes: usize,
+    /// Tags one viewer may have queued before it skips to the next key frame.
+    pub viewer_queue_tags: usize,
+    /// A viewer that stays behind (skipping) this long is disconnected.
+    pub viewer_lag_limit: Duration,
+    /// Most streams and viewers on this node; more are refused with 503.
+    pub max_streams: usize,
+    pub max_viewers: usize,
+    /// Most bytes one JT/T 1078 frame may reassemble to.
+    pub max_frame_bytes: usize,
+    /// What FLV egress does with device audio that is not AAC.
+    pub audio: AudioPolicy,
+    /// How H.265 is tagged in FLV.
+    pub hevc_enhanced_flv: bool,
+    /// When set, publishing needs `?sign=<hex HMAC-SHA256(secret, stream path)>`.
+    pub publish_secret: String,
+}
+
+/// What FLV egress does with G.711, G.726 and ADPCM device audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioPolicy {
+    /// Transcoded to AAC, which every browser player decodes.
+    Transcode,
+    /// G.711 passed through as FLV G.711 tags; other codecs dropped.
+    PassThrough,
+    /// No audio in FLV egress.
+    Drop,
+}
+
 /// Why the configuration cannot be used. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -436,6 +498,32 @@ section!(HttpFile {
     max_connections: u64,
 });
 
+section!(MediaFile {
+    http_flv_listen: String,
+    https_flv_listen: String,
+    rtmp_listen: String,
+    rtmps_listen: String,
+    jt1078_live_listen: String,
+    jt1078_playback_listen: String,
+    tls_certificate: String,
+    tls_password: String,
+    public_host: String,
+    public_live_port: u64,
+    public_playback_port: u64,
+    idle_close_secs: u64,
+    start_timeout_secs: u64,
+    gop_max_tags: u64,
+    gop_max_bytes: u64,
+    viewer_queue_tags: u64,
+    viewer_lag_limit_secs: u64,
+    max_streams: u64,
+    max_viewers: u64,
+    max_frame_bytes: u64,
+    audio: String,
+    hevc_enhanced_flv: bool,
+    publish_secret: String,
+});
+
 section!(ClusterFile {
     internal_listen: String,
     internal_advertise: String,
@@ -482,6 +570,8 @@ struct FileConfig {
     runtime: RuntimeFile,
     #[serde(default)]
     http: HttpFile,
+    #[serde(default)]
+    media: MediaFile,
 }
 
 impl FileConfig {
@@ -498,6 +588,7 @@ impl FileConfig {
             push: self.push.overlay(base.push),
             runtime: self.runtime.overlay(base.runtime),
             http: self.http.overlay(base.http),
+            media: self.media.overlay(base.media),
         }
     }
 }
@@ -708,6 +799,170 @@ fn url(
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(trimmed.to_string()),
         _ => Err(v.invalid("is not an http:// or https:// URL")),
     }
+}
+
+/// A listen address, or `None` when the value is empty or `off`.
+fn optional_socket_addr(
+    env: &Env<'_>,
+    toml_key: &str,
+    env_name: &str,
+    file: Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let v = pick(env, toml_key, &[env_name], file)?;
+    match v.value.trim() {
+        "" | "off" => Ok(None),
+        given => SocketAddr::from_str(given).map(Some).map_err(|_| {
+            v.invalid("is not an ip:port listen address (e.g. 0.0.0.0:8880), or off")
+        }),
+    }
+}
+
+fn resolve_media(m: MediaFile, env: &Env<'_>) -> Result<MediaConfig, ConfigError> {
+    let listen = |key: &str, var: &str, file: Option<String>| {
+        optional_socket_addr(env, &format!("media.{key}"), var, file)
+    };
+    let count = |key: &str, var: &str, file: Option<u64>, range| {
+        integer_in(env, &format!("media.{key}"), &[var], file, range).map(|n| n as usize)
+    };
+    let port = |key: &str, var: &str, file: Option<u64>| {
+        integer_in(env, &format!("media.{key}"), &[var], file, 0..=65535).map(|n| n as u16)
+    };
+    let certificate = pick(
+        env,
+        "media.tls_certificate",
+        &["IOTHUB_MEDIA_TLS_CERTIFICATE"],
+        m.tls_certificate,
+    )?;
+    let audio = pick(env, "media.audio", &["IOTHUB_MEDIA_AUDIO"], m.audio)?;
+    let audio_policy = match audio.value.trim() {
+        "transcode" => AudioPolicy::Transcode,
+        "passthrough" => AudioPolicy::PassThrough,
+        "drop" => AudioPolicy::Drop,
+        _ => return Err(audio.invalid("must be transcode, passthrough or drop")),
+    };
+    Ok(MediaConfig {
+        http_flv_listen: listen(
+            "http_flv_listen",
+            "IOTHUB_MEDIA_HTTP_FLV_LISTEN",
+            m.http_flv_listen,
+        )?,
+        https_flv_listen: listen(
+            "https_flv_listen",
+            "IOTHUB_MEDIA_HTTPS_FLV_LISTEN",
+            m.https_flv_listen,
+        )?,
+        rtmp_listen: listen("rtmp_listen", "IOTHUB_MEDIA_RTMP_LISTEN", m.rtmp_listen)?,
+        rtmps_listen: listen("rtmps_listen", "IOTHUB_MEDIA_RTMPS_LISTEN", m.rtmps_listen)?,
+        jt1078_live_listen: listen(
+            "jt1078_live_listen",
+            "IOTHUB_MEDIA_JT1078_LIVE_LISTEN",
+            m.jt1078_live_listen,
+        )?,
+        jt1078_playback_listen: listen(
+            "jt1078_playback_listen",
+            "IOTHUB_MEDIA_JT1078_PLAYBACK_LISTEN",
+            m.jt1078_playback_listen,
+        )?,
+        tls_certificate: match certificate.value.trim() {
+            "" => None,
+            path => Some(PathBuf::from(path)),
+        },
+        tls_password: pick(
+            env,
+            "media.tls_password",
+            &["IOTHUB_MEDIA_TLS_PASSWORD"],
+            m.tls_password,
+        )?
+        .value,
+        public_host: pick(
+            env,
+            "media.public_host",
+            &["IOTHUB_MEDIA_PUBLIC_HOST"],
+            m.public_host,
+        )?
+        .value
+        .trim()
+        .to_string(),
+        public_live_port: port(
+            "public_live_port",
+            "IOTHUB_MEDIA_PUBLIC_LIVE_PORT",
+            m.public_live_port,
+        )?,
+        public_playback_port: port(
+            "public_playback_port",
+            "IOTHUB_MEDIA_PUBLIC_PLAYBACK_PORT",
+            m.public_playback_port,
+        )?,
+        idle_close: secs(
+            env,
+            "media.idle_close_secs",
+            &["IOTHUB_MEDIA_IDLE_CLOSE"],
+            m.idle_close_secs,
+        )?,
+        start_timeout: secs(
+            env,
+            "media.start_timeout_secs",
+            &["IOTHUB_MEDIA_START_TIMEOUT"],
+            m.start_timeout_secs,
+        )?,
+        gop_max_tags: count(
+            "gop_max_tags",
+            "IOTHUB_MEDIA_GOP_MAX_TAGS",
+            m.gop_max_tags,
+            16..=100_000,
+        )?,
+        gop_max_bytes: count(
+            "gop_max_bytes",
+            "IOTHUB_MEDIA_GOP_MAX_BYTES",
+            m.gop_max_bytes,
+            65_536..=1 << 30,
+        )?,
+        viewer_queue_tags: count(
+            "viewer_queue_tags",
+            "IOTHUB_MEDIA_VIEWER_QUEUE_TAGS",
+            m.viewer_queue_tags,
+            16..=100_000,
+        )?,
+        viewer_lag_limit: secs(
+            env,
+            "media.viewer_lag_limit_secs",
+            &["IOTHUB_MEDIA_VIEWER_LAG_LIMIT"],
+            m.viewer_lag_limit_secs,
+        )?,
+        max_streams: count(
+            "max_streams",
+            "IOTHUB_MEDIA_MAX_STREAMS",
+            m.max_streams,
+            1..=1_000_000,
+        )?,
+        max_viewers: count(
+            "max_viewers",
+            "IOTHUB_MEDIA_MAX_VIEWERS",
+            m.max_viewers,
+            1..=1_000_000,
+        )?,
+        max_frame_bytes: count(
+            "max_frame_bytes",
+            "IOTHUB_MEDIA_MAX_FRAME_BYTES",
+            m.max_frame_bytes,
+            65_536..=64 << 20,
+        )?,
+        audio: audio_policy,
+        hevc_enhanced_flv: pick(
+            env,
+            "media.hevc_enhanced_flv",
+            &["IOTHUB_MEDIA_HEVC_ENHANCED_FLV"],
+            m.hevc_enhanced_flv,
+        )?
+        .value,
+        publish_secret: pick(
+            env,
+            "media.publish_secret",
+            &["IOTHUB_MEDIA_PUBLISH_SECRET"],
+            m.publish_secret,
+        )?
+        .value,
+    })
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -1355,6 +1610,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         cluster,
         runtime,
         http,
+        media: resolve_media(f.media, env)?,
     })
 }
 

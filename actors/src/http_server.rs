@@ -47,6 +47,7 @@ use tokio::time::{Instant, Sleep};
 use warp::http::{header, HeaderValue, Request, Response, StatusCode};
 
 use crate::config::HttpConfig;
+use crate::tls::ReloadingTls;
 
 /// Errors a request or response body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -78,13 +79,36 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    tokio::spawn(accept_loop(name, listener, limits, service, shutdown))
+    tokio::spawn(accept_loop(name, listener, limits, None, service, shutdown))
+}
+
+/// [`spawn`] for HTTPS: each connection's TLS handshake must end within the header read
+/// timeout; the certificate is the one `tls` holds when the connection comes in.
+pub fn spawn_tls<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: HttpConfig,
+    tls: Arc<ReloadingTls>,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()>
+where
+    S: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    tokio::spawn(accept_loop(name, listener, limits, Some(tls), service, shutdown))
 }
 
 async fn accept_loop<S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: HttpConfig,
+    tls: Option<Arc<ReloadingTls>>,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -123,23 +147,58 @@ async fn accept_loop<S, B>(
             continue;
         };
         let phase = Arc::new(PhaseCell::new(Instant::now()));
-        let io = TokioIo::new(GuardedStream::new(stream, phase.clone(), limits, name));
         let service = ConnService {
             inner: service.clone(),
-            phase,
+            phase: phase.clone(),
             body_read_timeout: limits.body_read_timeout,
             name,
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.keep_alive(true);
-        let connection = graceful.watch(builder.serve_connection(io, service));
         let open = OpenConnection::new(name, permit);
-        connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(listener = name, error = %e, "http: connection ended");
+        match &tls {
+            None => {
+                let io = TokioIo::new(GuardedStream::new(stream, phase, limits, name));
+                let connection = graceful.watch(builder.serve_connection(io, service));
+                connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(listener = name, error = %e, "http: connection ended");
+                    }
+                    drop(open);
+                });
             }
-            drop(open);
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let graceful_watcher = graceful.watcher();
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            metrics::counter!("iothub_tls_handshake_failures_total", "listener" => name)
+                                .increment(1);
+                            tracing::debug!(listener = name, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("iothub_http_timeouts_total", "listener" => name, "phase" => "tls_handshake")
+                                .increment(1);
+                            return;
+                        }
+                    };
+                    let io = TokioIo::new(GuardedStream::new(stream, phase, limits, name));
+                    let connection =
+                        graceful_watcher.watch(builder.serve_connection(io, service));
+                    if let Err(e) = connection.await {
+                        tracing::debug!(listener = name, error = %e, "https: connection ended");
+                    }
+                    drop(open);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
@@ -260,30 +319,40 @@ impl PhaseCell {
     }
 }
 
-/// The accepted socket, failing a read that waits past the deadline of the connection's
-/// phase; hyper then closes the connection.
-struct GuardedStream {
-    stream: TcpStream,
+/// The accepted socket (or its TLS session), failing a read that waits past the deadline
+/// of the connection's phase, and a write that makes no progress for the idle timeout (a
+/// client that stopped reading a streamed response); hyper then closes the connection.
+struct GuardedStream<T = TcpStream> {
+    stream: T,
     phase: Arc<PhaseCell>,
     limits: HttpConfig,
     name: &'static str,
     deadline: Pin<Box<Sleep>>,
+    write_deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl GuardedStream {
-    fn new(
-        stream: TcpStream,
-        phase: Arc<PhaseCell>,
-        limits: HttpConfig,
-        name: &'static str,
-    ) -> GuardedStream {
+impl<T> GuardedStream<T> {
+    fn new(stream: T, phase: Arc<PhaseCell>, limits: HttpConfig, name: &'static str) -> Self {
         GuardedStream {
             stream,
             phase,
             limits,
             name,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            write_deadline: None,
         }
+    }
+
+    /// A write is pending: fails it once it has waited the idle timeout.
+    fn write_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limit = self.limits.idle_timeout;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(deadline.as_mut().poll(cx));
+        metrics::counter!("iothub_http_timeouts_total", "listener" => self.name, "phase" => "write")
+            .increment(1);
+        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "http write stalled"))
     }
 
     /// The deadline of the current phase and its metric label; none while busy.
@@ -296,7 +365,7 @@ impl GuardedStream {
     }
 }
 
-impl AsyncRead for GuardedStream {
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -331,13 +400,20 @@ impl AsyncRead for GuardedStream {
     }
 }
 
-impl AsyncWrite for GuardedStream {
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => this.write_stalled(cx).map(Err),
+            done => {
+                this.write_deadline = None;
+                done
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -353,7 +429,14 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.write_stalled(cx).map(Err),
+            done => {
+                this.write_deadline = None;
+                done
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

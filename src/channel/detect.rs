@@ -126,6 +126,18 @@ impl Channel for AnyChannel {
         }
     }
 
+    fn handle_signal(
+        &mut self,
+        instruction: &Instruction,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Action>, InstructionRefusal> {
+        match &mut self.state {
+            State::Undecided => Err(InstructionRefusal::NotLoggedIn),
+            State::Gt06(c) => c.handle_signal(instruction, now),
+            State::Jt808(c) => c.handle_signal(instruction, now),
+        }
+    }
+
     fn instruction_expired(&mut self, server_flag_id: u32) {
         match &mut self.state {
             State::Undecided => {}

@@ -351,6 +351,52 @@ impl Jt808Channel {
         vec![Action::VerifyAuthCode { check, imei, code }]
     }
 
+    /// The header of the terminal's last message while it is authenticated and the
+    /// connection open: what a downlink's header is made from.
+    fn logged_in_template(&self) -> Option<Header> {
+        match self.session {
+            Session::Authenticated { last_header, .. } if !self.closed => Some(last_header),
+            _ => None,
+        }
+    }
+
+    /// `instruction` as the frames that put it on the wire, under the next serial: the
+    /// frames, the message id, the serial and the request's `instructionID`. An instruction
+    /// that takes the outstanding slot is refused while another holds it.
+    fn downlink(
+        &mut self,
+        instruction: &Instruction,
+        takes_slot: bool,
+    ) -> Result<(Vec<Action>, u16, u16, Option<String>), InstructionRefusal> {
+        let last_header = match self.session {
+            Session::Authenticated { last_header, .. } => Some(last_header),
+            Session::Unauthenticated => None,
+        };
+        let v2019 = last_header.is_some_and(|h| h.is_2019());
+        let downlink = instruction::downlink(instruction, v2019)?;
+        let Some(template) = self.logged_in_template() else {
+            return Err(InstructionRefusal::NotLoggedIn);
+        };
+        if takes_slot && self.outstanding.is_some() {
+            return Err(InstructionRefusal::Busy);
+        }
+        let serial = self.next_serial;
+        let header = Header::reply_to(&template, downlink.msg_id, serial);
+        let frames = encode_split(&header, &downlink.message, MAX_DOWNLINK_BODY).map_err(|e| {
+            InstructionRefusal::BadParameter {
+                field: "cmdContent",
+                reason: e.to_string(),
+            }
+        })?;
+        self.next_serial = serial.wrapping_add(u16::try_from(frames.len()).unwrap_or(u16::MAX));
+        Ok((
+            frames.into_iter().map(Action::Send).collect(),
+            downlink.msg_id,
+            serial,
+            downlink.instruction_id,
+        ))
+    }
+
     /// The answer to the outstanding instruction, if `message` is one.
     fn match_reply(&mut self, message: &Message) -> Option<Action> {
         let out = self.outstanding.as_ref()?;
@@ -684,40 +730,29 @@ impl Channel for Jt808Channel {
         instruction: &Instruction,
         _now: DateTime<Utc>,
     ) -> Result<Vec<Action>, InstructionRefusal> {
-        let last_header = match self.session {
-            Session::Authenticated { last_header, .. } => Some(last_header),
-            Session::Unauthenticated => None,
-        };
-        let v2019 = last_header.is_some_and(|h| h.is_2019());
-        let downlink = instruction::downlink(instruction, v2019)?;
-        let (Some(template), false) = (last_header, self.closed) else {
-            return Err(InstructionRefusal::NotLoggedIn);
-        };
-        if self.outstanding.is_some() {
-            return Err(InstructionRefusal::Busy);
-        }
-        let serial = self.next_serial;
-        let header = Header::reply_to(&template, downlink.msg_id, serial);
-        let frames = encode_split(&header, &downlink.message, MAX_DOWNLINK_BODY).map_err(|e| {
-            InstructionRefusal::BadParameter {
-                field: "cmdContent",
-                reason: e.to_string(),
-            }
-        })?;
-        self.next_serial = serial.wrapping_add(u16::try_from(frames.len()).unwrap_or(u16::MAX));
-        if matches!(downlink.msg_id, MSG_RESOURCE_QUERY | MSG_FILE_UPLOAD) {
+        let (frames, msg_id, serial, instruction_id) = self.downlink(instruction, true)?;
+        if matches!(msg_id, MSG_RESOURCE_QUERY | MSG_FILE_UPLOAD) {
             if self.requests.len() >= REMEMBERED_REQUESTS {
                 self.requests.pop_front();
             }
-            let id = downlink.instruction_id.clone().unwrap_or_default();
-            self.requests.push_back((serial, downlink.msg_id, id));
+            self.requests
+                .push_back((serial, msg_id, instruction_id.unwrap_or_default()));
         }
         self.outstanding = Some(Outstanding {
-            msg_id: downlink.msg_id,
+            msg_id,
             serial,
             server_flag_id: instruction.server_flag_id,
         });
-        Ok(frames.into_iter().map(Action::Send).collect())
+        Ok(frames)
+    }
+
+    fn handle_signal(
+        &mut self,
+        instruction: &Instruction,
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Action>, InstructionRefusal> {
+        let (frames, ..) = self.downlink(instruction, false)?;
+        Ok(frames)
     }
 
     fn instruction_expired(&mut self, server_flag_id: u32) {

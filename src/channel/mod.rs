@@ -149,6 +149,18 @@ pub trait Channel: Send + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<Action>, InstructionRefusal>;
 
+    /// A message for the media server (JT/T 1078 0x9101/0x9102) in the form of an
+    /// instruction. Unlike [`Channel::handle_instruction`] it leaves the one outstanding
+    /// instruction alone and expects no reply; the device's general answer to it is
+    /// dropped. Protocols without JT/T 1078 refuse it.
+    fn handle_signal(
+        &mut self,
+        instruction: &Instruction,
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Action>, InstructionRefusal> {
+        Err(InstructionRefusal::UnsupportedProNo(instruction.pro_no))
+    }
+
     /// The instruction with this server flag got no answer in time: forget it, so the next
     /// one is not refused as busy.
     fn instruction_expired(&mut self, server_flag_id: u32);

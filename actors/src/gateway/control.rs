@@ -36,6 +36,15 @@ pub enum SessionControl {
     },
     /// A newer connection of the same device logged in: close this one.
     TakenOver,
+    /// Send a message for the media server (JT/T 1078 0x9101/0x9102). It does not take the
+    /// device's one instruction slot, so a customer's instruction is never refused as busy
+    /// because of it, nor the reverse; the device's general answer to it is not awaited
+    /// (the stream starting or stopping is the answer). `build` gets the local address the
+    /// device's connection reached, for a 0x9101 that names no configured host.
+    Signal {
+        build: Box<dyn FnOnce(Option<std::net::SocketAddr>) -> Instruction + Send>,
+        reply: oneshot::Sender<Result<(), NotAnswered>>,
+    },
 }
 
 /// A protocol-neutral reference to a live device session.

@@ -374,8 +374,14 @@ async fn handle_message<P: Protocol>(
 ) {
     if state.closing() {
         // Answer callers rather than leave them waiting on a closing session.
-        if let SessionMsg::Control(SessionControl::Instruct { reply, .. }) = msg {
-            let _ = reply.send(Err(InstructCode::Offline.into()));
+        match msg {
+            SessionMsg::Control(SessionControl::Instruct { reply, .. }) => {
+                let _ = reply.send(Err(InstructCode::Offline.into()));
+            }
+            SessionMsg::Control(SessionControl::Signal { reply, .. }) => {
+                let _ = reply.send(Err(InstructCode::Offline.into()));
+            }
+            _ => {}
         }
         return;
     }
@@ -445,6 +451,25 @@ async fn handle_message<P: Protocol>(
                 .start_instruction(&myself, instruction, timeout, Waiter::Api(reply))
                 .await;
             state.run(&myself, actions).await;
+        }
+        SessionMsg::Control(SessionControl::Signal { build, reply }) => {
+            let local = state.writer.lock().await.local_addr().ok();
+            let instruction = build(local);
+            let sent = lock(&state.channel)
+                .channel
+                .handle_signal(&instruction, Utc::now());
+            match sent {
+                Ok(actions) => {
+                    let _ = reply.send(Ok(()));
+                    state.run(&myself, actions).await;
+                }
+                Err(refusal) => {
+                    let _ = reply.send(Err(NotAnswered {
+                        code: refusal.code(),
+                        detail: Some(refusal.to_string()),
+                    }));
+                }
+            }
         }
         SessionMsg::InstructionTimeout(generation) => {
             let actions = state.expire_instruction(&myself, generation).await;

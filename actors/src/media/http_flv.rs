@@ -1,0 +1,175 @@
+//! HTTP-FLV and HTTPS-FLV egress at the Jimi hub's URLs. Each viewer is one streamed
+//! response: the FLV header, then what the stream's GOP cache gives a new viewer
+//! (metadata, sequence headers, the frames since the last key frame), then the live tags,
+//! with timestamps from 0 for this viewer. The body is fed by the viewer's bounded queue, so
+//! a viewer that stops reading only fills its own queue (the stream drops it), and its
+//! connection is closed once a write has waited the HTTP idle timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use iothub::media::flv;
+use warp::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use super::hub::{MediaHub, StreamViewer, ViewerClock};
+use super::keys::StreamKey;
+use crate::http_server::TimedBody;
+
+/// Most bytes of queued tags one body frame gathers.
+const FRAME_BYTES: usize = 64 * 1024;
+
+pub type FlvResponse = Response<Either<Full<Bytes>, FlvBody>>;
+
+/// The tower service of the HTTP-FLV listeners.
+#[derive(Clone)]
+pub struct FlvService {
+    pub hub: MediaHub,
+    /// `http` or `https`, for metrics.
+    pub scheme: &'static str,
+}
+
+impl tower_service::Service<Request<TimedBody>> for FlvService {
+    type Response = FlvResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<FlvResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<TimedBody>) -> Self::Future {
+        let hub = self.hub.clone();
+        let scheme = self.scheme;
+        Box::pin(async move { Ok(serve(hub, scheme, request).await) })
+    }
+}
+
+async fn serve(hub: MediaHub, scheme: &'static str, request: Request<TimedBody>) -> FlvResponse {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = match *request.method() {
+        Method::OPTIONS => plain(StatusCode::NO_CONTENT, ""),
+        Method::GET => view(&hub, scheme, request.uri().path()).await,
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "only GET plays a stream\n"),
+    };
+    let headers = response.headers_mut();
+    // Browser players on another origin (flv.js, mpegts.js) read the stream with fetch.
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        origin.unwrap_or(HeaderValue::from_static("*")),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("range, origin, accept"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+async fn view(hub: &MediaHub, scheme: &'static str, path: &str) -> FlvResponse {
+    let Some(key) = StreamKey::from_flv_path(path) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not a stream URL: /live/<ch>/<imei>.flv, /live/<imei>.flv, /<ch>/<imei>.flv or /<ch>/<imei>.history.flv\n",
+        );
+    };
+    let mut viewer = match hub.play(key).await {
+        Ok(viewer) => viewer,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return plain(status, &format!("{key}: {refusal}\n"));
+        }
+    };
+    let start = match viewer.start(hub.config().start_timeout).await {
+        Ok(start) => start,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return plain(status, &format!("{key}: {refusal}\n"));
+        }
+    };
+    metrics::counter!("iothub_media_viewers_started_total", "protocol" => scheme).increment(1);
+    let mut clock = ViewerClock::new(&start.tags);
+    let mut first = BytesMut::with_capacity(FRAME_BYTES);
+    first.extend_from_slice(&flv::file_header(start.has_audio, start.has_video));
+    for tag in &start.tags {
+        flv::encode_tag(&clock.retime(tag), &mut first);
+    }
+    let body = FlvBody {
+        viewer,
+        clock,
+        first: Some(first.freeze()),
+        bytes_out: metrics::counter!("iothub_media_bytes_out_total", "protocol" => scheme),
+    };
+    let mut response = Response::new(Either::Right(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
+    response
+}
+
+fn plain(status: StatusCode, text: &str) -> FlvResponse {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(text.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// One viewer's FLV byte stream.
+pub struct FlvBody {
+    viewer: StreamViewer,
+    clock: ViewerClock,
+    first: Option<Bytes>,
+    bytes_out: metrics::Counter,
+}
+
+impl Body for FlvBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            this.bytes_out.increment(first.len() as u64);
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let Some(tag) = std::task::ready!(this.viewer.poll_next(cx)) else {
+            return Poll::Ready(None);
+        };
+        let mut out = BytesMut::with_capacity(tag.body.len() + 15);
+        flv::encode_tag(&this.clock.retime(&tag), &mut out);
+        // Gather what else is queued into the same frame: fewer writes per viewer.
+        while out.len() < FRAME_BYTES {
+            let Some(tag) = this.viewer.try_next() else {
+                break;
+            };
+            flv::encode_tag(&this.clock.retime(&tag), &mut out);
+        }
+        this.bytes_out.increment(out.len() as u64);
+        Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

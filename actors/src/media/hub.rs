@@ -1,0 +1,538 @@
+//! The node's streams by key, and the two things every protocol does with them: publish
+//! and play. RTMP sessions, JT/T 1078 connections and HTTP-FLV viewers all come through
+//! here, so limits, publishing rights and on-demand starts are decided in one place.
+//!
+//! The map is a plain mutex held for a lookup or an insert, never across an await; each
+//! stream's state lives in its own [`MediaStream`] actor, supervised by the `Media`
+//! supervisor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iothub::event::{Event, MediaStreamRecord, Record};
+use iothub::media::FlvTag;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc;
+
+use super::keys::{StreamKey, StreamKind};
+use super::signals::DeviceSignals;
+use super::stream::{Backlog, MediaStream, StreamArgs, StreamMsg, StreamOwner, ViewerItem, MAX_BACKLOG};
+use crate::config::MediaConfig;
+use crate::publish::Publisher as EventPublisher;
+
+/// Why a publish or play is refused; each maps to an HTTP status and an RTMP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no such stream")]
+    NotFound,
+    #[error("device is not online on this node")]
+    DeviceOffline,
+    #[error("not allowed to publish this stream")]
+    Forbidden,
+    #[error("stream limit of this node reached")]
+    TooManyStreams,
+    #[error("viewer limit of this node reached")]
+    TooManyViewers,
+    #[error("the device did not start streaming in time")]
+    StartTimeout,
+    #[error("media server is stopping")]
+    Stopping,
+}
+
+impl Refusal {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Refusal::NotFound | Refusal::DeviceOffline => 404,
+            Refusal::Forbidden => 403,
+            Refusal::TooManyStreams | Refusal::TooManyViewers | Refusal::Stopping => 503,
+            Refusal::StartTimeout => 504,
+        }
+    }
+}
+
+/// Where a publisher's stream comes from, for events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Jt1078,
+    Rtmp,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Jt1078 => "jt1078",
+            Source::Rtmp => "rtmp",
+        }
+    }
+}
+
+struct Entry {
+    stream_id: u64,
+    actor: ActorRef<StreamMsg>,
+    backlog: Arc<Backlog>,
+    source: Option<Source>,
+}
+
+struct HubInner {
+    streams: Mutex<HashMap<StreamKey, Entry>>,
+    viewers: AtomicUsize,
+    next_id: AtomicU64,
+    config: MediaConfig,
+    supervisor: ActorCell,
+    signals: DeviceSignals,
+    events: Option<EventPublisher>,
+}
+
+/// Cheap clonable handle to the node's streams.
+#[derive(Clone)]
+pub struct MediaHub {
+    inner: Arc<HubInner>,
+}
+
+/// The owner side of a stream, given to its actor.
+struct Owner(std::sync::Weak<HubInner>);
+
+impl StreamOwner for Owner {
+    fn ended(&self, key: StreamKey, stream_id: u64) {
+        if let Some(hub) = self.0.upgrade() {
+            let mut streams = lock(&hub.streams);
+            if streams.get(&key).is_some_and(|e| e.stream_id == stream_id) {
+                streams.remove(&key);
+            }
+        }
+    }
+
+    fn idle(&self, key: StreamKey) {
+        let Some(hub) = self.0.upgrade() else { return };
+        let Some(channel) = key.on_demand_channel() else {
+            return;
+        };
+        tracing::info!(stream = %key, "no viewer left, asking the device to stop (0x9102)");
+        metrics::counter!("iothub_media_idle_closes_total").increment(1);
+        let signals = hub.signals.clone();
+        tokio::spawn(async move {
+            if let Err(e) = signals.stop_live(key.imei, channel).await {
+                tracing::info!(stream = %key, error = %e, "0x9102 not sent");
+            }
+        });
+    }
+
+    fn started(&self, key: StreamKey, _publisher: u64) {
+        if let Some(hub) = self.0.upgrade() {
+            let source = lock(&hub.streams).get(&key).and_then(|e| e.source);
+            hub.event(key, "streamStart", source, None);
+        }
+    }
+
+    fn stopped(&self, key: StreamKey, reason: &'static str) {
+        if let Some(hub) = self.0.upgrade() {
+            let source = lock(&hub.streams).get(&key).and_then(|e| e.source);
+            hub.event(key, "streamStop", source, Some(reason));
+        }
+    }
+}
+
+impl HubInner {
+    fn event(&self, key: StreamKey, kind: &str, source: Option<Source>, reason: Option<&str>) {
+        let Some(events) = &self.events else { return };
+        let channel = match key.kind {
+            StreamKind::JimiLive { channel }
+            | StreamKind::JtLive { channel }
+            | StreamKind::JtPlayback { channel } => Some(channel),
+            StreamKind::JimiHistory | StreamKind::Talk => None,
+        };
+        let record = MediaStreamRecord {
+            device_imei: key.imei,
+            event_type: kind.to_string(),
+            stream: key.to_string(),
+            channel,
+            source: source.map_or("rtmp", Source::label).to_string(),
+            gate_time: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+            reason: reason.map(str::to_string),
+        };
+        let event = Event {
+            topic: iothub::event::Topic::IothubEvent,
+            imei: key.imei,
+            record: Record::MediaStream(record),
+        };
+        let events = events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = events.publish_unacknowledged(vec![event]).await {
+                tracing::warn!(error = %e, "media stream event not stored");
+            }
+        });
+    }
+}
+
+/// The publishing side of a stream. Dropping it ends the stream.
+pub struct StreamPublisher {
+    key: StreamKey,
+    id: u64,
+    actor: ActorRef<StreamMsg>,
+    backlog: Arc<Backlog>,
+    /// Tags were dropped (the stream fell behind): send nothing until the next key frame.
+    skipping: bool,
+}
+
+impl StreamPublisher {
+    /// Hands a tag to the stream without waiting. False when the stream has ended (another
+    /// publisher took it over, or the node is stopping): the publisher should disconnect.
+    pub fn push(&mut self, tag: FlvTag) -> bool {
+        if self.skipping {
+            if !tag.is_key_frame() && !tag.is_sequence_header() {
+                return true;
+            }
+            self.skipping = false;
+        }
+        if self.backlog.0.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
+            self.backlog.0.fetch_sub(1, Ordering::Relaxed);
+            self.skipping = true;
+            metrics::counter!("iothub_media_publisher_tags_dropped_total").increment(1);
+            return true;
+        }
+        if self.actor.cast(StreamMsg::Tag(self.id, tag)).is_err() {
+            self.backlog.0.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn key(&self) -> StreamKey {
+        self.key
+    }
+}
+
+impl Drop for StreamPublisher {
+    fn drop(&mut self) {
+        let _ = self.actor.cast(StreamMsg::Unpublished(self.id));
+    }
+}
+
+/// A viewer of a stream: what it needs first, then the stream's tags as they come.
+pub struct StreamViewer {
+    id: u64,
+    actor: ActorRef<StreamMsg>,
+    queue: mpsc::Receiver<ViewerItem>,
+    hub: Arc<HubInner>,
+}
+
+/// What a viewer is sent before the stream's live tags.
+pub struct ViewerStart {
+    pub has_audio: bool,
+    pub has_video: bool,
+    pub tags: Vec<FlvTag>,
+}
+
+impl StreamViewer {
+    /// Waits until the stream can start this viewer (for an on-demand stream, until the
+    /// device streams). `Err` when it cannot within `timeout` or the stream ended.
+    pub async fn start(&mut self, timeout: Duration) -> Result<ViewerStart, Refusal> {
+        match tokio::time::timeout(timeout, self.queue.recv()).await {
+            Ok(Some(ViewerItem::Start {
+                has_audio,
+                has_video,
+                tags,
+            })) => Ok(ViewerStart {
+                has_audio,
+                has_video,
+                tags,
+            }),
+            Ok(Some(ViewerItem::Tag(_))) | Ok(None) => Err(Refusal::NotFound),
+            Err(_) => Err(Refusal::StartTimeout),
+        }
+    }
+
+    /// The next live tag; `None` when the stream ended or this viewer was disconnected for
+    /// staying behind.
+    pub async fn next(&mut self) -> Option<FlvTag> {
+        loop {
+            match self.queue.recv().await? {
+                ViewerItem::Tag(tag) => return Some(tag),
+                // A viewer that started again after skipping: its tags continue the stream.
+                ViewerItem::Start { .. } => continue,
+            }
+        }
+    }
+
+    /// [`StreamViewer::next`] as a poll, for bodies that are polled.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<FlvTag>> {
+        loop {
+            match std::task::ready!(self.queue.poll_recv(cx)) {
+                Some(ViewerItem::Tag(tag)) => return std::task::Poll::Ready(Some(tag)),
+                Some(ViewerItem::Start { .. }) => continue,
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+
+    /// A live tag if one is queued, without waiting.
+    pub fn try_next(&mut self) -> Option<FlvTag> {
+        loop {
+            match self.queue.try_recv().ok()? {
+                ViewerItem::Tag(tag) => return Some(tag),
+                ViewerItem::Start { .. } => continue,
+            }
+        }
+    }
+}
+
+/// One viewer's timeline: the stream's timestamps moved so that this viewer's first frame
+/// is at 0 (players start a clock at the first tag they see). Tags from before it (the
+/// metadata and sequence headers) are put at 0.
+pub struct ViewerClock {
+    base: Option<u32>,
+}
+
+impl ViewerClock {
+    /// Starts at the first frame of `start` (the tags a viewer is sent first), or at the
+    /// first frame that comes later.
+    pub fn new(start: &[FlvTag]) -> ViewerClock {
+        let base = start
+            .iter()
+            .find(|t| t.kind != iothub::media::TagKind::Script && !t.is_sequence_header())
+            .map(|t| t.timestamp);
+        ViewerClock { base }
+    }
+
+    pub fn retime(&mut self, tag: &FlvTag) -> FlvTag {
+        let media = tag.kind != iothub::media::TagKind::Script && !tag.is_sequence_header();
+        let base = match self.base {
+            Some(base) => base,
+            None if media => *self.base.insert(tag.timestamp),
+            None => tag.timestamp,
+        };
+        let offset = tag.timestamp.wrapping_sub(base);
+        let timestamp = if offset > i32::MAX as u32 { 0 } else { offset };
+        FlvTag {
+            kind: tag.kind,
+            timestamp,
+            body: tag.body.clone(),
+        }
+    }
+}
+
+impl Drop for StreamViewer {
+    fn drop(&mut self) {
+        self.hub.viewers.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.actor.cast(StreamMsg::ViewerGone(self.id));
+    }
+}
+
+impl MediaHub {
+    /// Starts the `Media` supervisor under `parent`.
+    pub async fn start(
+        config: MediaConfig,
+        parent: ActorCell,
+        signals: DeviceSignals,
+        events: Option<EventPublisher>,
+    ) -> anyhow::Result<MediaHub> {
+        let (supervisor, _) =
+            Actor::spawn_linked(Some("media".into()), MediaSupervisor, (), parent).await?;
+        Ok(MediaHub {
+            inner: Arc::new(HubInner {
+                streams: Mutex::new(HashMap::new()),
+                viewers: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                config,
+                supervisor: supervisor.get_cell(),
+                signals,
+                events,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.inner.config
+    }
+
+    pub fn signals(&self) -> &DeviceSignals {
+        &self.inner.signals
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The stream of `key`, made (and its actor started) when there is none.
+    async fn stream(&self, key: StreamKey, on_demand: bool) -> Result<(ActorRef<StreamMsg>, Arc<Backlog>, bool), Refusal> {
+        {
+            let mut streams = lock(&self.inner.streams);
+            if let Some(e) = streams.get(&key) {
+                if is_running(&e.actor) {
+                    return Ok((e.actor.clone(), e.backlog.clone(), false));
+                }
+                // Its actor failed (a failed actor skips the clean-up that removes it).
+                streams.remove(&key);
+            }
+        }
+        if lock(&self.inner.streams).len() >= self.inner.config.max_streams {
+            metrics::counter!("iothub_media_refusals_total", "reason" => "streams").increment(1);
+            return Err(Refusal::TooManyStreams);
+        }
+        let stream_id = self.next_id();
+        let backlog = Arc::new(Backlog::default());
+        let c = &self.inner.config;
+        let args = StreamArgs {
+            key,
+            stream_id,
+            owner: Arc::new(Owner(Arc::downgrade(&self.inner))),
+            backlog: backlog.clone(),
+            gop_max_tags: c.gop_max_tags,
+            gop_max_bytes: c.gop_max_bytes,
+            viewer_lag_limit: c.viewer_lag_limit,
+            start_timeout: c.start_timeout,
+            idle_close: c.idle_close,
+            on_demand,
+        };
+        let (actor, _) = Actor::spawn_linked(None, MediaStream, args, self.inner.supervisor.clone())
+            .await
+            .map_err(|_| Refusal::Stopping)?;
+        let mut streams = lock(&self.inner.streams);
+        if let Some(existing) = streams.get(&key) {
+            // Made by another caller meanwhile: use that one.
+            actor.stop(None);
+            return Ok((existing.actor.clone(), existing.backlog.clone(), false));
+        }
+        streams.insert(
+            key,
+            Entry {
+                stream_id,
+                actor: actor.clone(),
+                backlog: backlog.clone(),
+                source: None,
+            },
+        );
+        Ok((actor, backlog, true))
+    }
+
+    /// Takes the publishing side of `key` (a newer publisher replaces an older one). The
+    /// caller has checked the publisher's right to it.
+    pub async fn publish(&self, key: StreamKey, source: Source) -> Result<StreamPublisher, Refusal> {
+        let (actor, backlog, _) = self.stream(key, false).await?;
+        if let Some(e) = lock(&self.inner.streams).get_mut(&key) {
+            e.source = Some(source);
+        }
+        let id = self.next_id();
+        actor
+            .cast(StreamMsg::Published(id))
+            .map_err(|_| Refusal::Stopping)?;
+        metrics::counter!("iothub_media_publishes_total", "source" => source.label()).increment(1);
+        Ok(StreamPublisher {
+            key,
+            id,
+            actor,
+            backlog,
+            skipping: false,
+        })
+    }
+
+    /// A viewer of `key`. A JT/T live stream that is not flowing is asked of the device
+    /// (0x9101) when the device is online on this node.
+    pub async fn play(&self, key: StreamKey) -> Result<StreamViewer, Refusal> {
+        if self.inner.viewers.fetch_add(1, Ordering::Relaxed) >= self.inner.config.max_viewers {
+            self.inner.viewers.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("iothub_media_refusals_total", "reason" => "viewers").increment(1);
+            return Err(Refusal::TooManyViewers);
+        }
+        let result = self.attach_viewer(key).await;
+        if result.is_err() {
+            self.inner.viewers.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn attach_viewer(&self, key: StreamKey) -> Result<StreamViewer, Refusal> {
+        let existing = lock(&self.inner.streams)
+            .get(&key)
+            .map(|e| e.actor.clone())
+            .filter(is_running);
+        let actor = match existing {
+            Some(actor) => actor,
+            None => {
+                let Some(channel) = key.on_demand_channel() else {
+                    return Err(Refusal::NotFound);
+                };
+                if !self.inner.signals.online(key.imei).await {
+                    return Err(Refusal::DeviceOffline);
+                }
+                let (actor, _, created) = self.stream(key, true).await?;
+                if created {
+                    tracing::info!(stream = %key, "viewer for a stream not flowing: asking the device (0x9101)");
+                    metrics::counter!("iothub_media_on_demand_starts_total").increment(1);
+                    if let Err(e) = self.inner.signals.start_live(key.imei, channel).await {
+                        tracing::info!(stream = %key, error = %e, "0x9101 not sent");
+                        actor.stop(None);
+                        return Err(Refusal::DeviceOffline);
+                    }
+                }
+                actor
+            }
+        };
+        let id = self.next_id();
+        let capacity = self.inner.config.viewer_queue_tags;
+        let (tx, rx) = mpsc::channel(capacity);
+        actor
+            .cast(StreamMsg::AddViewer(id, tx))
+            .map_err(|_| Refusal::NotFound)?;
+        Ok(StreamViewer {
+            id,
+            actor,
+            queue: rx,
+            hub: self.inner.clone(),
+        })
+    }
+
+    /// Streams on this node.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.inner.streams).len()
+    }
+
+    /// Stops every stream (their viewers end).
+    pub async fn shutdown(&self) {
+        self.inner
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await
+            .ok();
+    }
+}
+
+fn is_running(actor: &ActorRef<StreamMsg>) -> bool {
+    !matches!(
+        actor.get_status(),
+        ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `Media` supervisor: a stream actor that fails is logged and counted, and its stream
+/// ends (its publisher and viewers see it gone); the node goes on.
+struct MediaSupervisor;
+
+impl Actor for MediaSupervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        event: SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            metrics::counter!("iothub_media_stream_failures_total").increment(1);
+            tracing::error!(actor = ?cell.get_id(), %error, "media stream failed");
+        }
+        Ok(())
+    }
+}
