@@ -56,6 +56,8 @@ start_node() {
         IOTHUB_API_LISTEN="127.0.0.1:$(node_port "$n" api)" \
         IOTHUB_METRICS_LISTEN="127.0.0.1:$(node_port "$n" metrics)" \
         IOTHUB_INTERNAL_LISTEN="127.0.0.1:$(node_port "$n" internal)" \
+        IOTHUB_MEDIA_HTTP_FLV_LISTEN=off IOTHUB_MEDIA_RTMP_LISTEN=off \
+        IOTHUB_MEDIA_JT1078_LIVE_LISTEN=off IOTHUB_MEDIA_JT1078_PLAYBACK_LISTEN=off \
         IOTHUB_DATA_DIR="$OUT/node-$n" IOTHUB_MAX_CONNECTIONS=19500 IOTHUB_JT808_REGISTRATIONS_PER_SOURCE=0 RUST_LOG=warn \
         "$IOTHUBD" >"$OUT/node-$n.log" 2>&1 &
     NODE_PIDS[$n]=$!

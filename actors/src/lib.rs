@@ -18,7 +18,11 @@
 //! - [`config`]: the TOML file and the Jimi environment variables.
 //! - [`open_files`]: the open-file limit raised at start and checked against the connection budget.
 //! - [`telemetry`]: Prometheus metrics and logging set-up.
-//! - [`http_server`]: the server under every HTTP listener, with its timeouts and connection cap.
+//! - [`http_server`]: the server under every HTTP listener, with its timeouts and connection cap
+//!   (plain or TLS).
+//! - [`media`]: the media server: JT/T 1078 and RTMP in, HTTP-FLV and RTMP out, one
+//!   `MediaStream` actor per stream under the `Media` supervisor.
+//! - [`tls`]: the certificate of the TLS listeners (PEM or PKCS#12), reloaded in place.
 
 pub mod api;
 pub mod auth_codes;
@@ -27,6 +31,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod http_server;
+pub mod media;
 pub mod offline;
 pub mod open_files;
 pub mod publish;

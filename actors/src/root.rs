@@ -28,6 +28,7 @@ use crate::gateway::listener::{Admission, Gateway, GatewayArgs};
 use crate::gateway::registrations::RegistrationLimiter;
 use crate::gateway::session::SessionDeps;
 use crate::health::Health;
+use crate::media::{MediaAddrs, MediaServer};
 use crate::offline::OfflineCommands;
 use crate::publish::Publisher;
 use crate::push::PushDispatcher;
@@ -42,6 +43,7 @@ pub struct Hub {
     jt808: ActorCell,
     registry: ActorCell,
     api: ApiServer,
+    media: MediaServer,
     cluster: Option<ClusterRuntime>,
     publisher: Publisher,
     push: PushDispatcher,
@@ -50,6 +52,7 @@ pub struct Hub {
     pub gt06_addr: SocketAddr,
     pub jt808_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    pub media_addrs: MediaAddrs,
 }
 
 pub enum RootMsg {}
@@ -246,6 +249,15 @@ impl Hub {
         )
         .await?;
 
+        let media = MediaServer::start(
+            config,
+            root.get_cell(),
+            registry.clone(),
+            publisher.clone(),
+        )
+        .await?;
+        let media_addrs = media.addrs;
+
         let api = api::start(
             config,
             ApiDeps {
@@ -264,6 +276,7 @@ impl Hub {
             jt808: jt808_gateway,
             registry: registry_ref.get_cell(),
             api,
+            media,
             cluster,
             publisher,
             push,
@@ -271,6 +284,7 @@ impl Hub {
             gt06_addr,
             jt808_addr,
             api_addr,
+            media_addrs,
         })
     }
 
@@ -303,6 +317,7 @@ impl Hub {
             }
         };
         tokio::join!(stop(&self.gt06), stop(&self.jt808));
+        self.media.shutdown().await;
         self.api.shutdown().await;
         if let Some(c) = self.cluster {
             c.internal.shutdown().await;

@@ -400,6 +400,7 @@ pub fn run_node_expecting_exit(
         .env("IOTHUB_JT808_LISTEN", port())
         .env("IOTHUB_API_LISTEN", port())
         .env("IOTHUB_METRICS_LISTEN", port())
+        .envs(super::MediaPorts::new().env())
         .env("IOTHUB_DATA_DIR", tmp.path().join("data"))
         .env("apiToken", TOKEN)
         .env("RUST_LOG", "info")

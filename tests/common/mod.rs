@@ -47,6 +47,53 @@ pub fn free_port() -> u16 {
     panic!("no loopback port left that this test process has not used already")
 }
 
+/// The media listeners of a test hub, each on a port of its own (the TLS ones open only
+/// when the test gives a certificate).
+#[derive(Debug, Clone, Copy)]
+pub struct MediaPorts {
+    pub http_flv: SocketAddr,
+    pub https_flv: SocketAddr,
+    pub rtmp: SocketAddr,
+    pub rtmps: SocketAddr,
+    pub jt1078_live: SocketAddr,
+    pub jt1078_playback: SocketAddr,
+}
+
+impl MediaPorts {
+    pub fn new() -> MediaPorts {
+        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        MediaPorts {
+            http_flv: port(),
+            https_flv: port(),
+            rtmp: port(),
+            rtmps: port(),
+            jt1078_live: port(),
+            jt1078_playback: port(),
+        }
+    }
+
+    /// The variables that put iothubd's media listeners on these ports.
+    pub fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("IOTHUB_MEDIA_HTTP_FLV_LISTEN", self.http_flv.to_string()),
+            ("IOTHUB_MEDIA_HTTPS_FLV_LISTEN", self.https_flv.to_string()),
+            ("IOTHUB_MEDIA_RTMP_LISTEN", self.rtmp.to_string()),
+            ("IOTHUB_MEDIA_RTMPS_LISTEN", self.rtmps.to_string()),
+            ("IOTHUB_MEDIA_JT1078_LIVE_LISTEN", self.jt1078_live.to_string()),
+            (
+                "IOTHUB_MEDIA_JT1078_PLAYBACK_LISTEN",
+                self.jt1078_playback.to_string(),
+            ),
+        ]
+    }
+}
+
+impl Default for MediaPorts {
+    fn default() -> Self {
+        MediaPorts::new()
+    }
+}
+
 /// One running iothubd process.
 pub struct Hub {
     child: Option<Child>,
@@ -54,6 +101,7 @@ pub struct Hub {
     pub jt808: SocketAddr,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    pub media: MediaPorts,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
@@ -71,6 +119,7 @@ impl Hub {
             jt808: SocketAddr::from(([127, 0, 0, 1], free_port())),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            media: MediaPorts::new(),
             data_dir,
             env: env
                 .iter()
@@ -89,6 +138,7 @@ impl Hub {
                     hub.jt808 = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     hub.api = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     hub.metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    hub.media = MediaPorts::new();
                 }
                 Err(log) => panic!("iothubd exited during start-up:\n{log}"),
             }
@@ -117,6 +167,9 @@ impl Hub {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        for (k, v) in self.media.env() {
+            cmd.env(k, v);
+        }
         let log_path = self.data_dir.join("iothubd.log");
         if std::env::var_os("IOTHUB_TEST_LOGS").is_some() {
             cmd.stderr(Stdio::inherit());

@@ -410,7 +410,9 @@ impl MediaHub {
     /// Takes the publishing side of `key` (a newer publisher replaces an older one). The
     /// caller has checked the publisher's right to it.
     pub async fn publish(&self, key: StreamKey, source: Source) -> Result<StreamPublisher, Refusal> {
-        let (actor, backlog, _) = self.stream(key, false).await?;
+        // A JT/T live stream nobody watches is closed whoever started it: it costs the
+        // device's mobile data.
+        let (actor, backlog, _) = self.stream(key, key.on_demand_channel().is_some()).await?;
         if let Some(e) = lock(&self.inner.streams).get_mut(&key) {
             e.source = Some(source);
         }
@@ -428,8 +430,8 @@ impl MediaHub {
         })
     }
 
-    /// A viewer of `key`. A JT/T live stream that is not flowing is asked of the device
-    /// (0x9101) when the device is online on this node.
+    /// A viewer of `key`. A stream that is not flowing is waited for while its device is
+    /// online on this node; a JT/T live stream is then asked of the device (0x9101).
     pub async fn play(&self, key: StreamKey) -> Result<StreamViewer, Refusal> {
         if self.inner.viewers.fetch_add(1, Ordering::Relaxed) >= self.inner.config.max_viewers {
             self.inner.viewers.fetch_sub(1, Ordering::Relaxed);
@@ -451,14 +453,15 @@ impl MediaHub {
         let actor = match existing {
             Some(actor) => actor,
             None => {
-                let Some(channel) = key.on_demand_channel() else {
-                    return Err(Refusal::NotFound);
-                };
+                // Not flowing: wait for it while the device is online (a JT/T live stream is
+                // asked of the device; a playback or a JIMI stream is what the customer
+                // asked the device for just before opening the URL).
                 if !self.inner.signals.online(key.imei).await {
                     return Err(Refusal::DeviceOffline);
                 }
-                let (actor, _, created) = self.stream(key, true).await?;
-                if created {
+                let channel = key.on_demand_channel();
+                let (actor, _, created) = self.stream(key, channel.is_some()).await?;
+                if let (true, Some(channel)) = (created, channel) {
                     tracing::info!(stream = %key, "viewer for a stream not flowing: asking the device (0x9101)");
                     metrics::counter!("iothub_media_on_demand_starts_total").increment(1);
                     if let Err(e) = self.inner.signals.start_live(key.imei, channel).await {
@@ -534,5 +537,151 @@ impl Actor for MediaSupervisor {
             tracing::error!(actor = ?cell.get_id(), %error, "media stream failed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use iothub::imei::Imei;
+    use iothub::media::{FlvTag, TagKind};
+    use ractor::Actor;
+
+    use super::*;
+    use crate::config::Config;
+
+    const IMEI: &str = "868120303960873";
+
+    fn key() -> StreamKey {
+        StreamKey::parse(&format!("live/1/{IMEI}")).unwrap()
+    }
+
+    fn video(timestamp: u32, key_frame: bool) -> FlvTag {
+        let first = if key_frame { 0x17 } else { 0x27 };
+        FlvTag {
+            kind: TagKind::Video,
+            timestamp,
+            body: Bytes::from(vec![first, 0x01, 0, 0, 0, 0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    fn sequence_header() -> FlvTag {
+        FlvTag {
+            kind: TagKind::Video,
+            timestamp: 0,
+            body: Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1, 0x42, 0, 0x1e, 0xff]),
+        }
+    }
+
+    async fn hub(viewer_queue_tags: usize, lag_limit: Duration) -> MediaHub {
+        let mut config = Config::from_toml_str("[api]\ntoken = \"t\"\n", &|_| None)
+            .unwrap()
+            .media;
+        config.viewer_queue_tags = viewer_queue_tags;
+        config.viewer_lag_limit = lag_limit;
+        let (parent, _) = Actor::spawn(None, TestParent, ()).await.unwrap();
+        MediaHub::start(config, parent.get_cell(), DeviceSignals::none(), None)
+            .await
+            .unwrap()
+    }
+
+    struct TestParent;
+
+    impl Actor for TestParent {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_viewer_starts_at_the_last_key_frame() {
+        let hub = hub(64, Duration::from_secs(10)).await;
+        let mut publisher = hub.publish(key(), Source::Rtmp).await.unwrap();
+        publisher.push(sequence_header());
+        publisher.push(video(0, true));
+        publisher.push(video(40, false));
+        publisher.push(video(80, true));
+        publisher.push(video(120, false));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut viewer = hub.play(key()).await.unwrap();
+        let start = viewer.start(Duration::from_secs(2)).await.unwrap();
+        let stamps: Vec<u32> = start.tags.iter().map(|t| t.timestamp).collect();
+        assert_eq!(stamps, vec![0, 80, 120]);
+        assert!(start.tags[0].is_sequence_header());
+    }
+
+    #[tokio::test]
+    async fn live_tags_follow_the_start() {
+        let hub = hub(64, Duration::from_secs(10)).await;
+        let mut publisher = hub.publish(key(), Source::Rtmp).await.unwrap();
+        publisher.push(sequence_header());
+        publisher.push(video(0, true));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut viewer = hub.play(key()).await.unwrap();
+        viewer.start(Duration::from_secs(2)).await.unwrap();
+        publisher.push(video(40, false));
+        let next = tokio::time::timeout(Duration::from_secs(2), viewer.next())
+            .await
+            .unwrap();
+        assert_eq!(next.map(|t| t.timestamp), Some(40));
+    }
+
+    #[tokio::test]
+    async fn a_viewer_that_stops_reading_is_dropped_and_the_others_go_on() {
+        let hub = hub(16, Duration::from_millis(300)).await;
+        let mut publisher = hub.publish(key(), Source::Rtmp).await.unwrap();
+        publisher.push(sequence_header());
+        publisher.push(video(0, true));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut stalled = hub.play(key()).await.unwrap();
+        stalled.start(Duration::from_secs(2)).await.unwrap();
+        let mut reading = hub.play(key()).await.unwrap();
+        reading.start(Duration::from_secs(2)).await.unwrap();
+        let mut received = 0;
+        for i in 1..=200u32 {
+            publisher.push(video(i * 40, i % 25 == 0));
+            while reading.try_next().is_some() {
+                received += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while reading.try_next().is_some() {
+            received += 1;
+        }
+        assert_eq!(received, 200, "the reading viewer lost tags");
+        // The stalled viewer's queue was closed by the stream: after what it holds, the end.
+        let mut held = 0;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(500), stalled.next()).await
+        {
+            held += 1;
+        }
+        assert!(held <= 16, "the stalled viewer held {held} tags");
+    }
+
+    #[tokio::test]
+    async fn an_offline_device_has_no_stream_to_wait_for() {
+        let hub = hub(16, Duration::from_secs(10)).await;
+        let imei = Imei::parse(IMEI).unwrap();
+        let refusal = hub
+            .play(StreamKey::jt1078(imei, 1, false))
+            .await
+            .err();
+        assert_eq!(refusal, Some(Refusal::DeviceOffline));
+    }
+
+    #[test]
+    fn a_viewer_clock_starts_at_the_first_frame() {
+        let start = [sequence_header(), video(1000, true)];
+        let mut clock = ViewerClock::new(&start);
+        assert_eq!(clock.retime(&start[0]).timestamp, 0);
+        assert_eq!(clock.retime(&start[1]).timestamp, 0);
+        assert_eq!(clock.retime(&video(1040, false)).timestamp, 40);
     }
 }

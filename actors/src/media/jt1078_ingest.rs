@@ -106,12 +106,18 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn new(ctx: Arc<IngestContext>, playback: bool) -> Ingest {
+    /// `datagrams`: each buffer fed is whole UDP datagrams.
+    fn new(ctx: Arc<IngestContext>, playback: bool, datagrams: bool) -> Ingest {
         let max_frame = ctx.hub.config().max_frame_bytes;
+        let decoder = if datagrams {
+            Decoder::new().datagrams()
+        } else {
+            Decoder::new()
+        };
         Ingest {
             ctx,
             playback,
-            decoder: Decoder::new(),
+            decoder,
             reassembler: Reassembler::new(max_frame),
             channels: HashMap::new(),
             started: Instant::now(),
@@ -310,7 +316,7 @@ async fn serve_connection(
     ctx: Arc<IngestContext>,
     playback: bool,
 ) -> Result<(), IngestError> {
-    let mut ingest = Ingest::new(ctx, playback);
+    let mut ingest = Ingest::new(ctx, playback, false);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         if buf.len() >= MAX_BUFFERED {
@@ -358,7 +364,7 @@ pub async fn serve_udp(socket: UdpSocket, ctx: Arc<IngestContext>, playback: boo
         }
         let (ingest, seen) = sources
             .entry(from)
-            .or_insert_with(|| (Ingest::new(ctx.clone(), playback), now));
+            .or_insert_with(|| (Ingest::new(ctx.clone(), playback, true), now));
         *seen = now;
         let mut buf = BytesMut::from(&datagram[..n]);
         if let Err(e) = ingest.feed(&mut buf).await {

@@ -1,0 +1,384 @@
+//! System tests of the media server: the real iothubd binary, FFmpeg as the independent
+//! publisher and player (Debian's ffmpeg package), openssl making certificates exactly as
+//! the operator's guide does, and simulated JT/T 808 dashcams from loadgen streaming JT/T
+//! 1078.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iothub::imei::Imei;
+use iothub_loadgen::tracker::{SimTracker, SimTrackerConfig};
+use iothub_system_tests::{free_port, iothubd_bin, metric_value, Hub, MediaPorts, TOKEN};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn require(tool: &str, package: &str) {
+    let found = Command::new(tool)
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "{tool} is needed by the media tests: apt-get install {package}"
+    );
+}
+
+fn require_ffmpeg() {
+    require("ffmpeg", "ffmpeg");
+    require("ffprobe", "ffmpeg");
+}
+
+/// FFmpeg publishing a 640x360 H.264 + AAC test pattern to `url` for `seconds`.
+fn publish(url: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=44100"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-t", &seconds.to_string()])
+        .args(["-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ffmpeg")
+}
+
+/// ffprobe's streams of `url`, retried until the stream is there (the publisher needs a
+/// moment) or `WAIT` has passed.
+fn probe(url: &str, extra: &[&str]) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "10000000"])
+            .args(extra)
+            .args([
+                "-show_entries",
+                "stream=codec_type,codec_name,width,height,sample_rate,channels",
+                "-of",
+                "json",
+                url,
+            ])
+            .output()
+            .expect("run ffprobe");
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+            if v["streams"].as_array().is_some_and(|s| !s.is_empty()) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ffprobe {url} found no stream within {WAIT:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn stream_of<'a>(probe: &'a Value, kind: &str) -> &'a Value {
+    probe["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["codec_type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} stream in {probe}"))
+}
+
+/// FFmpeg decoding 50 video frames of `url`: the exit status and what it printed.
+fn decode(url: &str, extra: &[&str]) -> Output {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-rw_timeout", "10000000"])
+        .args(extra)
+        .args(["-i", url, "-frames:v", "50", "-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg")
+}
+
+/// A GT06 tracker logged in as `imei`: JIMI dashcams publish only while online.
+async fn online(hub: &Hub, imei: &str) -> SimTracker {
+    SimTracker::connect_and_login(hub.gt06, SimTrackerConfig::new(Imei::parse(imei).unwrap()))
+        .await
+        .expect("tracker logs in")
+}
+
+fn ended(mut child: Child, within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("child output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("child output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_publish_plays_as_http_flv_and_rtmp() {
+    require_ffmpeg();
+    let hub = Hub::start(&[]);
+    let imei = "868120303960873";
+    let _tracker = online(&hub, imei).await;
+    let publisher = publish(&format!("rtmp://{}/live/1/{imei}", hub.media.rtmp), 20);
+
+    let flv = format!("http://{}/live/1/{imei}.flv", hub.media.http_flv);
+    let probed = tokio::task::spawn_blocking({
+        let flv = flv.clone();
+        move || probe(&flv, &[])
+    })
+    .await
+    .unwrap();
+    let video = stream_of(&probed, "video");
+    assert_eq!(video["codec_name"], "h264");
+    assert_eq!(video["width"], 640);
+    assert_eq!(video["height"], 360);
+    assert_eq!(stream_of(&probed, "audio")["codec_name"], "aac");
+
+    let decoded = tokio::task::spawn_blocking({
+        let flv = flv.clone();
+        move || decode(&flv, &[])
+    })
+    .await
+    .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "ffmpeg could not decode {flv}: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+
+    let rtmp = format!("rtmp://{}/live/1/{imei}", hub.media.rtmp);
+    let played = tokio::task::spawn_blocking(move || decode(&rtmp, &[]))
+        .await
+        .unwrap();
+    assert!(
+        played.status.success(),
+        "ffmpeg could not play RTMP: {}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    let out = ended(publisher, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "the publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_publish_for_a_device_that_is_not_online() {
+    require_ffmpeg();
+    let hub = Hub::start(&[]);
+    let publisher = publish(
+        &format!("rtmp://{}/live/1/868120303960873", hub.media.rtmp),
+        5,
+    );
+    let out = tokio::task::spawn_blocking(move || ended(publisher, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "publishing for an offline device was accepted"
+    );
+    let metrics = hub.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "iothub_media_publishes_total", &["source=\"rtmp\""]),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_stream_is_answered_404_naming_the_reason() {
+    let hub = Hub::start(&[]);
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "http://{}/live/1/868120303960873.flv",
+            hub.media.http_flv
+        ))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.ends_with("\n404"), "{text}");
+    assert!(text.contains("not online"), "{text}");
+    let bad = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/etc/passwd", hub.media.http_flv))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "404");
+}
+
+// ---- TLS: certificates made as the operator's guide (§2.1.1) makes them ----
+
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed by the TLS tests: apt-get install openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// server.key, server.crt (CN=localhost, SAN 127.0.0.1), ssl.pem = crt + key, ssl.p12.
+fn make_certs() -> Certs {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    openssl(d, &["genrsa", "-out", "server.key", "2048"]);
+    openssl(
+        d,
+        &[
+            "req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-days", "3650", "-in", "server.csr", "-signkey", "server.key",
+            "-out", "server.crt", "-extfile", "san.ext",
+        ],
+    );
+    let crt = std::fs::read(d.join("server.crt")).unwrap();
+    let key = std::fs::read(d.join("server.key")).unwrap();
+    std::fs::write(d.join("ssl.pem"), [crt.clone(), key.clone()].concat()).unwrap();
+    std::fs::write(d.join("key-first.pem"), [key, crt].concat()).unwrap();
+    openssl(
+        d,
+        &[
+            "pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-out", "ssl.p12",
+            "-passout", "pass:s3cret",
+        ],
+    );
+    Certs { dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmps_publish_plays_as_https_flv_with_a_pkcs12_certificate() {
+    require_ffmpeg();
+    let certs = make_certs();
+    // Mounted under the name the guide uses, whatever its kind.
+    let p12 = certs.path("ssl.p12");
+    let hub = Hub::start(&[
+        ("IOTHUB_MEDIA_TLS_CERTIFICATE", p12.to_str().unwrap()),
+        ("IOTHUB_MEDIA_TLS_PASSWORD", "s3cret"),
+    ]);
+    let imei = "868120303960874";
+    let _tracker = online(&hub, imei).await;
+    let publisher = publish(&format!("rtmps://{}/live/0/{imei}", hub.media.rtmps), 20);
+    let ca = certs.path("server.crt");
+    let https = format!("https://{}/live/0/{imei}.flv", hub.media.https_flv);
+    let probed = tokio::task::spawn_blocking({
+        let (https, ca) = (https.clone(), ca.clone());
+        move || probe(&https, &["-tls_verify", "1", "-ca_file", ca.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(stream_of(&probed, "video")["codec_name"], "h264");
+    assert_eq!(stream_of(&probed, "audio")["codec_name"], "aac");
+    let rtmps = format!("rtmps://{}/live/0/{imei}", hub.media.rtmps);
+    let played = tokio::task::spawn_blocking(move || decode(&rtmps, &[]))
+        .await
+        .unwrap();
+    assert!(
+        played.status.success(),
+        "ffmpeg could not play RTMPS: {}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    let metrics = hub.metrics_text().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "iothub_tls_certificate_expiry_timestamp_seconds",
+            &[]
+        ) > 1.0e9,
+        "{metrics}"
+    );
+    drop(ended(publisher, Duration::from_secs(30)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_flv_serves_with_a_pem_whose_key_comes_first() {
+    let certs = make_certs();
+    let pem = certs.path("key-first.pem");
+    let hub = Hub::start(&[("IOTHUB_MEDIA_TLS_CERTIFICATE", pem.to_str().unwrap())]);
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(certs.path("server.crt"))
+        .arg(format!(
+            "https://{}/live/1/868120303960873.flv",
+            hub.media.https_flv
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "404",
+        "the TLS handshake with the PEM certificate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// iothubd with this certificate setting: it must exit, and what it printed.
+fn start_refused(env: &[(&str, &str)]) -> String {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let port = || format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(iothubd_bin());
+    cmd.env("IOTHUB_GT06_LISTEN", port())
+        .env("IOTHUB_JT808_LISTEN", port())
+        .env("IOTHUB_API_LISTEN", port())
+        .env("IOTHUB_METRICS_LISTEN", port())
+        .envs(MediaPorts::new().env())
+        .env("IOTHUB_DATA_DIR", tmp.path())
+        .env("apiToken", TOKEN)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start iothubd");
+    let out = ended(child, Duration::from_secs(20));
+    assert!(
+        !out.status.success(),
+        "iothubd started with {env:?}; it must refuse"
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_wrong_pkcs12_password_stops_start_up_naming_the_file() {
+    let certs = make_certs();
+    let p12 = certs.path("ssl.p12");
+    let log = start_refused(&[
+        ("IOTHUB_MEDIA_TLS_CERTIFICATE", p12.to_str().unwrap()),
+        ("IOTHUB_MEDIA_TLS_PASSWORD", "wrong"),
+    ]);
+    assert!(log.contains(p12.to_str().unwrap()), "{log}");
+    assert!(log.to_lowercase().contains("password"), "{log}");
+}
+
+#[test]
+fn a_missing_certificate_stops_start_up_naming_the_file() {
+    let log = start_refused(&[("IOTHUB_MEDIA_TLS_CERTIFICATE", "/nonexistent/ssl.p12")]);
+    assert!(log.contains("/nonexistent/ssl.p12"), "{log}");
+}
