@@ -538,3 +538,17 @@ fn a_datagram_decoder_trusts_the_datagram_end() {
     let mut buf = BytesMut::from(&raw[..]);
     assert!(d.decode(&mut buf).unwrap().is_some());
 }
+
+#[test]
+fn a_2019_audio_packet_that_reads_as_2016_video_is_told_apart_by_payload_type() {
+    // SIM byte 7 of this 20-digit number is 0x13: "P frame, middle" to a 2016 reading, whose
+    // length field then sits exactly where the 2019 audio length is.
+    let mut p = Packetizer::new(Layout::Sim10, sim("13800138000"), 1);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&p.audio(&[0xd5; 320], 6, 1000));
+    buf.extend_from_slice(&p.audio(&[0xd5; 320], 6, 1040));
+    let mut d = Decoder::new();
+    let first = d.decode(&mut buf).unwrap().expect("packet");
+    assert_eq!(d.layout(), Some(Layout::Sim10));
+    assert_eq!(first.data_type, DataType::Audio);
+}
