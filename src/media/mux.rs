@@ -156,7 +156,7 @@ struct ParameterSets {
     pps: Option<Bytes>,
 }
 
-/// One JT/T 1078 channel's frames to FLV tags.
+/// One JT/T 1078 channel's frames to FLV tags: one muxer per (SIM, channel) stream.
 #[derive(Debug, Clone)]
 pub struct Jt1078Muxer {
     tagging: HevcTagging,

@@ -365,3 +365,92 @@ fn jt1078_stream_flv_decodes_without_errors() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(errors, "", "ffmpeg decode errors");
 }
+
+/// libx265 parameter sets (Main, 350x286) and the start of an IDR_W_RADL slice.
+const HEVC_KEY_FRAME: &str = "0000000140010c01ffff01600000030090000003000003003c959809\
+    0000000142010101600000030090000003000003003ca00b0804875596566924caf0168080000003008000000784\
+    000000014401c172b46240\
+    0000000126010af0";
+
+fn hevc_key_frame() -> Frame {
+    Frame {
+        payload_type: 99,
+        ..frame(
+            DataType::IFrame,
+            Some(0),
+            Some(40),
+            &hex::decode(HEVC_KEY_FRAME).expect("hex"),
+        )
+    }
+}
+
+#[test]
+fn hevc_with_codec_id_12() {
+    let mut m = Jt1078Muxer::new(HevcTagging::CodecId12);
+    let out = m.push(&hevc_key_frame(), 0);
+    let t = tags(&out);
+    assert_eq!(t.len(), 3);
+    assert_eq!(&t[1].body[..2], &[0x1c, 0], "HEVC sequence header");
+    assert_eq!(&t[2].body[..2], &[0x1c, 1], "HEVC key frame");
+    assert_eq!(m.video_codec(), Some(VideoCodec::H265));
+}
+
+#[test]
+fn hevc_with_enhanced_flv() {
+    let mut m = Jt1078Muxer::new(HevcTagging::Enhanced);
+    let out = m.push(&hevc_key_frame(), 0);
+    let t = tags(&out);
+    assert_eq!(&t[1].body[..5], b"\x90hvc1", "SequenceStart");
+    assert_eq!(&t[2].body[..5], b"\x91hvc1", "CodedFrames, key frame");
+    assert!(t[1].is_sequence_header());
+    assert!(t[2].is_key_frame());
+}
+
+#[test]
+fn hevc_metadata_has_the_picture_size() {
+    let mut m = Jt1078Muxer::new(HevcTagging::CodecId12);
+    let out = m.push(&hevc_key_frame(), 0);
+    assert_eq!(
+        tags(&out)[0].body,
+        flv::on_metadata(&Metadata {
+            width: Some(350),
+            height: Some(286),
+            framerate: Some(25.0),
+            video_codec_id: Some(12),
+            ..Metadata::default()
+        })
+    );
+}
+
+#[test]
+fn a_wrong_payload_type_is_guessed_from_the_nal_units() {
+    let mut m = Jt1078Muxer::new(HevcTagging::CodecId12);
+    let f = Frame {
+        payload_type: 6,
+        ..hevc_key_frame()
+    };
+    m.push(&f, 0);
+    assert_eq!(m.video_codec(), Some(VideoCodec::H265));
+}
+
+#[test]
+fn audio_metadata_joins_the_video_metadata() {
+    let mut m = Jt1078Muxer::new(HevcTagging::CodecId12);
+    m.set_audio_metadata(10, 8000, false);
+    let out = m.push(
+        &frame(DataType::IFrame, Some(0), None, &smallchi_i_frame()),
+        0,
+    );
+    assert_eq!(
+        tags(&out)[0].body,
+        flv::on_metadata(&Metadata {
+            width: Some(352),
+            height: Some(288),
+            video_codec_id: Some(7),
+            audio_codec_id: Some(10),
+            audio_sample_rate: Some(8000),
+            stereo: Some(false),
+            ..Metadata::default()
+        })
+    );
+}
