@@ -1,6 +1,6 @@
 //! FLV tests: header and tag bytes, AMF0 onMetaData, sequence header records from real
 //! parameter sets, and an FLV file written from an FFmpeg-made H.264 stream that ffprobe
-//! and FFmpeg's decoder must accept. The FFmpeg helpers here are shared with the muxer tests.
+//! and FFmpeg's decoder must accept. The FFmpeg functions here are shared with the muxer tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

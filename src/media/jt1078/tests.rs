@@ -552,3 +552,39 @@ fn a_2019_audio_packet_that_reads_as_2016_video_is_told_apart_by_payload_type() 
     assert_eq!(d.layout(), Some(Layout::Sim10));
     assert_eq!(first.data_type, DataType::Audio);
 }
+
+#[test]
+fn any_frame_survives_packetizing_and_reassembly() {
+    use proptest::prelude::*;
+    proptest!(|(
+        frame in proptest::collection::vec(any::<u8>(), 0..3000),
+        max_body in 1usize..1200,
+        wide in any::<bool>(),
+        audio_first in any::<bool>(),
+        digits in "[0-9]{11}",
+    )| {
+        let layout = if wide { Layout::Sim10 } else { Layout::Sim6 };
+        let mut p = Packetizer::new(layout, sim(&digits), 5);
+        let mut buf = BytesMut::new();
+        if audio_first {
+            buf.extend_from_slice(&p.audio(&[0xd5; 80], 6, 7));
+        }
+        for pk in p.video(&frame, DataType::PFrame, 98, 1234, 80, 40, max_body) {
+            buf.extend_from_slice(&pk);
+        }
+        // A second frame lets a stream decoder settle the layout of the first.
+        buf.extend_from_slice(&p.audio(&[0xd5; 80], 6, 1240));
+        let mut d = Decoder::new();
+        let mut r = Reassembler::new(1 << 16);
+        let mut video = Vec::new();
+        while let Some(pk) = d.decode(&mut buf).expect("valid packets") {
+            if let Some(f) = r.push(pk).expect("reassembles") {
+                if f.data_type == DataType::PFrame {
+                    video.push(f.body.to_vec());
+                }
+            }
+        }
+        prop_assert_eq!(d.layout(), Some(layout));
+        prop_assert_eq!(video, vec![frame]);
+    });
+}
