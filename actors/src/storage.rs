@@ -73,6 +73,7 @@ const LOG_OFFLINE_CB: TableDefinition<u64, &[u8]> =
 const LOG_RESOURCE_LIST: TableDefinition<u64, &[u8]> = TableDefinition::new("log_resource_list");
 const LOG_FTP_UPLOAD: TableDefinition<u64, &[u8]> = TableDefinition::new("log_ftp_file_upload");
 const LOG_PASS_THROUGH: TableDefinition<u64, &[u8]> = TableDefinition::new("log_pass_through");
+const LOG_IOTHUB_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("log_iothub_event");
 
 /// Records the customer refused for good, by sequence (see [`DeadLetter`]).
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -120,6 +121,7 @@ fn log_table(topic: Topic) -> TableDefinition<'static, u64, &'static [u8]> {
         Topic::ResourceList => LOG_RESOURCE_LIST,
         Topic::FtpFileUpload => LOG_FTP_UPLOAD,
         Topic::PassThrough => LOG_PASS_THROUGH,
+        Topic::IothubEvent => LOG_IOTHUB_EVENT,
     }
 }
 
@@ -137,6 +139,7 @@ fn legacy_events_table(topic: Topic) -> TableDefinition<'static, u64, &'static [
         Topic::ResourceList => TableDefinition::new("events_resource_list"),
         Topic::FtpFileUpload => TableDefinition::new("events_ftp_file_upload"),
         Topic::PassThrough => TableDefinition::new("events_pass_through"),
+        Topic::IothubEvent => TableDefinition::new("events_iothub_event"),
     }
 }
 
@@ -152,6 +155,7 @@ fn next_offset_key(topic: Topic) -> &'static str {
         Topic::ResourceList => "next.resource_list",
         Topic::FtpFileUpload => "next.ftp_file_upload",
         Topic::PassThrough => "next.pass_through",
+        Topic::IothubEvent => "next.iothub_event",
     }
 }
 

@@ -329,7 +329,7 @@ impl MediaHub {
         events: Option<EventPublisher>,
     ) -> anyhow::Result<MediaHub> {
         let (supervisor, _) =
-            Actor::spawn_linked(Some("media".into()), MediaSupervisor, (), parent).await?;
+            Actor::spawn_linked(None, MediaSupervisor, (), parent).await?;
         Ok(MediaHub {
             inner: Arc::new(HubInner {
                 streams: Mutex::new(HashMap::new()),
