@@ -13,7 +13,9 @@
 //! - [`mux`]: JT/T 1078 frames to FLV tags (sequence headers, timestamps from broken clocks).
 //! - [`audio`]: device audio to PCM (G.711A/U, G.726, IMA ADPCM, the HiSilicon prefix).
 //! - [`gop`]: what a new viewer is sent first: metadata, sequence headers, the last GOP.
+//! - [`adts`]: AAC from dashcams (ADTS frames) as FLV wants it.
 
+pub mod adts;
 pub mod annexb;
 pub mod flv;
 pub mod gop;
