@@ -36,3 +36,4 @@ pub mod root;
 pub mod storage;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
