@@ -6,6 +6,10 @@
 //! content. The certificate is served through a [`ResolvesServerCert`] cell, so a replaced
 //! file (noticed by polling, or on SIGHUP) takes effect for the next handshake without new
 //! listeners; a bad replacement keeps the certificate in use.
+//!
+//! One [`ReloadingTls`] is meant to be shared (its `Arc` cloned) by every listener serving the
+//! same file. Metrics, labelled by `file`: `iothub_tls_certificate_expiry_timestamp_seconds`
+//! (the leaf's notAfter) and `iothub_tls_reload_failures_total`.
 
 use std::fmt;
 use std::fs::File;
@@ -659,6 +663,8 @@ mod tests {
     struct Handshake {
         /// The end-entity certificate the server presented (DER).
         served: Vec<u8>,
+        /// The certificates after it.
+        chain: Vec<Vec<u8>>,
         alpn: Option<Vec<u8>>,
         reply: Vec<u8>,
     }
@@ -703,6 +709,13 @@ mod tests {
                 .and_then(|chain| chain.first())
                 .map(|leaf| leaf.as_ref().to_vec())
                 .expect("the server presents a certificate"),
+            chain: connection
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .skip(1)
+                .map(|certificate| certificate.as_ref().to_vec())
+                .collect(),
             alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
             reply,
         }
@@ -839,6 +852,132 @@ mod tests {
         sign_request(dir.path(), "ec.iothub.test");
         let file = concatenate(dir.path(), &["server.key", "server.crt"], "ssl.pem");
         assert_serves(file, "", &certificate_der(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn pem_with_windows_line_endings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        self_signed(dir.path(), "crlf.iothub.test", &[]);
+        let file = concatenate(dir.path(), &["server.crt", "server.key"], "ssl.pem");
+        let crlf = file_text(&file).replace('\n', "\r\n");
+        std::fs::write(&file, crlf).expect("write");
+        assert_serves(file, "", &certificate_der(dir.path())).await;
+    }
+
+    /// A CA and a leaf it signs (X.509 v3, as a CA issues them) into ca.crt, server.key and
+    /// server.crt.
+    fn ca_signed(dir: &Path) {
+        openssl(dir, &["genrsa", "-out", "ca.key", "2048"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-days",
+                "3650",
+                "-subj",
+                "/O=iothub/CN=iothub test CA",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(dir, &["genrsa", "-out", "server.key", "2048"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "server.key",
+                "-subj",
+                "/CN=leaf.iothub.test",
+                "-out",
+                "server.csr",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "365",
+                "-out",
+                "server.crt",
+            ],
+        );
+    }
+
+    fn der_of(dir: &Path, name: &str) -> Vec<u8> {
+        CertificateDer::from_pem_file(dir.join(name))
+            .expect("a PEM certificate")
+            .as_ref()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_pem_chain_listing_the_ca_first_serves_the_leaf_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        ca_signed(dir.path());
+        let file = concatenate(
+            dir.path(),
+            &["ca.crt", "server.key", "server.crt"],
+            "ssl.pem",
+        );
+        let tls = ReloadingTls::start(settings(file, "")).expect("loads");
+        let served = handshake(tls.acceptor()).await;
+        assert!(
+            served.served == der_of(dir.path(), "server.crt"),
+            "the leaf first"
+        );
+        assert!(
+            served.chain == [der_of(dir.path(), "ca.crt")],
+            "then the CA"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pkcs12_with_its_ca_serves_the_leaf_and_the_ca() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        ca_signed(dir.path());
+        openssl(
+            dir.path(),
+            &[
+                "pkcs12",
+                "-export",
+                "-in",
+                "server.crt",
+                "-inkey",
+                "server.key",
+                "-certfile",
+                "ca.crt",
+                "-out",
+                "ssl.p12",
+                "-passout",
+                "pass:s3cret",
+            ],
+        );
+        let tls =
+            ReloadingTls::start(settings(dir.path().join("ssl.p12"), "s3cret")).expect("loads");
+        let served = handshake(tls.acceptor()).await;
+        assert!(
+            served.served == der_of(dir.path(), "server.crt"),
+            "the leaf first"
+        );
+        assert!(
+            served.chain == [der_of(dir.path(), "ca.crt")],
+            "then the CA"
+        );
     }
 
     /// `openssl pkcs12 -export` into `name`, `-legacy` when asked; returns the file's path.
@@ -1078,7 +1217,14 @@ mod tests {
 
         let second = replace(dir.path(), "second.iothub.test", &file);
         assert!(second != first);
-        tls.reload().expect("the second certificate loads");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        metrics::with_local_recorder(&recorder, || tls.reload()).expect("the second loads");
+        assert_eq!(
+            gauge_value(&metrics.render(), &file),
+            Some(openssl_not_after(dir.path()) as f64),
+            "the expiry gauge follows the reload"
+        );
         assert!(
             handshake(tls.acceptor()).await.served == second,
             "the second certificate"
