@@ -17,6 +17,7 @@
 //! - [`kafka`]: [`KafkaVerifier`], a consumer counting the hub's Kafka records per IMEI.
 //! - [`roster`]: who takes part in a run: families, IMEIs (Luhn for DVRs), duplicates,
 //!   slices per worker process.
+//! - [`flv_viewers`]: many HTTP-FLV viewers of one stream: first-frame time, stalls, bytes.
 //! - [`fleet`]: a bounded load run of many devices (the `trackers` command).
 //! - [`instruct`]: the sendInstruct load: open-loop rate, round-robin targets, latency.
 //! - [`workers`]: running a fleet over several processes and adding their counts up.
@@ -27,6 +28,7 @@
 pub mod awaiting;
 pub mod dial;
 pub mod fleet;
+pub mod flv_viewers;
 pub mod frames;
 pub mod instruct;
 pub mod jt808_terminal;
@@ -38,6 +40,8 @@ pub mod receiver;
 pub mod report;
 pub mod roster;
 pub mod stats;
+#[cfg(test)]
+mod test_media;
 pub mod tracker;
 pub mod workers;
 

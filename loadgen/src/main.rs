@@ -1,7 +1,7 @@
 //! `iothub-loadgen`: run simulated GT06 trackers and JT/T 808 DVRs against an iothub node
 //! (optionally with an instruction load, a push receiver and a Kafka counter, over several
-//! worker processes), or a standalone push receiver. Every run is bounded in size and time
-//! and ends by itself.
+//! worker processes), a standalone push receiver, or many HTTP-FLV viewers of one stream.
+//! Every run is bounded in size and time and ends by itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use iothub_loadgen::fleet::{self, FleetConfig, Verifiers};
+use iothub_loadgen::flv_viewers::{self, ViewerConfig};
 use iothub_loadgen::instruct::InstructConfig;
 use iothub_loadgen::jt808_terminal::Jt808Version;
 use iothub_loadgen::kafka::{KafkaConfig, KafkaVerifier};
@@ -37,6 +38,9 @@ enum Command {
     Trackers(Box<TrackersArgs>),
     /// Run only the push receiver (answers {"code":0}) and print what arrives every second.
     Receiver(ReceiverArgs),
+    /// Pull one HTTP-FLV (or HTTPS-FLV) stream with many concurrent viewers and report
+    /// time to first video frame, bytes, key frames, stalls and disconnects.
+    View(ViewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +212,49 @@ struct ReceiverArgs {
     fail_code: bool,
 }
 
+#[derive(Debug, Args)]
+struct ViewArgs {
+    /// The stream: http://host:8880/<channel>/<imei>.flv (JT/T 1078 live),
+    /// .../<channel>/<imei>.history.flv (playback), .../live/<channel>/<imei>.flv (JIMI);
+    /// https:// needs --ca-file.
+    #[arg(long)]
+    url: String,
+    /// Concurrent viewers.
+    #[arg(long, default_value_t = 10)]
+    viewers: u32,
+    /// How long the viewers watch, in seconds; the run then stops by itself.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// PEM file of the certificate authorities to trust for https:// (only these).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Local source addresses, round-robin over the viewers: a range 127.0.1.1-127.0.1.50,
+    /// an address, or a comma-separated list (about 28,000 connections per address).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// New connections per second over all viewers; 0 = all at once.
+    #[arg(long, default_value_t = 500.0)]
+    connect_rate: f64,
+    /// Longest wait for the connection, TLS handshake and response head.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// A gap longer than this without any FLV tag counts as a stall.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    stall_gap: Duration,
+    /// Pause before a viewer whose stream ended connects again.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reconnect_delay: Duration,
+    /// Each viewer watches one stream and does not connect again when it ends.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Write the report (with per-viewer counts) as JSON to this file.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// No progress lines, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -221,6 +268,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trackers(args) => trackers(*args).await,
             Command::Receiver(args) => receiver(args).await,
+            Command::View(args) => view(args).await,
         }
     });
     match result {
@@ -416,6 +464,36 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             receiver.rejected(),
             receiver.bad_requests()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn view(args: ViewArgs) -> anyhow::Result<ExitCode> {
+    raise_nofile();
+    let url = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {}", args.url))?;
+    let mut config = ViewerConfig::new(url, args.viewers, Duration::from_secs(args.seconds));
+    config.ca_file = args.ca_file;
+    config.source_ips = match &args.source_ips {
+        Some(spec) => fleet::parse_source_ips(spec).context("--source-ips")?,
+        None => Vec::new(),
+    };
+    config.connect_rate = args.connect_rate;
+    config.connect_timeout = args.connect_timeout;
+    config.stall_gap = args.stall_gap;
+    config.reconnect_delay = (!args.no_reconnect).then_some(args.reconnect_delay);
+    config.progress = !args.quiet;
+    let report = flv_viewers::run(config).await?;
+    print!("{}", report.table());
+    if let Some(path) = &args.report_json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("--report-json {}", path.display()))?;
+    }
+    if report.first_frame.is_none() {
+        eprintln!("iothub-loadgen: no viewer received a video frame");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
