@@ -1,0 +1,1 @@
+//! # JT/T 1078 frames to FLV tags
