@@ -6,10 +6,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use iothub::media::jt1078::Layout;
+use iothub_loadgen::dvr_stream::{DvrMedia, DvrMediaConfig, MediaSource};
 use iothub_loadgen::fleet::{self, FleetConfig, Verifiers};
 use iothub_loadgen::flv_viewers::{self, ViewerConfig};
 use iothub_loadgen::instruct::InstructConfig;
@@ -96,6 +99,41 @@ struct TrackersArgs {
     /// Alarm word of the periodic DVR alarm reports (bit 0 = emergency).
     #[arg(long, default_value_t = 1)]
     dvr_alarm_word: u32,
+
+    /// H.264 Annex-B file the streaming DVRs send, as JT/T 1078 packets, when the platform
+    /// asks (0x9101 live, 0x9201 playback); without it no DVR streams. Make one with
+    /// `ffmpeg -f lavfi -i testsrc=size=352x288:rate=15 -t 10 -c:v libx264 -profile:v
+    /// baseline -pix_fmt yuv420p -g 15 -bsf:v h264_mp4toannexb -f h264 v.264`.
+    #[arg(long)]
+    media_video: Option<PathBuf>,
+    /// Raw G.711A file (8 kHz mono: `-c:a pcm_alaw -ar 8000 -ac 1 -f alaw`) sent as audio in
+    /// 320-byte (40 ms) frames when the request includes audio.
+    #[arg(long, requires = "media_video")]
+    media_audio: Option<PathBuf>,
+    /// JT/T 1078 packet header: 2016 (6-byte SIM) or 2019 (10-byte SIM).
+    #[arg(long, default_value = "2016", value_parser = parse_layout)]
+    media_layout: Layout,
+    /// Largest packet body; longer frames are sent as first/middle/last subpackages.
+    #[arg(long, default_value_t = 950)]
+    media_max_body: usize,
+    /// Put the HiSilicon header (00 01 NN 00) in front of every audio frame.
+    #[arg(long)]
+    media_hisilicon: bool,
+    /// Video frames per second of the streams.
+    #[arg(long, default_value_t = 15.0)]
+    media_fps: f64,
+    /// Longest a stream lasts, in seconds (a playback also ends with its time range).
+    #[arg(long, default_value_t = 60)]
+    media_seconds: u64,
+    /// Most bytes one stream sends.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    media_max_bytes: u64,
+    /// Most streams at once; further requests are refused and counted.
+    #[arg(long, default_value_t = 10_000)]
+    media_max_streams: usize,
+    /// How many DVRs (the first ones) stream when asked (default: all of them).
+    #[arg(long, requires = "media_video")]
+    media_dvrs: Option<u32>,
 
     /// Extra devices that reuse the IMEI of another device of the run on purpose, spread
     /// evenly over the fleet: the hub's "newest connection wins" makes each pair take the
@@ -280,6 +318,14 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    match s.trim() {
+        "2016" => Ok(Layout::Sim6),
+        "2019" => Ok(Layout::Sim10),
+        other => Err(format!("{other:?}: expected 2016 or 2019")),
+    }
+}
+
 fn parse_version(s: &str) -> Result<Jt808Version, String> {
     match s.trim() {
         "2013" => Ok(Jt808Version::V2013),
@@ -327,9 +373,34 @@ fn fleet_config(args: &TrackersArgs) -> anyhow::Result<FleetConfig> {
     Ok(config)
 }
 
+/// The DVRs' media, when `--media-video` is given.
+fn dvr_media(args: &TrackersArgs, config: &FleetConfig) -> anyhow::Result<Option<DvrMedia>> {
+    let Some(video) = &args.media_video else {
+        return Ok(None);
+    };
+    let mut media = DvrMediaConfig::new(args.media_layout);
+    media.max_body = args.media_max_body;
+    media.fps = args.media_fps;
+    media.duration = Duration::from_secs(args.media_seconds);
+    media.max_bytes = args.media_max_bytes;
+    media.max_streams = args.media_max_streams;
+    media.source_ips = config.source_ips.clone();
+    media.validate()?;
+    let source = MediaSource::load(video, args.media_audio.as_deref(), args.media_hisilicon)?;
+    Ok(Some(DvrMedia::new(media, Arc::new(source))?))
+}
+
 async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
     raise_nofile();
     let mut config = fleet_config(&args)?;
+    let media = dvr_media(&args, &config)?;
+    if let Some(m) = &media {
+        if args.workers > 1 {
+            bail!("--media-video runs in one process: leave out --workers");
+        }
+        config.live_media = Some(Arc::new(m.clone()));
+        config.media_dvrs = args.media_dvrs.unwrap_or(args.dvrs);
+    }
     if let Some(spec) = args.worker {
         // A worker runs devices only: the parent receives, counts, instructs and reports.
         fleet::run_worker(config, spec).await?;
@@ -400,6 +471,15 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
     }
     let report = report?;
     print!("{}", report.table());
+    if let Some(m) = &media {
+        // The DVRs are gone: close what still streams, and give it a moment to count.
+        m.stop_all();
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while m.streaming() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        print!("{}", m.report().table());
+    }
     if let Some(path) = &args.report_json {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("--report-json {}", path.display()))?;
