@@ -998,6 +998,7 @@ mod tests {
     use crate::test_media;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio_rustls::rustls;
 
     fn read_all(data: &[u8], chunk: usize) -> Result<Vec<FlvEvent>, FlvError> {
         let mut reader = FlvReader::new();
@@ -1150,50 +1151,107 @@ mod tests {
         );
     }
 
-    /// Serves `body` to every GET with chunked transfer encoding, pausing `pause` after
-    /// `pause_after` bytes, then closes; answers 404 for paths other than `/live/1/x.flv`.
+    /// Answers one GET on `socket`: 404 for paths other than `/live/1/x.flv`, otherwise
+    /// `body` (chunked, or raw until close), pausing `pause` after `pause_after` bytes.
+    async fn answer<S>(
+        mut socket: S,
+        body: Arc<Vec<u8>>,
+        pause_after: usize,
+        pause: Duration,
+        chunked: bool,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16_384 {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        if !head.starts_with(b"GET /live/1/x.flv HTTP/1.1\r\n") {
+            let _ = socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        }
+        let framing: &[u8] = if chunked {
+            b"transfer-encoding: chunked\r\n"
+        } else {
+            b"connection: close\r\n"
+        };
+        let mut response = b"HTTP/1.1 200 OK\r\ncontent-type: video/x-flv\r\n".to_vec();
+        response.extend_from_slice(framing);
+        response.extend_from_slice(b"\r\n");
+        let _ = socket.write_all(&response).await;
+        let (first, rest) = body.split_at(pause_after.min(body.len()));
+        for (i, part) in [first, rest].into_iter().enumerate() {
+            if i == 1 {
+                tokio::time::sleep(pause).await;
+            }
+            for chunk in part.chunks(4096) {
+                let mut out = Vec::with_capacity(chunk.len() + 16);
+                if chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                }
+                out.extend_from_slice(chunk);
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                if socket.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if chunked {
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        }
+        let _ = socket.shutdown().await;
+    }
+
+    /// Serves `body` over HTTP with chunked transfer encoding (see [`answer`]).
     async fn serve(body: Vec<u8>, pause_after: usize, pause: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let body = Arc::new(body);
         tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer(socket, body.clone(), pause_after, pause, true));
+            }
+        });
+        addr
+    }
+
+    /// Serves `body` over HTTPS, raw until close, with the test certificate.
+    async fn serve_tls(body: Vec<u8>) -> SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let files = test_media::tls_files();
+        let chain = CertificateDer::pem_file_iter(&files.chain)
+            .expect("certificate chain")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(&files.key).expect("private key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let body = Arc::new(body);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
                 let body = body.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16_384 {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if let Ok(tls) = acceptor.accept(socket).await {
+                        answer(tls, body, 0, Duration::ZERO, false).await;
                     }
-                    if !head.starts_with(b"GET /live/1/x.flv HTTP/1.1\r\n") {
-                        let _ = socket
-                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                            .await;
-                        return;
-                    }
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-type: video/x-flv\r\ntransfer-encoding: chunked\r\n\r\n",
-                        )
-                        .await;
-                    let (first, rest) = body.split_at(pause_after.min(body.len()));
-                    for (i, part) in [first, rest].into_iter().enumerate() {
-                        if i == 1 {
-                            tokio::time::sleep(pause).await;
-                        }
-                        for chunk in part.chunks(4096) {
-                            let mut out = format!("{:x}\r\n", chunk.len()).into_bytes();
-                            out.extend_from_slice(chunk);
-                            out.extend_from_slice(b"\r\n");
-                            if socket.write_all(&out).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    let _ = socket.write_all(b"0\r\n\r\n").await;
                 });
             }
         });
@@ -1256,6 +1314,34 @@ mod tests {
         drop(listener);
         let report = run(once(addr, "/live/1/x.flv", 2)).await.expect("run");
         assert_eq!(report.connect_failures, 2);
+    }
+
+    #[tokio::test]
+    async fn https_viewers_trust_the_ca_file_and_read_until_close() {
+        let data = std::fs::read(test_media::flv_file()).expect("read the FLV file");
+        let addr = serve_tls(data.clone()).await;
+        let mut config = once(addr, "/live/1/x.flv", 2);
+        config.url = format!("https://localhost:{}/live/1/x.flv", addr.port())
+            .parse()
+            .expect("URL");
+        config.ca_file = Some(test_media::tls_files().ca.clone());
+        let report = run(config).await.expect("run");
+        assert_eq!(report.bytes, 2 * data.len() as u64, "{}", report.table());
+        assert_eq!(report.parse_errors, 0);
+    }
+
+    #[tokio::test]
+    async fn https_viewers_refuse_a_server_the_ca_did_not_sign() {
+        let data = std::fs::read(test_media::flv_file()).expect("read the FLV file");
+        let addr = serve_tls(data).await;
+        let mut config = once(addr, "/live/1/x.flv", 1);
+        config.url = format!("https://localhost:{}/live/1/x.flv", addr.port())
+            .parse()
+            .expect("URL");
+        config.ca_file = Some(test_media::tls_files().other_ca.clone());
+        let report = run(config).await.expect("run");
+        assert_eq!(report.connect_failures, 1);
+        assert_eq!(report.bytes, 0);
     }
 
     #[test]

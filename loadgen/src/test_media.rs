@@ -21,7 +21,7 @@ fn scratch() -> &'static Path {
 /// when the tool is missing, and with its standard error when it fails.
 pub fn run_tool(tool: &str, args: &[&str]) -> String {
     let output = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-        panic!("{tool} is needed by this test (Debian: apt-get install ffmpeg): {e}")
+        panic!("{tool} is needed by this test (Debian: apt-get install ffmpeg openssl): {e}")
     });
     assert!(
         output.status.success(),
@@ -192,4 +192,95 @@ pub fn ffprobe_packets(file: &Path) -> (u64, u64) {
     let packets = out.lines().filter(|l| !l.trim().is_empty()).count() as u64;
     let keys = out.lines().filter(|l| l.starts_with('K')).count() as u64;
     (packets, keys)
+}
+
+/// A test certificate authority, a server certificate it signed for `localhost` and
+/// 127.0.0.1 (with its key), and a second authority that signed nothing here.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes [`TlsFiles`] once with openssl.
+pub fn tls_files() -> &'static TlsFiles {
+    static FILES: OnceLock<TlsFiles> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = scratch();
+        let p = |name: &str| dir.join(name);
+        let s = |path: &Path| path.to_str().expect("UTF-8 path").to_owned();
+        let ca = |name: &str| {
+            run_tool(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &s(&p(&format!("{name}.key"))),
+                    "-out",
+                    &s(&p(&format!("{name}.pem"))),
+                ],
+            );
+        };
+        ca("test-ca");
+        ca("other-ca");
+        run_tool(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                &s(&p("server.key")),
+                "-out",
+                &s(&p("server.csr")),
+            ],
+        );
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write the extensions file");
+        run_tool(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &s(&p("server.csr")),
+                "-CA",
+                &s(&p("test-ca.pem")),
+                "-CAkey",
+                &s(&p("test-ca.key")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&p("server.ext")),
+                "-out",
+                &s(&p("server.pem")),
+            ],
+        );
+        TlsFiles {
+            ca: p("test-ca.pem"),
+            other_ca: p("other-ca.pem"),
+            chain: p("server.pem"),
+            key: p("server.key"),
+        }
+    })
 }
