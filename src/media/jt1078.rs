@@ -339,8 +339,9 @@ enum Candidate {
     Invalid(Jt1078Error),
     /// Not enough bytes to tell.
     NeedMore,
-    /// The packet ends where the next `01cd` starts (`by_magic`) or where the bytes end.
-    Confirmed { by_magic: bool },
+    /// The packet ends where the next `01cd` starts (`by_magic`) or where the bytes end;
+    /// `plausible` when its payload type fits its data type.
+    Confirmed { by_magic: bool, plausible: bool },
     /// A complete header whose end is followed by something other than `01cd`.
     Rejected,
 }
@@ -351,15 +352,28 @@ fn candidate(b: &[u8], layout: Layout) -> Candidate {
         Ok(None) => Candidate::NeedMore,
         Ok(Some(h)) => {
             let end = h.packet_len();
+            let plausible = match h.data_type {
+                DataType::IFrame | DataType::PFrame | DataType::BFrame => {
+                    (98..=101).contains(&h.payload_type)
+                }
+                DataType::Audio => (1..=28).contains(&h.payload_type),
+                DataType::Transparent => true,
+            };
             match b.get(end..) {
                 None => Candidate::NeedMore,
-                Some([]) => Candidate::Confirmed { by_magic: false },
+                Some([]) => Candidate::Confirmed {
+                    by_magic: false,
+                    plausible,
+                },
                 Some(rest) => {
                     let n = rest.len().min(4);
                     if rest[..n] != MAGIC[..n] {
                         Candidate::Rejected
                     } else if n == 4 {
-                        Candidate::Confirmed { by_magic: true }
+                        Candidate::Confirmed {
+                            by_magic: true,
+                            plausible,
+                        }
                     } else {
                         Candidate::NeedMore
                     }
@@ -495,10 +509,19 @@ impl Decoder {
         // How much a candidate proves: 2 = the next packet's magic follows, 1 = the bytes end
         // exactly there (proof for a datagram, a coincidence for a stream), 0 = nothing yet.
         let strength = |c: &Candidate| match c {
-            Candidate::Confirmed { by_magic: true } => 2,
-            Candidate::Confirmed { by_magic: false } if self.datagrams => 2,
-            Candidate::Confirmed { by_magic: false } => 1,
+            Candidate::Confirmed { by_magic: true, .. } => 2,
+            Candidate::Confirmed { .. } if self.datagrams => 2,
+            Candidate::Confirmed { .. } => 1,
             _ => 0,
+        };
+        let plausible = |c: &Candidate| {
+            matches!(
+                c,
+                Candidate::Confirmed {
+                    plausible: true,
+                    ..
+                }
+            )
         };
         let open = |c: &Candidate| matches!(c, Candidate::NeedMore);
         let (s6, s10) = (strength(&six), strength(&ten));
@@ -524,8 +547,13 @@ impl Decoder {
             (1, 0) if open(&ten) => Detection::NeedMore,
             (0, 1) if open(&six) => Detection::NeedMore,
             (a, b) if b > a => Detection::Layout(Layout::Sim10),
-            // Equal evidence for both (a body containing `01cd` at just the wrong place):
-            // the 2016 standard.
+            (a, b) if a > b => Detection::Layout(Layout::Sim6),
+            // Equal evidence for both. This is routine, not bad luck: a 2019 audio packet and a
+            // 2016 video packet both have a 30-byte header with the length at 28, so when the
+            // SIM byte that the 2016 reading takes for the data type happens to be valid, both
+            // layouts end at the same place. The 2016 reading then calls it video with an
+            // audio payload type; the payload type decides, then the 2016 standard.
+            _ if plausible(&ten) && !plausible(&six) => Detection::Layout(Layout::Sim10),
             _ => Detection::Layout(Layout::Sim6),
         }
     }

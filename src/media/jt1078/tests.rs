@@ -538,3 +538,53 @@ fn a_datagram_decoder_trusts_the_datagram_end() {
     let mut buf = BytesMut::from(&raw[..]);
     assert!(d.decode(&mut buf).unwrap().is_some());
 }
+
+#[test]
+fn a_2019_audio_packet_that_reads_as_2016_video_is_told_apart_by_payload_type() {
+    // SIM byte 7 of this 20-digit number is 0x13: "P frame, middle" to a 2016 reading, whose
+    // length field then sits exactly where the 2019 audio length is.
+    let mut p = Packetizer::new(Layout::Sim10, sim("13800138000"), 1);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&p.audio(&[0xd5; 320], 6, 1000));
+    buf.extend_from_slice(&p.audio(&[0xd5; 320], 6, 1040));
+    let mut d = Decoder::new();
+    let first = d.decode(&mut buf).unwrap().expect("packet");
+    assert_eq!(d.layout(), Some(Layout::Sim10));
+    assert_eq!(first.data_type, DataType::Audio);
+}
+
+#[test]
+fn any_frame_survives_packetizing_and_reassembly() {
+    use proptest::prelude::*;
+    proptest!(|(
+        frame in proptest::collection::vec(any::<u8>(), 0..3000),
+        max_body in 1usize..1200,
+        wide in any::<bool>(),
+        audio_first in any::<bool>(),
+        digits in "[0-9]{11}",
+    )| {
+        let layout = if wide { Layout::Sim10 } else { Layout::Sim6 };
+        let mut p = Packetizer::new(layout, sim(&digits), 5);
+        let mut buf = BytesMut::new();
+        if audio_first {
+            buf.extend_from_slice(&p.audio(&[0xd5; 80], 6, 7));
+        }
+        for pk in p.video(&frame, DataType::PFrame, 98, 1234, 80, 40, max_body) {
+            buf.extend_from_slice(&pk);
+        }
+        // A second frame lets a stream decoder settle the layout of the first.
+        buf.extend_from_slice(&p.audio(&[0xd5; 80], 6, 1240));
+        let mut d = Decoder::new();
+        let mut r = Reassembler::new(1 << 16);
+        let mut video = Vec::new();
+        while let Some(pk) = d.decode(&mut buf).expect("valid packets") {
+            if let Some(f) = r.push(pk).expect("reassembles") {
+                if f.data_type == DataType::PFrame {
+                    video.push(f.body.to_vec());
+                }
+            }
+        }
+        prop_assert_eq!(d.layout(), Some(layout));
+        prop_assert_eq!(video, vec![frame]);
+    });
+}
