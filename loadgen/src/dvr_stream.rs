@@ -22,6 +22,7 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use iothub::codec::jt808::{LiveControl, Phone, PlaybackControl};
 use iothub::imei::Imei;
+use iothub::media::annexb::nal_units;
 use iothub::media::jt1078::{hisilicon_prefixed, DataType, Layout, Packetizer};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,38 +54,6 @@ pub struct AccessUnit {
     pub data: Bytes,
     /// Holds an IDR slice: sent with data type I frame.
     pub key: bool,
-}
-
-/// NAL units of an Annex-B byte stream, without start codes (and without the zero bytes
-/// before a 4-byte start code).
-fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push((i, i + 3));
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|&(code, _)| code)
-        .chain(std::iter::once(data.len()))
-        .collect();
-    starts
-        .into_iter()
-        .zip(ends)
-        .map(move |((_, from), to)| {
-            let mut nal = &data[from..to];
-            while let [rest @ .., 0] = nal {
-                nal = rest;
-            }
-            nal
-        })
-        .filter(|nal| !nal.is_empty())
 }
 
 /// Reads one unsigned exp-Golomb value (ue(v)) from the start of `rbsp`. Emulation
@@ -861,6 +830,20 @@ mod tests {
             units.len() as u64,
             test_media::ffprobe_frames(test_media::h264_file())
         );
+    }
+
+    #[test]
+    fn access_units_agree_with_the_hub_splitter() {
+        use iothub::media::annexb::{self, VideoCodec};
+        let data = h264();
+        // Compared NAL by NAL: the hub keeps 3-byte start codes where the file has them.
+        let units = access_units(&data);
+        let ours: Vec<Vec<&[u8]>> = units.iter().map(|u| nal_units(&u.data).collect()).collect();
+        let hub: Vec<Vec<&[u8]>> = annexb::access_units(VideoCodec::H264, &data)
+            .into_iter()
+            .map(|u| nal_units(u).collect())
+            .collect();
+        assert!(ours == hub, "the two splitters cut the stream differently");
     }
 
     #[test]
