@@ -138,8 +138,14 @@ impl MediaSource {
         if video.is_empty() {
             bail!("no H.264 picture in the video source (expected an Annex-B stream)");
         }
-        if !video.first().is_some_and(|u| u.key) {
-            bail!("the video source does not start with an IDR picture");
+        let first = video.first().filter(|u| u.key);
+        let first_types: Vec<u8> = first
+            .map(|u| nal_units(&u.data).map(|n| n[0] & 0x1f).collect())
+            .unwrap_or_default();
+        // A decoder needs SPS and PPS before the first picture; a server builds the FLV
+        // sequence header from them.
+        if !(first_types.contains(&7) && first_types.contains(&8)) {
+            bail!("the video source does not start with SPS, PPS and an IDR picture");
         }
         let audio = alaw
             .unwrap_or_default()
@@ -909,6 +915,12 @@ mod tests {
             source.audio.first().map(|f| f[..4].to_vec()),
             Some(vec![0x00, 0x01, 0xa0, 0x00])
         );
+    }
+
+    #[test]
+    fn an_flv_file_is_not_taken_for_annex_b() {
+        let flv = std::fs::read(test_media::flv_file()).expect("read the FLV file");
+        assert!(MediaSource::from_bytes(&flv, None, false).is_err());
     }
 
     #[test]
