@@ -1014,6 +1014,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_the_server_reassembles_decodes_with_ffmpeg() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let media = media(Layout::Sim6, 100.0, 0.5, false);
+        media.start(live(port, 1, 1));
+        let frames = receive(listener, Layout::Sim6, Duration::from_secs(3)).await;
+        let stream: Vec<u8> = frames.iter().flat_map(|f| f.body.iter().copied()).collect();
+        let path = std::env::temp_dir().join(format!(
+            "iothub-loadgen-received-{}.264",
+            std::process::id()
+        ));
+        std::fs::write(&path, &stream).expect("write the received stream");
+        let decoded = test_media::ffprobe_frames(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(decoded, frames.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn frames_are_cut_into_packets_of_at_most_max_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let media = media(Layout::Sim6, 100.0, 0.1, false);
+        media.start(live(port, 1, 1));
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut buf = BytesMut::new();
+        while matches!(
+            tokio::time::timeout(Duration::from_secs(3), socket.read_buf(&mut buf)).await,
+            Ok(Ok(n)) if n > 0
+        ) {}
+        let mut decoder = Decoder::with_layout(Layout::Sim6);
+        let mut bodies = Vec::new();
+        while let Ok(Some(packet)) = decoder.decode(&mut buf) {
+            bodies.push(packet.body.len());
+        }
+        let first = access_units(&h264())[0].data.len();
+        let packets = first.div_ceil(950);
+        assert_eq!(
+            bodies.iter().take(packets).sum::<usize>(),
+            first,
+            "the first frame in {packets} packets of {bodies:?}"
+        );
+        assert!(bodies.iter().all(|&n| n <= 950), "{bodies:?}");
+    }
+
+    #[tokio::test]
     async fn frames_carry_channel_sim_types_and_timestamps() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
