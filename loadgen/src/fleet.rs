@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use crate::instruct::{InstructConfig, InstructLoad, InstructStats, OnlineSet, Targets};
 use crate::jt808_terminal::{Jt808Version, SimTerminal, SimTerminalConfig, TerminalError};
 use crate::kafka::KafkaVerifier;
+use crate::media::LiveMedia;
 use crate::rate::ConnectLimiter;
 use crate::receiver::PushReceiver;
 use crate::report::{self, DeliverySource, KafkaSummary, PushSummary, Report};
@@ -123,6 +124,11 @@ pub struct FleetConfig {
     pub instruct: Option<InstructConfig>,
     /// Run the devices in worker processes.
     pub workers: Option<WorkerLaunch>,
+    /// What a streaming DVR does on 0x9101/0x9201 (see `media_dvrs`); `None`: DVRs only
+    /// answer.
+    pub live_media: Option<Arc<dyn LiveMedia>>,
+    /// How many DVRs (the first ones of the roster) stream with `live_media`.
+    pub media_dvrs: u32,
 }
 
 impl FleetConfig {
@@ -156,6 +162,8 @@ impl FleetConfig {
             progress: true,
             instruct: None,
             workers: None,
+            live_media: None,
+            media_dvrs: 0,
         }
     }
 
@@ -191,6 +199,9 @@ impl FleetConfig {
             if w.count == 0 || w.count > 1024 {
                 bail!("--workers must be 1..=1024");
             }
+        }
+        if self.media_dvrs > self.dvrs {
+            bail!("--media-dvrs must not exceed --dvrs");
         }
         Ok(())
     }
@@ -941,6 +952,11 @@ async fn dvr_session(
     tc.counters = counters.clone();
     tc.sent_log = Some(shared.sent_log.clone());
     tc.seed = seed_for(device, tc.seed);
+    // DVRs follow the trackers in the roster, duplicates come after both.
+    let dvr_ordinal = device.index.checked_sub(u64::from(config.trackers));
+    if dvr_ordinal.is_some_and(|n| n < u64::from(config.media_dvrs)) {
+        tc.live_media = config.live_media.clone();
+    }
     // A shared IMEI's stored code changes whenever the other holder registers.
     tc.auth_code = if device.shared {
         None

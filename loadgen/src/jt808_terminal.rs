@@ -39,7 +39,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::awaiting::{sleep_until_opt, tick, Awaiting};
 use crate::dial::{dial, DialError};
-use crate::media::{LiveMedia, LiveStream};
+use crate::media::{LiveMedia, LiveStream, PlaybackStream};
 use crate::movement::{Fix, MovementConfig, Mover};
 use crate::stats::{Counters, Kind, SentLog};
 
@@ -205,8 +205,9 @@ pub struct SimTerminalConfig {
     pub alarm_every: Duration,
     /// Alarm word of the periodic alarm reports (bit 0 = emergency).
     pub alarm_word: u32,
-    /// Told about every live audio/video request (0x9101) and control (0x9102) the
-    /// terminal accepts; `None`: nothing streams (see [`crate::media`]).
+    /// Told about every live audio/video request (0x9101) and control (0x9102), playback
+    /// request (0x9201) and control (0x9202) the terminal accepts; `None`: nothing streams
+    /// (see [`crate::media`]).
     pub live_media: Option<Arc<dyn LiveMedia>>,
     /// How long to wait for a 0x8001/0x8100 answer.
     pub ack_timeout: Duration,
@@ -1236,8 +1237,8 @@ impl SimTerminal {
         Ok(inbound)
     }
 
-    /// Hands an accepted 0x9101 or 0x9102 to the configured [`LiveMedia`], once its answer
-    /// is on the wire.
+    /// Hands an accepted 0x9101, 0x9102, 0x9201 or 0x9202 to the configured [`LiveMedia`],
+    /// once its answer is on the wire.
     fn tell_live_media(&self, message: &Message) {
         let Some(media) = &self.config.live_media else {
             return;
@@ -1249,6 +1250,12 @@ impl SimTerminal {
                 request: request.clone(),
             }),
             Message::LiveControl(control) => media.control(self.config.imei, *control),
+            Message::PlaybackRequest(request) => media.playback(PlaybackStream {
+                imei: self.config.imei,
+                phone: self.phone,
+                request: request.clone(),
+            }),
+            Message::PlaybackControl(control) => media.playback_control(self.config.imei, *control),
             _ => {}
         }
     }
@@ -1336,8 +1343,8 @@ impl SimTerminal {
             Message::ResendRequest(r) => self.resend(r),
             Message::Invalid { .. } => Reply::General(2),
             // 0x8105, 0x8300, 0x8801, 0x9101, 0x9102, 0x9202, 0x9207, 0x9208 and ids the
-            // codec does not model: accepted. The media and attachment connections a real
-            // dashcam opens next are not simulated.
+            // codec does not model: accepted. Media connections are the configured
+            // `live_media`'s; attachment connections are not simulated.
             _ => Reply::General(0),
         }
     }

@@ -1,16 +1,20 @@
 //! `iothub-loadgen`: run simulated GT06 trackers and JT/T 808 DVRs against an iothub node
 //! (optionally with an instruction load, a push receiver and a Kafka counter, over several
-//! worker processes), or a standalone push receiver. Every run is bounded in size and time
-//! and ends by itself.
+//! worker processes), a standalone push receiver, or many HTTP-FLV viewers of one stream.
+//! Every run is bounded in size and time and ends by itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use iothub::media::jt1078::Layout;
+use iothub_loadgen::dvr_stream::{DvrMedia, DvrMediaConfig, MediaSource};
 use iothub_loadgen::fleet::{self, FleetConfig, Verifiers};
+use iothub_loadgen::flv_viewers::{self, ViewerConfig};
 use iothub_loadgen::instruct::InstructConfig;
 use iothub_loadgen::jt808_terminal::Jt808Version;
 use iothub_loadgen::kafka::{KafkaConfig, KafkaVerifier};
@@ -37,6 +41,9 @@ enum Command {
     Trackers(Box<TrackersArgs>),
     /// Run only the push receiver (answers {"code":0}) and print what arrives every second.
     Receiver(ReceiverArgs),
+    /// Pull one HTTP-FLV (or HTTPS-FLV) stream with many concurrent viewers and report
+    /// time to first video frame, bytes, key frames, stalls and disconnects.
+    View(ViewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +99,41 @@ struct TrackersArgs {
     /// Alarm word of the periodic DVR alarm reports (bit 0 = emergency).
     #[arg(long, default_value_t = 1)]
     dvr_alarm_word: u32,
+
+    /// H.264 Annex-B file the streaming DVRs send, as JT/T 1078 packets, when the platform
+    /// asks (0x9101 live, 0x9201 playback); without it no DVR streams. Make one with
+    /// `ffmpeg -f lavfi -i testsrc=size=352x288:rate=15 -t 10 -c:v libx264 -profile:v
+    /// baseline -pix_fmt yuv420p -g 15 -bsf:v h264_mp4toannexb -f h264 v.264`.
+    #[arg(long)]
+    media_video: Option<PathBuf>,
+    /// Raw G.711A file (8 kHz mono: `-c:a pcm_alaw -ar 8000 -ac 1 -f alaw`) sent as audio in
+    /// 320-byte (40 ms) frames when the request includes audio.
+    #[arg(long, requires = "media_video")]
+    media_audio: Option<PathBuf>,
+    /// JT/T 1078 packet header: 2016 (6-byte SIM) or 2019 (10-byte SIM).
+    #[arg(long, default_value = "2016", value_parser = parse_layout)]
+    media_layout: Layout,
+    /// Largest packet body; longer frames are sent as first/middle/last subpackages.
+    #[arg(long, default_value_t = 950)]
+    media_max_body: usize,
+    /// Put the HiSilicon header (00 01 NN 00) in front of every audio frame.
+    #[arg(long)]
+    media_hisilicon: bool,
+    /// Video frames per second of the streams.
+    #[arg(long, default_value_t = 15.0)]
+    media_fps: f64,
+    /// Longest a stream lasts, in seconds (a playback also ends with its time range).
+    #[arg(long, default_value_t = 60)]
+    media_seconds: u64,
+    /// Most bytes one stream sends.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    media_max_bytes: u64,
+    /// Most streams at once; further requests are refused and counted.
+    #[arg(long, default_value_t = 10_000)]
+    media_max_streams: usize,
+    /// How many DVRs (the first ones) stream when asked (default: all of them).
+    #[arg(long, requires = "media_video")]
+    media_dvrs: Option<u32>,
 
     /// Extra devices that reuse the IMEI of another device of the run on purpose, spread
     /// evenly over the fleet: the hub's "newest connection wins" makes each pair take the
@@ -208,6 +250,49 @@ struct ReceiverArgs {
     fail_code: bool,
 }
 
+#[derive(Debug, Args)]
+struct ViewArgs {
+    /// The stream: http://host:8880/<channel>/<imei>.flv (JT/T 1078 live),
+    /// .../<channel>/<imei>.history.flv (playback), .../live/<channel>/<imei>.flv (JIMI);
+    /// https:// needs --ca-file.
+    #[arg(long)]
+    url: String,
+    /// Concurrent viewers.
+    #[arg(long, default_value_t = 10)]
+    viewers: u32,
+    /// How long the viewers watch, in seconds; the run then stops by itself.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// PEM file of the certificate authorities to trust for https:// (only these).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Local source addresses, round-robin over the viewers: a range 127.0.1.1-127.0.1.50,
+    /// an address, or a comma-separated list (about 28,000 connections per address).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// New connections per second over all viewers; 0 = all at once.
+    #[arg(long, default_value_t = 500.0)]
+    connect_rate: f64,
+    /// Longest wait for the connection, TLS handshake and response head.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// A gap longer than this without any FLV tag counts as a stall.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    stall_gap: Duration,
+    /// Pause before a viewer whose stream ended connects again.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reconnect_delay: Duration,
+    /// Each viewer watches one stream and does not connect again when it ends.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Write the report (with per-viewer counts) as JSON to this file.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// No progress lines, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -221,6 +306,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trackers(args) => trackers(*args).await,
             Command::Receiver(args) => receiver(args).await,
+            Command::View(args) => view(args).await,
         }
     });
     match result {
@@ -229,6 +315,14 @@ fn main() -> ExitCode {
             eprintln!("iothub-loadgen: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    match s.trim() {
+        "2016" => Ok(Layout::Sim6),
+        "2019" => Ok(Layout::Sim10),
+        other => Err(format!("{other:?}: expected 2016 or 2019")),
     }
 }
 
@@ -279,9 +373,34 @@ fn fleet_config(args: &TrackersArgs) -> anyhow::Result<FleetConfig> {
     Ok(config)
 }
 
+/// The DVRs' media, when `--media-video` is given.
+fn dvr_media(args: &TrackersArgs, config: &FleetConfig) -> anyhow::Result<Option<DvrMedia>> {
+    let Some(video) = &args.media_video else {
+        return Ok(None);
+    };
+    let mut media = DvrMediaConfig::new(args.media_layout);
+    media.max_body = args.media_max_body;
+    media.fps = args.media_fps;
+    media.duration = Duration::from_secs(args.media_seconds);
+    media.max_bytes = args.media_max_bytes;
+    media.max_streams = args.media_max_streams;
+    media.source_ips = config.source_ips.clone();
+    media.validate()?;
+    let source = MediaSource::load(video, args.media_audio.as_deref(), args.media_hisilicon)?;
+    Ok(Some(DvrMedia::new(media, Arc::new(source))?))
+}
+
 async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
     raise_nofile();
     let mut config = fleet_config(&args)?;
+    let media = dvr_media(&args, &config)?;
+    if let Some(m) = &media {
+        if args.workers > 1 {
+            bail!("--media-video runs in one process: leave out --workers");
+        }
+        config.live_media = Some(Arc::new(m.clone()));
+        config.media_dvrs = args.media_dvrs.unwrap_or(args.dvrs);
+    }
     if let Some(spec) = args.worker {
         // A worker runs devices only: the parent receives, counts, instructs and reports.
         fleet::run_worker(config, spec).await?;
@@ -352,6 +471,15 @@ async fn trackers(args: TrackersArgs) -> anyhow::Result<ExitCode> {
     }
     let report = report?;
     print!("{}", report.table());
+    if let Some(m) = &media {
+        // The DVRs are gone: close what still streams, and give it a moment to count.
+        m.stop_all();
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while m.streaming() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        print!("{}", m.report().table());
+    }
     if let Some(path) = &args.report_json {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("--report-json {}", path.display()))?;
@@ -416,6 +544,36 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             receiver.rejected(),
             receiver.bad_requests()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn view(args: ViewArgs) -> anyhow::Result<ExitCode> {
+    raise_nofile();
+    let url = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {}", args.url))?;
+    let mut config = ViewerConfig::new(url, args.viewers, Duration::from_secs(args.seconds));
+    config.ca_file = args.ca_file;
+    config.source_ips = match &args.source_ips {
+        Some(spec) => fleet::parse_source_ips(spec).context("--source-ips")?,
+        None => Vec::new(),
+    };
+    config.connect_rate = args.connect_rate;
+    config.connect_timeout = args.connect_timeout;
+    config.stall_gap = args.stall_gap;
+    config.reconnect_delay = (!args.no_reconnect).then_some(args.reconnect_delay);
+    config.progress = !args.quiet;
+    let report = flv_viewers::run(config).await?;
+    print!("{}", report.table());
+    if let Some(path) = &args.report_json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("--report-json {}", path.display()))?;
+    }
+    if report.first_frame.is_none() {
+        eprintln!("iothub-loadgen: no viewer received a video frame");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

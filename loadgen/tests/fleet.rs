@@ -411,3 +411,145 @@ async fn without_a_media_seam_the_live_request_is_only_answered() {
     );
     terminal.close().await;
 }
+
+/// A platform command for the terminal of [`LIVE_REQUEST`] (phone 4f0ebc392d30).
+fn command(msg_id: u16, serial: u16, message: &Message) -> Vec<u8> {
+    let phone = jt808::Phone::from_bytes(&hex("4f0ebc392d30"))
+        .unwrap_or_else(|| panic!("phone 4f0ebc392d30"));
+    let header = Header {
+        msg_id,
+        version: None,
+        phone,
+        serial,
+        package: None,
+        version_flag_mismatch: false,
+    };
+    encode(&header, message).unwrap_or_else(|e| panic!("encode {msg_id:#06x}: {e}"))
+}
+
+/// Reads from a media connection until `want` bytes arrived.
+async fn media_bytes(listener: &TcpListener, want: usize) -> Vec<u8> {
+    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap_or_else(|_| panic!("no media connection"))
+        .unwrap_or_else(|e| panic!("accept: {e}"));
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while data.len() < want {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no media bytes"))
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        assert!(n > 0, "media connection closed after {} bytes", data.len());
+        data.extend_from_slice(&buf[..n]);
+    }
+    data
+}
+
+// SPS and PPS bytes of a 352x288 baseline stream, then an IDR slice and a P slice whose
+// first_mb_in_slice is 0 (first bit 1): two access units.
+const ANNEX_B: &str = "000000016742c01e8c8d40b04b4d4040404200000001684ace3c80\
+                       000000016588840021ff\
+                       00000001419a6c41ff";
+
+#[tokio::test]
+async fn a_streaming_dvr_sends_jt1078_packets_for_live_and_playback_requests() {
+    use iothub::codec::jt808::{BcdTime, LiveRequest, PlaybackControl, PlaybackRequest};
+    use iothub::media::jt1078::Layout;
+    use iothub_loadgen::dvr_stream::{DvrMedia, DvrMediaConfig, MediaSource, StreamKind};
+
+    let live = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let playback = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = |l: &TcpListener| l.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let live_request = Message::LiveRequest(LiveRequest {
+        server: "127.0.0.1".to_owned(),
+        tcp_port: port(&live),
+        udp_port: 0,
+        channel: 1,
+        data_type: 1,
+        stream: 0,
+    });
+    let playback_request = Message::PlaybackRequest(PlaybackRequest {
+        server: "127.0.0.1".to_owned(),
+        tcp_port: port(&playback),
+        udp_port: 0,
+        channel: 2,
+        av_type: 2,
+        stream: 1,
+        storage: 0,
+        mode: 0,
+        speed: 1,
+        start: BcdTime([0x26, 0x12, 0x07, 0x10, 0x00, 0x00]),
+        end: BcdTime([0x26, 0x12, 0x07, 0x10, 0x05, 0x00]),
+    });
+    let platform = Platform::start(Options {
+        after_auth: vec![
+            command(0x9101, 3, &live_request),
+            command(0x9201, 4, &playback_request),
+        ],
+    })
+    .await;
+    let source = MediaSource::from_bytes(&hex(&ANNEX_B.replace(' ', "")), None, false)
+        .unwrap_or_else(|e| panic!("source: {e}"));
+    assert_eq!(source.video.len(), 2);
+    let mut media_config = DvrMediaConfig::new(Layout::Sim6);
+    media_config.fps = 50.0;
+    media_config.duration = Duration::from_secs(10);
+    let media = DvrMedia::new(media_config, Arc::new(source)).unwrap_or_else(|e| panic!("{e}"));
+    let imei = Imei::parse("869247060001762").unwrap_or_else(|e| panic!("{e}"));
+    let mut config = SimTerminalConfig::new(imei, Jt808Version::V2013);
+    config.live_media = Some(Arc::new(media.clone()));
+    let mut terminal = SimTerminal::connect_and_login(platform.jt808, config)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    // Reading the platform's commands is what answers them and starts the streams.
+    let request = terminal
+        .next_downlink_of(0x9201, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(request.is_some(), "0x9201 not received");
+
+    let live_bytes = media_bytes(&live, 200).await;
+    let playback_bytes = media_bytes(&playback, 200).await;
+    // 01cd, V/P/X/CC, M/PT, sequence, SIM (6 bytes), logical channel.
+    assert_eq!(&live_bytes[..4], b"01cd");
+    assert_eq!(&live_bytes[8..14], &hex("4f0ebc392d30")[..]);
+    assert_eq!(live_bytes[14], 1);
+    assert_eq!(&playback_bytes[..4], b"01cd");
+    assert_eq!(playback_bytes[14], 2);
+
+    media.playback_control(
+        imei,
+        PlaybackControl {
+            channel: 2,
+            control: 2,
+            speed: 0,
+            position: BcdTime([0; 6]),
+        },
+    );
+    media.control(
+        imei,
+        LiveControl {
+            channel: 1,
+            command: 0,
+            close_kind: 0,
+            stream: 0,
+        },
+    );
+    for _ in 0..200 {
+        if media.streaming() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = media.report();
+    assert_eq!(report.streaming, 0, "{report:?}");
+    let mut kinds: Vec<StreamKind> = report.streams.iter().map(|s| s.kind).collect();
+    kinds.sort_by_key(|k| *k == StreamKind::Playback);
+    assert_eq!(kinds, vec![StreamKind::Live, StreamKind::Playback]);
+    terminal.close().await;
+}
