@@ -382,3 +382,294 @@ fn a_missing_certificate_stops_start_up_naming_the_file() {
     let log = start_refused(&[("IOTHUB_MEDIA_TLS_CERTIFICATE", "/nonexistent/ssl.p12")]);
     assert!(log.contains("/nonexistent/ssl.p12"), "{log}");
 }
+
+// ---- JT/T 1078: simulated dashcams streaming on the hub's request ----
+
+mod jt1078 {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use iothub::imei::Imei;
+    use iothub::media::jt1078::Layout;
+    use iothub_loadgen::dvr_stream::{DvrMedia, DvrMediaConfig, MediaSource, StreamEnd};
+    use iothub_loadgen::jt808_terminal::{Jt808Version, SimTerminal, SimTerminalConfig};
+    use iothub_system_tests::{metric_value, Hub, TOKEN};
+    use serde_json::Value;
+    use std::process::Command;
+
+    use super::{decode, probe, require_ffmpeg, stream_of};
+
+    /// An H.264 test pattern (352x288, 15 fps, a key frame a second; `noisy`: covered in
+    /// noise, about 2 Mbit/s) and a 440 Hz G.711A tone, made by FFmpeg.
+    fn media_files(dir: &std::path::Path, noisy: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+        let video = dir.join("v.264");
+        let audio = dir.join("a.g711a");
+        let run = |args: &[&str]| {
+            let out = Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "error", "-y"])
+                .args(args)
+                .output()
+                .expect("run ffmpeg");
+            assert!(
+                out.status.success(),
+                "ffmpeg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let filter = if noisy { "noise=alls=60:allf=t" } else { "null" };
+        run(&[
+            "-f", "lavfi", "-i", "testsrc=size=352x288:rate=15", "-t", "10", "-vf", filter,
+            "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "15",
+            "-bsf:v", "h264_mp4toannexb", "-f", "h264", video.to_str().unwrap(),
+        ]);
+        run(&[
+            "-f", "lavfi", "-i", "sine=f=440:sample_rate=8000", "-t", "10", "-ac", "1", "-c:a",
+            "pcm_alaw", "-f", "alaw", audio.to_str().unwrap(),
+        ]);
+        (video, audio)
+    }
+
+    struct Dashcam {
+        dvr: DvrMedia,
+        imei: String,
+        _dir: tempfile::TempDir,
+        _run: tokio::task::JoinHandle<()>,
+    }
+
+    /// A JT/T 808 dashcam logged in to `hub` that streams the test files when asked.
+    async fn dashcam(
+        hub: &Hub,
+        imei: &str,
+        version: Jt808Version,
+        layout: Layout,
+        max_body: usize,
+        hisilicon: bool,
+        noisy: bool,
+    ) -> Dashcam {
+        require_ffmpeg();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (video, audio) = media_files(dir.path(), noisy);
+        let source = MediaSource::load(&video, Some(&audio), hisilicon).expect("media source");
+        let mut config = DvrMediaConfig::new(layout);
+        config.max_body = max_body;
+        config.duration = Duration::from_secs(90);
+        let dvr = DvrMedia::new(config, Arc::new(source)).expect("dvr media");
+        let mut terminal_config = SimTerminalConfig::new(Imei::parse(imei).unwrap(), version);
+        terminal_config.live_media = Some(Arc::new(dvr.clone()));
+        let mut terminal = SimTerminal::connect_and_login(hub.jt808, terminal_config)
+            .await
+            .expect("register and authenticate");
+        let run = tokio::spawn(async move {
+            let _ = terminal
+                .run_until(tokio::time::Instant::now() + Duration::from_secs(120))
+                .await;
+        });
+        Dashcam {
+            dvr,
+            imei: imei.to_string(),
+            _dir: dir,
+            _run: run,
+        }
+    }
+
+    async fn probe_async(url: String) -> Value {
+        tokio::task::spawn_blocking(move || probe(&url, &[]))
+            .await
+            .unwrap()
+    }
+
+    async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn closed_by_platform(dvr: &DvrMedia) -> u64 {
+        dvr.report()
+            .ends
+            .iter()
+            .find(|(end, _)| *end == StreamEnd::ClosedByPlatform)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// A viewer's URL makes the hub ask the dashcam (0x9101); the stream it sends in
+    /// subpackages plays; the hub closes it (0x9102) once nobody watches.
+    async fn on_demand_stream_plays_and_closes(version: Jt808Version, layout: Layout, imei: &str) {
+        let hub = Hub::start(&[("IOTHUB_MEDIA_IDLE_CLOSE", "2")]);
+        let cam = dashcam(&hub, imei, version, layout, 400, false, false).await;
+        let url = format!("http://{}/1/{}.flv", hub.media.http_flv, cam.imei);
+        let probed = probe_async(url.clone()).await;
+        let video = stream_of(&probed, "video");
+        assert_eq!(video["codec_name"], "h264");
+        assert_eq!(video["width"], 352);
+        assert_eq!(video["height"], 288);
+        assert_eq!(cam.dvr.report().requests, 1, "one 0x9101 reached the dashcam");
+        assert!(cam.dvr.report().packets > 0);
+        let decoded = tokio::task::spawn_blocking(move || decode(&url, &[]))
+            .await
+            .unwrap();
+        assert!(
+            decoded.status.success(),
+            "ffmpeg could not decode the JT/T 1078 stream: {}",
+            String::from_utf8_lossy(&decoded.stderr)
+        );
+        until("0x9102 at the dashcam after the last viewer left", Duration::from_secs(15), || {
+            closed_by_platform(&cam.dvr) == 1
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_2013_dashcam_streams_on_demand_in_the_2016_layout() {
+        on_demand_stream_plays_and_closes(Jt808Version::V2013, Layout::Sim6, "869247060001762")
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_2019_dashcam_streams_on_demand_in_the_2019_layout() {
+        on_demand_stream_plays_and_closes(Jt808Version::V2019, Layout::Sim10, "869247060001770")
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn device_g711a_reaches_the_flv_viewer_as_aac() {
+        let hub = Hub::start(&[]);
+        let cam = dashcam(&hub, "869247060001788", Jt808Version::V2013, Layout::Sim6, 950, true, false)
+            .await;
+        let probed = probe_async(format!("http://{}/2/{}.flv", hub.media.http_flv, cam.imei)).await;
+        let audio = stream_of(&probed, "audio");
+        assert_eq!(audio["codec_name"], "aac", "{probed}");
+        assert_eq!(stream_of(&probed, "video")["codec_name"], "h264");
+        let metrics = hub.metrics_text().await;
+        assert!(
+            metric_value(&metrics, "iothub_media_transcoded_frames_total", &[]) > 0.0,
+            "{metrics}"
+        );
+    }
+
+    /// The media server's 0x9101 does not take the instruction slot: a customer's
+    /// instruction sent while the stream starts is answered, not refused as busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn media_signals_never_make_send_instruct_busy() {
+        let hub = Hub::start(&[]);
+        let cam = dashcam(&hub, "869247060001796", Jt808Version::V2013, Layout::Sim6, 950, false, false)
+            .await;
+        let url = format!("http://{}/1/{}.flv", hub.media.http_flv, cam.imei);
+        let viewer = tokio::spawn(probe_async(url));
+        let mut codes = Vec::new();
+        for flag in 1..=5u32 {
+            let answer = send_instruct(&hub, &cam.imei, 33028, flag).await;
+            codes.push(answer["data"]["_code"].as_str().unwrap_or("").to_string());
+        }
+        assert_eq!(codes, vec!["100"; 5], "sendInstruct answers while media starts");
+        let probed = viewer.await.unwrap();
+        assert_eq!(stream_of(&probed, "video")["codec_name"], "h264");
+    }
+
+    async fn send_instruct(hub: &Hub, imei: &str, pro_no: u32, flag: u32) -> Value {
+        let url = hub.instruct_url();
+        let form = format!(
+            "imei={imei}&proNo={pro_no}&serverFlagId={flag}&token={TOKEN}&timeOut=15&cmdContent={{}}"
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "40", "-d", &form, &url])
+                .output()
+                .expect("curl must be installed (apt-get install curl)")
+        })
+        .await
+        .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sendInstruct answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// One viewer that stops reading is disconnected; fifty others keep receiving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_viewer_does_not_slow_fifty_others() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hub = Hub::start(&[
+            ("IOTHUB_MEDIA_VIEWER_QUEUE_TAGS", "32"),
+            ("IOTHUB_MEDIA_VIEWER_LAG_LIMIT", "2"),
+            ("IOTHUB_HTTP_IDLE_TIMEOUT", "3"),
+        ]);
+        let cam = dashcam(&hub, "869247060001804", Jt808Version::V2013, Layout::Sim6, 950, false, true)
+            .await;
+        let addr = hub.media.http_flv;
+        let path = format!("/1/{}.flv", cam.imei);
+        // The first viewer starts the stream.
+        probe_async(format!("http://{addr}{path}")).await;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        // The stalled viewer: a tiny receive buffer, and it never reads.
+        let stalled = tokio::net::TcpSocket::new_v4().unwrap();
+        stalled.set_recv_buffer_size(4096).unwrap();
+        let mut stalled = stalled.connect(addr).await.unwrap();
+        stalled.write_all(request.as_bytes()).await.unwrap();
+        let counts: Vec<_> = (0..50)
+            .map(|_| {
+                let request = request.clone();
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    s.write_all(request.as_bytes()).await.unwrap();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut total = Vec::new();
+                    let mut bytes = 0usize;
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_secs(12) {
+                        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(n)) => bytes += n,
+                            Err(_) => {}
+                        }
+                        if total.len() < (start.elapsed().as_secs() as usize) {
+                            total.push(bytes);
+                        }
+                    }
+                    total
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for c in counts {
+            all.push(c.await.unwrap());
+        }
+        for (i, seconds) in all.iter().enumerate() {
+            assert!(seconds.len() >= 10, "viewer {i} ended early: {seconds:?}");
+            assert!(
+                seconds[9] > seconds[4] && seconds[4] > seconds[0],
+                "viewer {i} stopped receiving: {seconds:?}"
+            );
+        }
+        // The stalled viewer was disconnected: reading what the kernel still holds for it
+        // ends in an end of stream.
+        let mut buf = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stalled.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the stalled viewer is still connected");
+        let metrics = hub.metrics_text().await;
+        let lagging = metric_value(
+            &metrics,
+            "iothub_media_viewers_dropped_total",
+            &["reason=\"lagging\""],
+        );
+        let write_stalled = metric_value(
+            &metrics,
+            "iothub_http_timeouts_total",
+            &["listener=\"http_flv\"", "phase=\"write\""],
+        );
+        assert!(lagging + write_stalled >= 1.0, "{metrics}");
+        drop(stalled);
+    }
+}
