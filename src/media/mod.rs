@@ -14,6 +14,8 @@
 //! - [`audio`]: device audio to PCM (G.711A/U, G.726, IMA ADPCM, the HiSilicon prefix).
 //! - [`gop`]: what a new viewer is sent first: metadata, sequence headers, the last GOP.
 
+pub mod audio;
+
 use bytes::Bytes;
 
 /// The FLV tag types iothub carries.
