@@ -22,6 +22,8 @@ pub mod gop;
 pub mod jt1078;
 pub mod mux;
 
+pub mod audio;
+
 use bytes::Bytes;
 
 /// The FLV tag types iothub carries.
