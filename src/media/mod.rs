@@ -17,12 +17,11 @@
 
 pub mod adts;
 pub mod annexb;
+pub mod audio;
 pub mod flv;
 pub mod gop;
 pub mod jt1078;
 pub mod mux;
-
-pub mod audio;
 
 use bytes::Bytes;
 
