@@ -461,6 +461,12 @@ mod tests {
     }
 
     #[test]
+    fn a_transcoder_can_move_into_an_actor() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<AacTranscoder>();
+    }
+
+    #[test]
     fn aac_input_is_refused() {
         let result = AacTranscoder::new(DeviceAudioCodec::Aac);
         assert!(matches!(
