@@ -673,3 +673,113 @@ mod jt1078 {
         drop(stalled);
     }
 }
+
+// ---- A real browser: headless Chromium playing HTTP-FLV with mpegts.js ----
+
+/// mpegts.js and playwright-core, installed from npm once per build directory.
+fn browser_packages() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-packages");
+    let ready = dir.join("node_modules/mpegts.js/dist/mpegts.js");
+    if !ready.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .args(["mpegts.js@1.8.2", "playwright-core@1"])
+            .output()
+            .expect("npm is needed by the browser test: install Node.js and npm");
+        assert!(
+            out.status.success(),
+            "npm install mpegts.js playwright-core failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Serves the player page and mpegts.js on a port of its own (another origin than the
+/// FLV), until the test ends.
+async fn serve_player_page(packages: &Path) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let script = std::fs::read(packages.join("node_modules/mpegts.js/dist/mpegts.js"))
+        .expect("mpegts.js");
+    let page = b"<!doctype html><html><head><script src=\"/mpegts.js\"></script></head><body></body></html>".to_vec();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let (script, page) = (script.clone(), page.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let Ok(n) = s.read(&mut buf).await else { return };
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (body, kind) = if head.starts_with("GET /mpegts.js") {
+                    (script, "application/javascript")
+                } else {
+                    (page, "text/html")
+                };
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(header.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_the_http_flv_url_with_mpegts_js() {
+    require_ffmpeg();
+    assert!(
+        Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
+        "the browser test needs Chromium: apt-get install chromium (or set CHROMIUM)"
+    );
+    let packages = tokio::task::spawn_blocking(browser_packages).await.unwrap();
+    let page = serve_player_page(&packages).await;
+    let hub = Hub::start(&[]);
+    let imei = "868120303960881";
+    let _tracker = online(&hub, imei).await;
+    let publisher = publish(&format!("rtmp://{}/live/1/{imei}", hub.media.rtmp), 40);
+    let flv = format!("http://{}/live/1/{imei}.flv", hub.media.http_flv);
+    tokio::task::spawn_blocking({
+        let flv = flv.clone();
+        move || probe(&flv, &[])
+    })
+    .await
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/play-flv.mjs");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(format!("http://{page}/"))
+            .arg(&flv)
+            .arg("20")
+            .env("NODE_PATH", packages.join("node_modules"))
+            .current_dir(&packages)
+            .output()
+            .expect("node is needed by the browser test")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("browser: {stdout}");
+    assert!(
+        out.status.success(),
+        "the browser run failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("browser output is not JSON ({e}): {stdout}"));
+    let played = result["currentTime"].as_f64().unwrap_or(0.0);
+    assert!(played >= 2.0, "playback did not advance: {result}");
+    if result["support"]["h264"] == true {
+        assert_eq!(result["videoWidth"], 640, "{result}");
+    } else {
+        println!("this Chromium cannot decode H.264 (MediaSource.isTypeSupported): played the audio track");
+    }
+    drop(ended(publisher, Duration::from_secs(60)));
+}
