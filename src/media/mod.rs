@@ -14,6 +14,12 @@
 //! - [`audio`]: device audio to PCM (G.711A/U, G.726, IMA ADPCM, the HiSilicon prefix).
 //! - [`gop`]: what a new viewer is sent first: metadata, sequence headers, the last GOP.
 
+pub mod annexb;
+pub mod flv;
+pub mod gop;
+pub mod jt1078;
+pub mod mux;
+
 use bytes::Bytes;
 
 /// The FLV tag types iothub carries.
