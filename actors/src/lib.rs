@@ -27,6 +27,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod http_server;
+pub mod media;
 pub mod offline;
 pub mod open_files;
 pub mod publish;

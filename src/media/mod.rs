@@ -15,6 +15,7 @@
 //! - [`gop`]: what a new viewer is sent first: metadata, sequence headers, the last GOP.
 
 pub mod annexb;
+pub mod audio;
 pub mod flv;
 pub mod gop;
 pub mod jt1078;
