@@ -37,3 +37,4 @@ pub mod root;
 pub mod storage;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
