@@ -281,7 +281,11 @@ fn spawn_lag_gauge(consumer: std::sync::Weak<StreamConsumer>, topic: Topic) {
 /// watermark minus the group's committed offset (or minus the low watermark when the group
 /// has committed nothing there, as the consumer then starts at the earliest record).
 fn consumer_lag(consumer: &StreamConsumer) -> Result<u64, KafkaError> {
-    let committed = consumer.committed(LAG_QUERY_TIMEOUT)?;
+    let assignment = consumer.assignment()?;
+    if assignment.count() == 0 {
+        return Ok(0);
+    }
+    let committed = consumer.committed_offsets(assignment, LAG_QUERY_TIMEOUT)?;
     let mut lag = 0u64;
     for partition in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(
