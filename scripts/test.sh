@@ -10,6 +10,9 @@
 #     2 cores); the tests start their own broker processes from $TANSU_BIN;
 #   - nginx with its stream module (Debian's nginx + libnginx-mod-stream): the cluster
 #     tests run it as the layer-4 balancer in front of several iothubd nodes;
+#   - FFmpeg, openssl, Chromium, Node.js and npm (Debian's packages): the media tests publish,
+#     play and probe with FFmpeg, make certificates with openssl and play HTTP-FLV in headless
+#     Chromium with mpegts.js (from npm);
 #   - Prometheus, Alertmanager (with promtool and amtool) and docker-compose from Debian: the
 #     monitoring tests check the shipped monitoring files with them and run the servers
 #     against live iothubd nodes;
@@ -82,10 +85,17 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(
 command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null \
     || missing+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# The media tests: FFmpeg publishes, plays and probes; openssl makes the certificates as the
+# operator's guide does; headless Chromium plays HTTP-FLV with mpegts.js, which the test
+# installs from npm.
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
+command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    step "Debian packages: redis-server, curl, nginx (stream), prometheus, prometheus-alertmanager, docker-compose, a C compiler and make are present"
+    step "Debian packages: redis-server, curl, nginx (stream), prometheus, prometheus-alertmanager, docker-compose, ffmpeg, openssl, chromium, node and npm, a C compiler and make are present"
 fi
 
 # --- Rust components -----------------------------------------------------------------------

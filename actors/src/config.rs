@@ -811,9 +811,9 @@ fn optional_socket_addr(
     let v = pick(env, toml_key, &[env_name], file)?;
     match v.value.trim() {
         "" | "off" => Ok(None),
-        given => SocketAddr::from_str(given).map(Some).map_err(|_| {
-            v.invalid("is not an ip:port listen address (e.g. 0.0.0.0:8880), or off")
-        }),
+        given => SocketAddr::from_str(given)
+            .map(Some)
+            .map_err(|_| v.invalid("is not an ip:port listen address (e.g. 0.0.0.0:8880), or off")),
     }
 }
 

@@ -249,13 +249,9 @@ impl Hub {
         )
         .await?;
 
-        let media = MediaServer::start(
-            config,
-            root.get_cell(),
-            registry.clone(),
-            publisher.clone(),
-        )
-        .await?;
+        let media =
+            MediaServer::start(config, root.get_cell(), registry.clone(), publisher.clone())
+                .await?;
         let media_addrs = media.addrs;
 
         let api = api::start(

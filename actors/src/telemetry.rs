@@ -183,6 +183,7 @@ fn cgroup_limit(text: &str) -> Option<u64> {
 /// HELP text of the node's metrics. Describing a metric that a build never records is
 /// harmless: the exporter prints descriptions only for metrics that exist.
 pub fn describe_metrics() {
+    crate::media::describe_metrics();
     // Instruction API.
     describe_counter!(
         "iothub_api_requests_total",

@@ -112,8 +112,14 @@ async fn view(hub: &MediaHub, scheme: &'static str, path: &str) -> FlvResponse {
     };
     let mut response = Response::new(Either::Right(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
     headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
     response
 }

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 
 use super::keys::{StreamKey, StreamKind};
 use super::signals::DeviceSignals;
-use super::stream::{Backlog, MediaStream, StreamArgs, StreamMsg, StreamOwner, ViewerItem, MAX_BACKLOG};
+use super::stream::{
+    Backlog, MediaStream, StreamArgs, StreamMsg, StreamOwner, ViewerItem, MAX_BACKLOG,
+};
 use crate::config::MediaConfig;
 use crate::publish::Publisher as EventPublisher;
 
@@ -257,7 +259,10 @@ impl StreamViewer {
     }
 
     /// [`StreamViewer::next`] as a poll, for bodies that are polled.
-    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<FlvTag>> {
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<FlvTag>> {
         loop {
             match std::task::ready!(self.queue.poll_recv(cx)) {
                 Some(ViewerItem::Tag(tag)) => return std::task::Poll::Ready(Some(tag)),
@@ -328,8 +333,7 @@ impl MediaHub {
         signals: DeviceSignals,
         events: Option<EventPublisher>,
     ) -> anyhow::Result<MediaHub> {
-        let (supervisor, _) =
-            Actor::spawn_linked(None, MediaSupervisor, (), parent).await?;
+        let (supervisor, _) = Actor::spawn_linked(None, MediaSupervisor, (), parent).await?;
         Ok(MediaHub {
             inner: Arc::new(HubInner {
                 streams: Mutex::new(HashMap::new()),
@@ -356,7 +360,11 @@ impl MediaHub {
     }
 
     /// The stream of `key`, made (and its actor started) when there is none.
-    async fn stream(&self, key: StreamKey, on_demand: bool) -> Result<(ActorRef<StreamMsg>, Arc<Backlog>, bool), Refusal> {
+    async fn stream(
+        &self,
+        key: StreamKey,
+        on_demand: bool,
+    ) -> Result<(ActorRef<StreamMsg>, Arc<Backlog>, bool), Refusal> {
         {
             let mut streams = lock(&self.inner.streams);
             if let Some(e) = streams.get(&key) {
@@ -386,9 +394,10 @@ impl MediaHub {
             idle_close: c.idle_close,
             on_demand,
         };
-        let (actor, _) = Actor::spawn_linked(None, MediaStream, args, self.inner.supervisor.clone())
-            .await
-            .map_err(|_| Refusal::Stopping)?;
+        let (actor, _) =
+            Actor::spawn_linked(None, MediaStream, args, self.inner.supervisor.clone())
+                .await
+                .map_err(|_| Refusal::Stopping)?;
         let mut streams = lock(&self.inner.streams);
         if let Some(existing) = streams.get(&key) {
             // Made by another caller meanwhile: use that one.
@@ -409,7 +418,11 @@ impl MediaHub {
 
     /// Takes the publishing side of `key` (a newer publisher replaces an older one). The
     /// caller has checked the publisher's right to it.
-    pub async fn publish(&self, key: StreamKey, source: Source) -> Result<StreamPublisher, Refusal> {
+    pub async fn publish(
+        &self,
+        key: StreamKey,
+        source: Source,
+    ) -> Result<StreamPublisher, Refusal> {
         // A JT/T live stream nobody watches is closed whoever started it: it costs the
         // device's mobile data.
         let (actor, backlog, _) = self.stream(key, key.on_demand_channel().is_some()).await?;
@@ -669,10 +682,7 @@ mod tests {
     async fn an_offline_device_has_no_stream_to_wait_for() {
         let hub = hub(16, Duration::from_secs(10)).await;
         let imei = Imei::parse(IMEI).unwrap();
-        let refusal = hub
-            .play(StreamKey::jt1078(imei, 1, false))
-            .await
-            .err();
+        let refusal = hub.play(StreamKey::jt1078(imei, 1, false)).await.err();
         assert_eq!(refusal, Some(Refusal::DeviceOffline));
     }
 

@@ -90,8 +90,12 @@ enum AudioOut {
     /// Not decided until the first audio frame names its codec.
     Undecided,
     Transcode(Box<AacTranscoder>),
-    G711 { alaw: bool },
-    Aac { header_sent: bool },
+    G711 {
+        alaw: bool,
+    },
+    Aac {
+        header_sent: bool,
+    },
     Drop,
 }
 

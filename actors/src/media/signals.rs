@@ -153,7 +153,9 @@ impl DeviceSignals {
         match tokio::time::timeout(SIGNAL_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(refused))) => Err(SignalError::Refused(
-                refused.detail.unwrap_or_else(|| refused.code.message().to_string()),
+                refused
+                    .detail
+                    .unwrap_or_else(|| refused.code.message().to_string()),
             )),
             Ok(Err(_)) => Err(SignalError::Offline),
             Err(_) => Err(SignalError::NoAnswer),
