@@ -16,18 +16,17 @@
 //! [`IDLE_TIMEOUT`] closes the connection (a player that stopped reading). A connection
 //! that neither plays nor sends anything for that long is closed too.
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use iothub::media::{FlvTag, TagKind};
+use iothub::media::{flv, FlvTag, TagKind};
 use ring::hmac;
 use rml_rtmp::chunk_io::{ChunkDeserializer, Packet};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::RtmpMessage;
-use rml_rtmp::rml_amf0::{self, Amf0Value};
+use rml_rtmp::rml_amf0;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent,
     ServerSessionResult, StreamMetadata,
@@ -616,40 +615,18 @@ fn signed(secret: &str, key: &StreamKey, query: Option<&str>) -> bool {
     hmac::verify(&secret, key.to_string().as_bytes(), &sign).is_ok()
 }
 
-/// An onMetaData script tag body from what a publisher's `@setDataFrame` said.
+/// An onMetaData script tag body from what a publisher's `@setDataFrame` said (rml_rtmp
+/// gives the fields it knows, not the message).
 fn metadata_body(metadata: &StreamMetadata) -> Bytes {
-    let mut properties = HashMap::new();
-    let mut number = |name: &str, value: Option<f64>| {
-        if let Some(value) = value {
-            properties.insert(name.to_string(), Amf0Value::Number(value));
-        }
-    };
-    number("width", metadata.video_width.map(f64::from));
-    number("height", metadata.video_height.map(f64::from));
-    number("videocodecid", metadata.video_codec_id.map(f64::from));
-    number("videodatarate", metadata.video_bitrate_kbps.map(f64::from));
-    number("framerate", metadata.video_frame_rate.map(f64::from));
-    number("audiocodecid", metadata.audio_codec_id.map(f64::from));
-    number("audiodatarate", metadata.audio_bitrate_kbps.map(f64::from));
-    number("audiosamplerate", metadata.audio_sample_rate.map(f64::from));
-    number("audiochannels", metadata.audio_channels.map(f64::from));
-    if let Some(stereo) = metadata.audio_is_stereo {
-        properties.insert("stereo".to_string(), Amf0Value::Boolean(stereo));
-    }
-    if let Some(encoder) = &metadata.encoder {
-        properties.insert(
-            "encoder".to_string(),
-            Amf0Value::Utf8String(encoder.clone()),
-        );
-    }
-    let values = vec![
-        Amf0Value::Utf8String("onMetaData".to_string()),
-        Amf0Value::Object(properties),
-    ];
-    // Numbers, booleans, strings and an object always serialize.
-    rml_amf0::serialize(&values)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    flv::on_metadata(&flv::Metadata {
+        width: metadata.video_width,
+        height: metadata.video_height,
+        framerate: metadata.video_frame_rate.map(f64::from),
+        video_codec_id: metadata.video_codec_id.and_then(|id| u8::try_from(id).ok()),
+        audio_codec_id: metadata.audio_codec_id.and_then(|id| u8::try_from(id).ok()),
+        audio_sample_rate: metadata.audio_sample_rate,
+        stereo: metadata.audio_is_stereo,
+    })
 }
 
 /// What an onMetaData script tag body says, as rml_rtmp sends it to a player.
@@ -797,10 +774,13 @@ mod tests {
     use std::net::SocketAddr;
     use std::process::Output;
 
+    use std::collections::HashMap;
+
     use iothub::imei::Imei;
     use ractor::{Actor, ActorProcessingErr, ActorRef};
     use rml_rtmp::chunk_io::ChunkSerializer;
     use rml_rtmp::messages::MessagePayload;
+    use rml_rtmp::rml_amf0::Amf0Value;
     use tokio::net::TcpStream;
     use tokio::process::Command;
 
@@ -852,17 +832,18 @@ mod tests {
         metadata.video_width = Some(640);
         metadata.video_height = Some(360);
         metadata.video_codec_id = Some(7);
+        metadata.video_frame_rate = Some(25.0);
         metadata.audio_codec_id = Some(10);
+        metadata.audio_sample_rate = Some(44100);
         metadata.audio_is_stereo = Some(false);
-        metadata.encoder = Some("Lavf59.27.100".to_string());
         assert_eq!(metadata_of(&metadata_body(&metadata)), Some(metadata));
     }
 
     #[test]
-    fn a_script_tag_body_starts_with_the_onmetadata_string() {
+    fn a_script_tag_body_is_onmetadata_and_an_ecma_array() {
         let body = metadata_body(&StreamMetadata::new());
-        // AMF0 string marker, length 10, "onMetaData", then an object marker.
-        assert_eq!(&body[..14], b"\x02\x00\x0aonMetaData\x03");
+        // AMF0 string marker, length 10, "onMetaData", an ECMA array of 0 entries, its end.
+        assert_eq!(&body[..], b"\x02\x00\x0aonMetaData\x08\0\0\0\0\0\0\x09");
     }
 
     #[test]
@@ -1162,6 +1143,53 @@ mod tests {
         need("ffprobe");
         let server = server(online(), "", None).await;
         publish_probe_and_play(&server, "rtmp").await;
+    }
+
+    /// A self-signed certificate and its key in one PEM file, made by the openssl CLI.
+    fn self_signed(dir: &std::path::Path) -> std::path::PathBuf {
+        let made = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .output()
+            .expect("openssl is needed by the RTMPS test (Debian: apt-get install openssl)");
+        assert!(
+            made.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mut pem = std::fs::read(dir.join("cert.pem")).unwrap();
+        pem.extend(std::fs::read(dir.join("key.pem")).unwrap());
+        let path = dir.join("server.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ffmpeg_publishes_and_plays_over_rtmps() {
+        need("ffmpeg");
+        need("ffprobe");
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ReloadingTls::start(crate::tls::TlsSettings {
+            certificate: self_signed(dir.path()),
+            password: String::new(),
+        })
+        .expect("the self-signed certificate loads");
+        let server = server(online(), "", Some(tls)).await;
+        publish_probe_and_play(&server, "rtmps").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
