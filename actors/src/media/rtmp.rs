@@ -14,7 +14,10 @@
 //! Bounds: at most [`MAX_CONNECTIONS`] connections; each connection's replies go through a
 //! queue of [`OUT_QUEUE`] packets to one writer, and a write that waits longer than
 //! [`IDLE_TIMEOUT`] closes the connection (a player that stopped reading). A connection
-//! that neither plays nor sends anything for that long is closed too.
+//! that neither plays nor sends anything for that long is closed too. Until a connection
+//! publishes (which needs the rights), it may send [`MAX_INPUT_UNPUBLISHED`] bytes in all:
+//! players and connections being set up send little, and the chunk reader holds what a
+//! peer sends of a message until the message is complete.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -54,6 +57,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
 /// Deepest AMF0 nesting accepted in a command or data message; real ones nest 2 levels.
 const MAX_AMF_NESTING: usize = 16;
+/// Most bytes a connection that does not publish may send (a player sends an
+/// acknowledgement of a few bytes per gigabyte it receives).
+pub const MAX_INPUT_UNPUBLISHED: usize = 1024 * 1024;
 
 /// Why a connection ended (logged at debug level; none of them is the server's fault).
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +247,7 @@ async fn session<R: AsyncRead + Unpin>(
         protocol,
         rtmp,
         screen: Screen::new(),
+        input_unpublished: 0,
         out,
         publishing: None,
         playing: None,
@@ -321,6 +328,8 @@ struct Session<'h> {
     protocol: &'static str,
     rtmp: ServerSession,
     screen: Screen,
+    /// Bytes received while not publishing.
+    input_unpublished: usize,
     out: mpsc::Sender<Bytes>,
     publishing: Option<Publishing>,
     playing: Option<Playing>,
@@ -330,6 +339,14 @@ impl Session<'_> {
     async fn input(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         if bytes.is_empty() {
             return Ok(());
+        }
+        if self.publishing.is_none() {
+            self.input_unpublished = self.input_unpublished.saturating_add(bytes.len());
+            if self.input_unpublished > MAX_INPUT_UNPUBLISHED {
+                return Err(Closed::Protocol(format!(
+                    "more than {MAX_INPUT_UNPUBLISHED} bytes without publishing"
+                )));
+            }
         }
         self.screen.check(bytes)?;
         // rml_rtmp indexes some messages without checking their length (a bare
@@ -1290,18 +1307,22 @@ mod tests {
         }
     }
 
-    /// Sends one AMF0 data message and expects the server to close the connection.
-    async fn closes_on(addr: SocketAddr, data: Vec<u8>) {
+    /// Sends AMF0 data messages and expects the server to close the connection.
+    async fn closes_on(addr: SocketAddr, messages: &[Vec<u8>]) {
         let mut socket = handshaken(addr).await;
-        let payload = MessagePayload {
-            timestamp: RtmpTimestamp::new(0),
-            type_id: 18,
-            message_stream_id: 0,
-            data: Bytes::from(data),
-        };
         let mut chunks = ChunkSerializer::new();
-        let packet = chunks.serialize(&payload, true, false).unwrap();
-        let _ = socket.write_all(&packet.bytes).await;
+        for data in messages {
+            let payload = MessagePayload {
+                timestamp: RtmpTimestamp::new(0),
+                type_id: 18,
+                message_stream_id: 0,
+                data: Bytes::from(data.clone()),
+            };
+            let packet = chunks.serialize(&payload, true, false).unwrap();
+            if socket.write_all(&packet.bytes).await.is_err() {
+                break;
+            }
+        }
         let mut sink = vec![0u8; 65536];
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -1321,10 +1342,21 @@ mod tests {
         // `@setDataFrame` alone: rml_rtmp indexes the value that should follow.
         let bare =
             rml_amf0::serialize(&vec![Amf0Value::Utf8String("@setDataFrame".to_string())]).unwrap();
-        closes_on(server.addr, bare).await;
+        closes_on(server.addr, &[bare]).await;
         // 100 000 nested objects: rml_amf0 would recurse as deep.
-        closes_on(server.addr, [0x03, 0x00, 0x01, b'a'].repeat(100_000)).await;
+        closes_on(server.addr, &[[0x03, 0x00, 0x01, b'a'].repeat(100_000)]).await;
         // The server goes on.
         handshaken(server.addr).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_publish_may_send_a_megabyte() {
+        let server = server(online(), "", None).await;
+        // Well-formed data messages nobody asked for: a 60 000-byte AMF0 string each.
+        let mut text = vec![0x02];
+        text.extend_from_slice(&60_000u16.to_be_bytes());
+        text.extend(std::iter::repeat_n(b'x', 60_000));
+        let messages = vec![text; MAX_INPUT_UNPUBLISHED / 60_000 + 2];
+        closes_on(server.addr, &messages).await;
     }
 }
