@@ -61,7 +61,7 @@ const MAX_AMF_NESTING: usize = 16;
 /// acknowledgement of a few bytes per gigabyte it receives).
 pub const MAX_INPUT_UNPUBLISHED: usize = 1024 * 1024;
 
-/// Why a connection ended (logged at debug level; none of them is the server's fault).
+/// Why a connection ended, logged at debug level: the peer's doing or its stream's.
 #[derive(Debug, thiserror::Error)]
 enum Closed {
     #[error("peer closed the connection")]
@@ -92,8 +92,8 @@ impl From<ServerSessionError> for Closed {
     }
 }
 
-/// Accepts RTMP connections (RTMPS when `tls` is set) until the listener fails for good or
-/// the task is aborted.
+/// Accepts RTMP connections (RTMPS when `tls` is set), each served by its own task, until
+/// this task is aborted; connections already open end with their streams.
 pub async fn serve(listener: TcpListener, hub: MediaHub, tls: Option<Arc<ReloadingTls>>) {
     let protocol = if tls.is_some() { "rtmps" } else { "rtmp" };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
