@@ -10,8 +10,9 @@
 //! - **G.726** arrives without any rate signalling. The rate is read from the frame size,
 //!   assuming 40 ms (320 samples) per frame first, as the JT/T 1078 servers in the wild and
 //!   the usual 320-sample HiSilicon configuration do, then 20 ms (160 samples): 80/120/160/
-//!   200 bytes are 16/24/32/40 kbit/s, 40/60/100 bytes are 16/24/40 kbit/s. Any other size
-//!   is decoded at 40 kbit/s, the HiSilicon SDK's default. Codewords are packed from the
+//!   200 bytes are 16/24/32/40 kbit/s, 40/60/100 bytes are 16/24/40 kbit/s. A frame of any
+//!   other size is decoded at the rate in use, which starts at 40 kbit/s, the HiSilicon
+//!   SDK's default. A change of rate restarts the decoder's adaptation. Codewords are packed from the
 //!   least significant bit of each byte (RFC 3551 and ffmpeg's `g726le`), the HiSilicon
 //!   layout.
 //! - **IMA ADPCM** (JT/T 1078 "ADPCM(A)") frames start with the encoder's state (predicted
@@ -107,7 +108,7 @@ impl AudioDecoder {
             DecoderKind::G711A => out.extend(frame.iter().map(|&b| ALAW_TO_LINEAR[usize::from(b)])),
             DecoderKind::G711U => out.extend(frame.iter().map(|&b| ULAW_TO_LINEAR[usize::from(b)])),
             DecoderKind::G726(state) => {
-                let rate = G726Rate::for_frame_len(frame.len());
+                let rate = G726Rate::for_frame_len(frame.len()).unwrap_or(state.rate);
                 if rate != state.rate {
                     // The predictor adapted to another rate's codes is meaningless for these.
                     **state = G726State::new(rate);
@@ -258,14 +259,14 @@ impl G726Rate {
         }
     }
 
-    /// The rate a frame of `len` bytes was sent at, trying 40 ms then 20 ms of 8 kHz audio.
-    fn for_frame_len(len: usize) -> Self {
+    /// The rate a frame of `len` bytes was sent at, trying 40 ms then 20 ms of 8 kHz audio;
+    /// `None` for any other size.
+    fn for_frame_len(len: usize) -> Option<Self> {
         let bits = len * 8;
         [320, 160]
             .into_iter()
             .filter(|&samples| bits / samples * samples == bits)
             .find_map(|samples| Self::from_bits(bits / samples))
-            .unwrap_or(Self::R40)
     }
 
     /// Log of the quantized difference, per code.
@@ -847,16 +848,30 @@ mod tests {
         assert_eq!(
             rates,
             [
-                G726Rate::R16,
-                G726Rate::R24,
-                G726Rate::R32,
-                G726Rate::R40,
-                G726Rate::R16,
-                G726Rate::R24,
-                G726Rate::R40,
-                G726Rate::R40,
+                Some(G726Rate::R16),
+                Some(G726Rate::R24),
+                Some(G726Rate::R32),
+                Some(G726Rate::R40),
+                Some(G726Rate::R16),
+                Some(G726Rate::R24),
+                Some(G726Rate::R40),
+                None,
             ]
         );
+    }
+
+    /// Frames of sizes that name no rate (here 150 and 10 bytes) are decoded at the rate in
+    /// use with the state carried on: the 32 kbit/s vector still decodes exactly.
+    #[test]
+    fn g726_frame_of_unknown_size_keeps_the_rate_in_use() {
+        let coded: &[u8] = include_bytes!("../../tests/vectors/g726/sweep-32k.g726le");
+        let (head, tail) = coded.split_at(coded.len() - 160);
+        let mut frames: Vec<Vec<u8>> = head.chunks(160).map(<[u8]>::to_vec).collect();
+        frames.push(tail[..150].to_vec());
+        frames.push(tail[150..].to_vec());
+        let ours = decode_all(DeviceAudioCodec::G726, frames);
+        let expected = s16le(include_bytes!("../../tests/vectors/g726/sweep-32k.s16le"));
+        assert_eq!(ours, expected);
     }
 
     /// ffmpeg's Simon & Schuster IMA variant stores the codes high nibble first with the
