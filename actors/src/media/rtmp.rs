@@ -95,6 +95,16 @@ impl From<ServerSessionError> for Closed {
 /// Accepts RTMP connections (RTMPS when `tls` is set), each served by its own task, until
 /// this task is aborted; connections already open end with their streams.
 pub async fn serve(listener: TcpListener, hub: MediaHub, tls: Option<Arc<ReloadingTls>>) {
+    serve_with(listener, hub, tls, IDLE_TIMEOUT).await
+}
+
+/// [`serve`] with `idle` instead of [`IDLE_TIMEOUT`] (tests wait less).
+async fn serve_with(
+    listener: TcpListener,
+    hub: MediaHub,
+    tls: Option<Arc<ReloadingTls>>,
+    idle: Duration,
+) {
     let protocol = if tls.is_some() { "rtmps" } else { "rtmp" };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -117,12 +127,12 @@ pub async fn serve(listener: TcpListener, hub: MediaHub, tls: Option<Arc<Reloadi
             let _slot = slot;
             let _open = OpenConnection::new(protocol);
             let result = match tls {
-                None => connection(socket, &hub, protocol).await,
+                None => connection(socket, &hub, protocol, idle).await,
                 Some(tls) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(socket))
                         .await
                     {
-                        Ok(Ok(stream)) => connection(stream, &hub, protocol).await,
+                        Ok(Ok(stream)) => connection(stream, &hub, protocol, idle).await,
                         Ok(Err(e)) => Err(Closed::Tls(e.to_string())),
                         Err(_) => Err(Closed::Tls("timed out".to_string())),
                     }
@@ -153,25 +163,31 @@ impl Drop for OpenConnection {
 }
 
 /// One connection: a writer task fed by a bounded queue, and the session reading.
-async fn connection<S>(stream: S, hub: &MediaHub, protocol: &'static str) -> Result<(), Closed>
+async fn connection<S>(
+    stream: S,
+    hub: &MediaHub,
+    protocol: &'static str,
+    idle: Duration,
+) -> Result<(), Closed>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let (out, queue) = mpsc::channel(OUT_QUEUE);
     let bytes_out = metrics::counter!("iothub_media_bytes_out_total", "protocol" => protocol);
-    let writing = tokio::spawn(write_out(writer, queue, bytes_out));
-    let result = session(&mut reader, hub, protocol, out).await;
+    let writing = tokio::spawn(write_out(writer, queue, bytes_out, idle));
+    let result = session(&mut reader, hub, protocol, out, idle).await;
     // The queue is closed: the writer sends what is left (a refusal, say) and ends.
     let written = writing.await.unwrap_or(Err(Closed::WriterGone));
     result.and(written)
 }
 
-/// Writes queued packets in batches; a write waiting [`IDLE_TIMEOUT`] ends the connection.
+/// Writes queued packets in batches; a write waiting `idle` ends the connection.
 async fn write_out<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut queue: mpsc::Receiver<Bytes>,
     bytes_out: metrics::Counter,
+    idle: Duration,
 ) -> Result<(), Closed> {
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     while let Some(first) = queue.recv().await {
@@ -185,10 +201,10 @@ async fn write_out<W: AsyncWrite + Unpin>(
             writer.write_all(&batch).await?;
             writer.flush().await
         };
-        match tokio::time::timeout(IDLE_TIMEOUT, write).await {
+        match tokio::time::timeout(idle, write).await {
             Ok(Ok(())) => bytes_out.increment(batch.len() as u64),
             Ok(Err(e)) => return Err(Closed::Io(e)),
-            Err(_) => return Err(Closed::WriteStalled(IDLE_TIMEOUT)),
+            Err(_) => return Err(Closed::WriteStalled(idle)),
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
@@ -220,11 +236,12 @@ async fn session<R: AsyncRead + Unpin>(
     hub: &MediaHub,
     protocol: &'static str,
     out: mpsc::Sender<Bytes>,
+    idle: Duration,
 ) -> Result<(), Closed> {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut handshake = Handshake::new(PeerType::Server);
     let after_handshake = loop {
-        read_some(reader, &mut buf, Some(IDLE_TIMEOUT)).await?;
+        read_some(reader, &mut buf, Some(idle)).await?;
         let step = catch_unwind(AssertUnwindSafe(|| handshake.process_bytes(&buf)))
             .map_err(|_| Closed::Handshake("malformed".to_string()))?
             .map_err(|e| Closed::Handshake(e.to_string()))?;
@@ -259,7 +276,7 @@ async fn session<R: AsyncRead + Unpin>(
         let limit = if session.playing.is_some() {
             None
         } else {
-            Some(IDLE_TIMEOUT)
+            Some(idle)
         };
         let woken = tokio::select! {
             read = read_some(reader, &mut buf, limit) => Woken::Read(read),
@@ -798,6 +815,9 @@ mod tests {
     use rml_rtmp::chunk_io::ChunkSerializer;
     use rml_rtmp::messages::MessagePayload;
     use rml_rtmp::rml_amf0::Amf0Value;
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    };
     use tokio::net::TcpStream;
     use tokio::process::Command;
 
@@ -971,12 +991,24 @@ mod tests {
         secret: &str,
         tls: Option<Arc<ReloadingTls>>,
     ) -> Server {
+        server_with(signals, tls, IDLE_TIMEOUT, |media| {
+            media.publish_secret = secret.to_string()
+        })
+        .await
+    }
+
+    async fn server_with(
+        signals: DeviceSignals,
+        tls: Option<Arc<ReloadingTls>>,
+        idle: Duration,
+        configure: impl FnOnce(&mut crate::config::MediaConfig),
+    ) -> Server {
         let config = Config::from_toml_str("", &|name: &str| {
             (name == "apiToken").then(|| "secret".to_string())
         })
         .expect("the embedded configuration loads");
         let mut media = config.media;
-        media.publish_secret = secret.to_string();
+        configure(&mut media);
         let one_at_a_time = ONE_SERVER.lock().await;
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
         let mut tries = 0;
@@ -994,7 +1026,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener, hub.clone(), tls));
+        let task = tokio::spawn(serve_with(listener, hub.clone(), tls, idle));
         Server {
             addr,
             hub,
@@ -1358,5 +1390,100 @@ mod tests {
         text.extend(std::iter::repeat_n(b'x', 60_000));
         let messages = vec![text; MAX_INPUT_UNPUBLISHED / 60_000 + 2];
         closes_on(server.addr, &messages).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_player_that_stops_reading_is_closed_once_a_write_waits_too_long() {
+        let idle = Duration::from_secs(1);
+        // The stream's own lag limit must not be what closes the player.
+        let server = server_with(online(), None, idle, |media| {
+            media.viewer_lag_limit = Duration::from_secs(600)
+        })
+        .await;
+        let key = StreamKey::parse(&format!("live/1/{IMEI}")).unwrap();
+        let mut publisher = server.hub.publish(key, Source::Rtmp).await.unwrap();
+        let video = |timestamp: u32, body: Vec<u8>| FlvTag {
+            kind: TagKind::Video,
+            timestamp,
+            body: Bytes::from(body),
+        };
+        // An AVC sequence header, then a key frame: a viewer can start.
+        assert!(publisher.push(video(0, vec![0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1e, 0xff])));
+        let mut frame = vec![0x17, 1, 0, 0, 0];
+        frame.resize(256 * 1024, 0);
+        assert!(publisher.push(video(0, frame.clone())));
+
+        let mut socket = handshaken(server.addr).await;
+        let (mut client, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        let mut pending = vec![client.request_connection("live".to_string()).unwrap()];
+        let mut buf = vec![0u8; 65536];
+        let mut playing = false;
+        while !playing {
+            for result in pending.drain(..) {
+                match result {
+                    ClientSessionResult::OutboundResponse(packet) => {
+                        socket.write_all(&packet.bytes).await.unwrap()
+                    }
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::ConnectionRequestAccepted,
+                    ) => {
+                        socket
+                            .write_all(&playback(&mut client, &format!("1/{IMEI}")))
+                            .await
+                            .unwrap();
+                    }
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::PlaybackRequestAccepted,
+                    ) => {
+                        playing = true;
+                    }
+                    _ => {}
+                }
+            }
+            if playing {
+                break;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+                .await
+                .expect("the server answered")
+                .unwrap();
+            assert!(n > 0, "the server closed before playing");
+            pending = client.handle_input(&buf[..n]).unwrap();
+        }
+
+        // The player reads no more; more frames than the socket buffers hold go out.
+        for i in 1..=80u32 {
+            let mut tag = video(i * 40, frame.clone());
+            if i % 10 != 0 {
+                let mut body = frame.clone();
+                body[0] = 0x27;
+                tag.body = Bytes::from(body);
+            }
+            publisher.push(tag);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Past the write timeout, reading finds the end of what was sent, then the close.
+        tokio::time::sleep(idle * 3).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a player that stopped reading stayed connected"
+        );
+        drop(publisher);
+    }
+
+    fn playback(client: &mut ClientSession, name: &str) -> Vec<u8> {
+        match client.request_playback(name.to_string()).unwrap() {
+            ClientSessionResult::OutboundResponse(packet) => packet.bytes,
+            other => panic!("rml_rtmp's client did not ask to play: {other:?}"),
+        }
     }
 }
