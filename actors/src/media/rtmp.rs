@@ -1259,7 +1259,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_play_of_a_stream_nobody_publishes_is_refused() {
         need("ffmpeg");
-        let server = server(online(), "", None).await;
+        let server = server_with(online(), None, IDLE_TIMEOUT, |media| {
+            media.start_timeout = Duration::from_secs(2)
+        })
+        .await;
         let url = format!("rtmp://{}/live/1/{IMEI}", server.addr);
         let play = run(
             "ffmpeg",
@@ -1279,7 +1282,7 @@ mod tests {
         .await;
         assert!(!play.status.success(), "played a stream nobody publishes");
         assert!(
-            stderr(&play).contains("no such stream"),
+            stderr(&play).contains("did not start streaming in time"),
             "the refusal does not say why: {}",
             stderr(&play)
         );
