@@ -184,6 +184,7 @@ pub async fn start(
         "internal",
         listener,
         http,
+        None,
         warp::service(routes(shared)),
         async move {
             let _ = stopped.await;
