@@ -93,13 +93,14 @@ fanout() {
     local rss0 per=4000 procs i
     rss0=$(rss_kb "$HUB_PID")
     procs=$(((viewers + per - 1) / per))
-    local bytes0 t0
+    local bytes0 t0 view_pids=()
     for i in $(seq 0 $((procs - 1))); do
         local n=$((viewers - i * per))
         [ "$n" -gt "$per" ] && n=$per
         "$LOADGEN" view --url "http://127.0.0.1:$HTTP_PORT/live/1/$IMEI.flv" --viewers "$n" \
             --seconds $((seconds + 15)) --source-ips "127.0.$((i + 10)).1-127.0.$((i + 10)).200" \
             --no-reconnect --quiet >"$OUT/view-$i.log" 2>&1 &
+        view_pids+=($!)
         PIDS+=($!)
     done
     # Measure a window once every viewer is attached.
@@ -111,7 +112,7 @@ fanout() {
     t1=$(cpu_ticks "$HUB_PID")
     bytes1=$(metric iothub_media_bytes_out_total 'protocol="http"')
     rss1=$(rss_kb "$HUB_PID")
-    wait
+    wait "${view_pids[@]}" || true
     python3 - "$kbps" "$viewers" "$seconds" "$t0" "$t1" "$TICKS" "$bytes0" "$bytes1" "$rss0" "$rss1" <<'PY'
 import sys
 kbps, viewers, seconds, t0, t1, ticks, b0, b1, rss0, rss1 = map(float, sys.argv[1:])
@@ -225,7 +226,6 @@ PY
             --data-urlencode "cmdContent={\"videoIP\":\"127.0.0.1\",\"videoTCPPort\":$JT1078_PORT,\"channel\":1}" \
             "http://127.0.0.1:$API_PORT/api/device/sendInstruct" &
     done
-    wait_jobs=$(jobs -p | wc -l)
     sleep 15
     local t0 t1 rss1 live
     live=$(metric iothub_media_streams 'kind="jt_live"')

@@ -23,6 +23,12 @@ use crate::http_server::TimedBody;
 /// Most bytes of queued tags one body frame gathers.
 const FRAME_BYTES: usize = 64 * 1024;
 
+/// Once a tag is queued for a viewer, what else comes within this time goes out in the same
+/// write (ZLMediaKit's "merge write"): a live stream's 25 video and 40 audio tags a second
+/// become about 10 writes, and the viewer's task wakes that often instead of once per tag.
+/// Players buffer far more than this, and the first frames go out at once.
+const MERGE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub type FlvResponse = Response<Either<Full<Bytes>, FlvBody>>;
 
 /// The tower service of the HTTP-FLV listeners.
@@ -107,6 +113,8 @@ async fn view(hub: &MediaHub, scheme: &'static str, path: &str) -> FlvResponse {
     let body = FlvBody {
         viewer,
         clock,
+        merge: None,
+        pending: BytesMut::new(),
         first: Some(first.freeze()),
         bytes_out: metrics::counter!("iothub_media_bytes_out_total", "protocol" => scheme),
     };
@@ -138,6 +146,10 @@ fn plain(status: StatusCode, text: &str) -> FlvResponse {
 pub struct FlvBody {
     viewer: StreamViewer,
     clock: ViewerClock,
+    /// The end of the merge window, while one is open.
+    merge: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Tags taken from the queue and not yet sent.
+    pending: BytesMut,
     first: Option<Bytes>,
     bytes_out: metrics::Counter,
 }
@@ -155,20 +167,26 @@ impl Body for FlvBody {
             this.bytes_out.increment(first.len() as u64);
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        let Some(tag) = std::task::ready!(this.viewer.poll_next(cx)) else {
-            return Poll::Ready(None);
-        };
-        let mut out = BytesMut::with_capacity(tag.body.len() + 15);
-        flv::encode_tag(&this.clock.retime(&tag), &mut out);
-        // Gather what else is queued into the same frame: fewer writes per viewer.
-        while out.len() < FRAME_BYTES {
-            let Some(tag) = this.viewer.try_next() else {
-                break;
+        loop {
+            if let Some(window) = this.merge.as_mut() {
+                std::task::ready!(window.as_mut().poll(cx));
+                this.merge = None;
+                while this.pending.len() < FRAME_BYTES {
+                    let Some(tag) = this.viewer.try_next() else {
+                        break;
+                    };
+                    flv::encode_tag(&this.clock.retime(&tag), &mut this.pending);
+                }
+                let out = this.pending.split().freeze();
+                this.bytes_out.increment(out.len() as u64);
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+            let Some(tag) = std::task::ready!(this.viewer.poll_next(cx)) else {
+                return Poll::Ready(None);
             };
-            flv::encode_tag(&this.clock.retime(&tag), &mut out);
+            flv::encode_tag(&this.clock.retime(&tag), &mut this.pending);
+            this.merge = Some(Box::pin(tokio::time::sleep(MERGE_WINDOW)));
         }
-        this.bytes_out.increment(out.len() as u64);
-        Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
