@@ -10,6 +10,12 @@
 #     2 cores); the tests start their own broker processes from $TANSU_BIN;
 #   - nginx with its stream module (Debian's nginx + libnginx-mod-stream): the cluster
 #     tests run it as the layer-4 balancer in front of several iothubd nodes;
+#   - FFmpeg, openssl, Chromium, Node.js and npm (Debian's packages): the media tests publish,
+#     play and probe with FFmpeg, make certificates with openssl and play HTTP-FLV in headless
+#     Chromium with mpegts.js (from npm);
+#   - Prometheus, Alertmanager (with promtool and amtool) and docker-compose from Debian: the
+#     monitoring tests check the shipped monitoring files with them and run the servers
+#     against live iothubd nodes;
 #   - the iothubd binary: built here in release mode; $IOTHUBD_BIN points at it;
 #   - the README's two commands work as written: scripts/readme-commands.sh runs the run
 #     command and the loadgen command in a fresh clone before the tests.
@@ -72,10 +78,24 @@ elif [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ] \
     && ! "$NGINX" -V 2>&1 | grep -qE -- '--with-stream( |$)'; then
     missing+=(libnginx-mod-stream)
 fi
+# The monitoring tests run the shipped configuration through the real servers and checkers:
+# Prometheus and promtool, Alertmanager and amtool, and docker-compose (1.x) for
+# `docker-compose config` on every compose file.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null \
+    || missing+=(prometheus-alertmanager)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+# The media tests: FFmpeg publishes, plays and probes; openssl makes the certificates as the
+# operator's guide does; headless Chromium plays HTTP-FLV with mpegts.js, which the test
+# installs from npm.
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
+command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    step "Debian packages: redis-server, curl, nginx (stream), a C compiler and make are present"
+    step "Debian packages: redis-server, curl, nginx (stream), prometheus, prometheus-alertmanager, docker-compose, ffmpeg, openssl, chromium, node and npm, a C compiler and make are present"
 fi
 
 # --- Rust components -----------------------------------------------------------------------

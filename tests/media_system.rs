@@ -38,8 +38,24 @@ fn publish(url: &str, seconds: u32) -> Child {
         .args(["-hide_banner", "-loglevel", "error", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=44100"])
-        .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"])
-        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+        ])
         .args(["-c:a", "aac", "-b:a", "64k", "-t", &seconds.to_string()])
         .args(["-f", "flv", url])
         .stdin(Stdio::null())
@@ -184,7 +200,11 @@ async fn strangers_cannot_publish_for_a_device_that_is_not_online() {
     );
     let metrics = hub.metrics_text().await;
     assert_eq!(
-        metric_value(&metrics, "iothub_media_publishes_total", &["source=\"rtmp\""]),
+        metric_value(
+            &metrics,
+            "iothub_media_publishes_total",
+            &["source=\"rtmp\""]
+        ),
         0.0,
         "{metrics}"
     );
@@ -245,15 +265,36 @@ fn make_certs() -> Certs {
     openssl(
         d,
         &[
-            "req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
         ],
     );
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
     openssl(
         d,
         &[
-            "x509", "-req", "-days", "3650", "-in", "server.csr", "-signkey", "server.key",
-            "-out", "server.crt", "-extfile", "san.ext",
+            "x509",
+            "-req",
+            "-days",
+            "3650",
+            "-in",
+            "server.csr",
+            "-signkey",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "san.ext",
         ],
     );
     let crt = std::fs::read(d.join("server.crt")).unwrap();
@@ -263,8 +304,16 @@ fn make_certs() -> Certs {
     openssl(
         d,
         &[
-            "pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-out", "ssl.p12",
-            "-passout", "pass:s3cret",
+            "pkcs12",
+            "-export",
+            "-in",
+            "server.crt",
+            "-inkey",
+            "server.key",
+            "-out",
+            "ssl.p12",
+            "-passout",
+            "pass:s3cret",
         ],
     );
     Certs { dir }
@@ -287,7 +336,12 @@ async fn rtmps_publish_plays_as_https_flv_with_a_pkcs12_certificate() {
     let https = format!("https://{}/live/0/{imei}.flv", hub.media.https_flv);
     let probed = tokio::task::spawn_blocking({
         let (https, ca) = (https.clone(), ca.clone());
-        move || probe(&https, &["-tls_verify", "1", "-ca_file", ca.to_str().unwrap()])
+        move || {
+            probe(
+                &https,
+                &["-tls_verify", "1", "-ca_file", ca.to_str().unwrap()],
+            )
+        }
     })
     .await
     .unwrap();
@@ -416,15 +470,48 @@ mod jt1078 {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        let filter = if noisy { "noise=alls=60:allf=t" } else { "null" };
+        let filter = if noisy {
+            "noise=alls=60:allf=t"
+        } else {
+            "null"
+        };
         run(&[
-            "-f", "lavfi", "-i", "testsrc=size=352x288:rate=15", "-t", "10", "-vf", filter,
-            "-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "15",
-            "-bsf:v", "h264_mp4toannexb", "-f", "h264", video.to_str().unwrap(),
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=352x288:rate=15",
+            "-t",
+            "10",
+            "-vf",
+            filter,
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "15",
+            "-bsf:v",
+            "h264_mp4toannexb",
+            "-f",
+            "h264",
+            video.to_str().unwrap(),
         ]);
         run(&[
-            "-f", "lavfi", "-i", "sine=f=440:sample_rate=8000", "-t", "10", "-ac", "1", "-c:a",
-            "pcm_alaw", "-f", "alaw", audio.to_str().unwrap(),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:sample_rate=8000",
+            "-t",
+            "10",
+            "-ac",
+            "1",
+            "-c:a",
+            "pcm_alaw",
+            "-f",
+            "alaw",
+            audio.to_str().unwrap(),
         ]);
         (video, audio)
     }
@@ -505,7 +592,11 @@ mod jt1078 {
         assert_eq!(video["codec_name"], "h264");
         assert_eq!(video["width"], 352);
         assert_eq!(video["height"], 288);
-        assert_eq!(cam.dvr.report().requests, 1, "one 0x9101 reached the dashcam");
+        assert_eq!(
+            cam.dvr.report().requests,
+            1,
+            "one 0x9101 reached the dashcam"
+        );
         assert!(cam.dvr.report().packets > 0);
         let decoded = tokio::task::spawn_blocking(move || decode(&url, &[]))
             .await
@@ -515,9 +606,11 @@ mod jt1078 {
             "ffmpeg could not decode the JT/T 1078 stream: {}",
             String::from_utf8_lossy(&decoded.stderr)
         );
-        until("0x9102 at the dashcam after the last viewer left", Duration::from_secs(15), || {
-            closed_by_platform(&cam.dvr) == 1
-        })
+        until(
+            "0x9102 at the dashcam after the last viewer left",
+            Duration::from_secs(15),
+            || closed_by_platform(&cam.dvr) == 1,
+        )
         .await;
     }
 
@@ -536,8 +629,16 @@ mod jt1078 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn device_g711a_reaches_the_flv_viewer_as_aac() {
         let hub = Hub::start(&[]);
-        let cam = dashcam(&hub, "869247060001788", Jt808Version::V2013, Layout::Sim6, 950, true, false)
-            .await;
+        let cam = dashcam(
+            &hub,
+            "869247060001788",
+            Jt808Version::V2013,
+            Layout::Sim6,
+            950,
+            true,
+            false,
+        )
+        .await;
         let probed = probe_async(format!("http://{}/2/{}.flv", hub.media.http_flv, cam.imei)).await;
         let audio = stream_of(&probed, "audio");
         assert_eq!(audio["codec_name"], "aac", "{probed}");
@@ -554,8 +655,16 @@ mod jt1078 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn media_signals_never_make_send_instruct_busy() {
         let hub = Hub::start(&[]);
-        let cam = dashcam(&hub, "869247060001796", Jt808Version::V2013, Layout::Sim6, 950, false, false)
-            .await;
+        let cam = dashcam(
+            &hub,
+            "869247060001796",
+            Jt808Version::V2013,
+            Layout::Sim6,
+            950,
+            false,
+            false,
+        )
+        .await;
         let url = format!("http://{}/1/{}.flv", hub.media.http_flv, cam.imei);
         let viewer = tokio::spawn(probe_async(url));
         let mut codes = Vec::new();
@@ -563,7 +672,11 @@ mod jt1078 {
             let answer = send_instruct(&hub, &cam.imei, 33028, flag).await;
             codes.push(answer["data"]["_code"].as_str().unwrap_or("").to_string());
         }
-        assert_eq!(codes, vec!["100"; 5], "sendInstruct answers while media starts");
+        assert_eq!(
+            codes,
+            vec!["100"; 5],
+            "sendInstruct answers while media starts"
+        );
         let probed = viewer.await.unwrap();
         assert_eq!(stream_of(&probed, "video")["codec_name"], "h264");
     }
@@ -598,8 +711,16 @@ mod jt1078 {
             ("IOTHUB_MEDIA_VIEWER_LAG_LIMIT", "2"),
             ("IOTHUB_HTTP_IDLE_TIMEOUT", "3"),
         ]);
-        let cam = dashcam(&hub, "869247060001804", Jt808Version::V2013, Layout::Sim6, 950, false, true)
-            .await;
+        let cam = dashcam(
+            &hub,
+            "869247060001804",
+            Jt808Version::V2013,
+            Layout::Sim6,
+            950,
+            false,
+            true,
+        )
+        .await;
         let addr = hub.media.http_flv;
         let path = format!("/1/{}.flv", cam.imei);
         // The first viewer starts the stream.
@@ -701,18 +822,22 @@ fn browser_packages() -> PathBuf {
 /// FLV), until the test ends.
 async fn serve_player_page(packages: &Path) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let script = std::fs::read(packages.join("node_modules/mpegts.js/dist/mpegts.js"))
-        .expect("mpegts.js");
+    let script =
+        std::fs::read(packages.join("node_modules/mpegts.js/dist/mpegts.js")).expect("mpegts.js");
     let page = b"<!doctype html><html><head><script src=\"/mpegts.js\"></script></head><body></body></html>".to_vec();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let (script, page) = (script.clone(), page.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
-                let Ok(n) = s.read(&mut buf).await else { return };
+                let Ok(n) = s.read(&mut buf).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&buf[..n]).to_string();
                 let (body, kind) = if head.starts_with("GET /mpegts.js") {
                     (script, "application/javascript")
@@ -751,14 +876,19 @@ async fn chromium_plays_the_http_flv_url_with_mpegts_js() {
     })
     .await
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/play-flv.mjs");
+    // Beside its node_modules: ES modules resolve packages from the script's folder.
+    let script = packages.join("play-flv.mjs");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/play-flv.mjs"),
+        &script,
+    )
+    .expect("copy the player script");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
             .arg(format!("http://{page}/"))
             .arg(&flv)
             .arg("20")
-            .env("NODE_PATH", packages.join("node_modules"))
             .current_dir(&packages)
             .output()
             .expect("node is needed by the browser test")

@@ -101,7 +101,14 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    tokio::spawn(accept_loop(name, listener, limits, Some(tls), service, shutdown))
+    tokio::spawn(accept_loop(
+        name,
+        listener,
+        limits,
+        Some(tls),
+        service,
+        shutdown,
+    ))
 }
 
 async fn accept_loop<S, B>(
@@ -352,7 +359,10 @@ impl<T> GuardedStream<T> {
         ready!(deadline.as_mut().poll(cx));
         metrics::counter!("iothub_http_timeouts_total", "listener" => self.name, "phase" => "write")
             .increment(1);
-        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "http write stalled"))
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "http write stalled",
+        ))
     }
 
     /// The deadline of the current phase and its metric label; none while busy.

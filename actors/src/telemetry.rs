@@ -65,6 +65,12 @@ pub async fn start_metrics(listen: SocketAddr, http: HttpConfig) -> anyhow::Resu
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("metrics: a metrics recorder is already installed"))?;
     describe_metrics();
+    register_fault_counters();
+    let process = metrics_process::Collector::default();
+    process.describe();
+    if let Some(limit) = memory_limit_bytes() {
+        metrics::gauge!("iothub_memory_limit_bytes").set(limit as f64);
+    }
 
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -80,7 +86,7 @@ pub async fn start_metrics(listen: SocketAddr, http: HttpConfig) -> anyhow::Resu
         "metrics",
         listener,
         http,
-        warp::service(metrics_route(handle)),
+        warp::service(metrics_route(handle, process)),
         std::future::pending(),
     );
     tracing::info!(addr = %local_addr, "metrics listening");
@@ -89,12 +95,15 @@ pub async fn start_metrics(listen: SocketAddr, http: HttpConfig) -> anyhow::Resu
 
 fn metrics_route(
     handle: PrometheusHandle,
+    process: metrics_process::Collector,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
        + Clone
        + Send
        + Sync
        + 'static {
     warp::path!("metrics").and(warp::get()).map(move || {
+        // A few small /proc reads, once per scrape, so the figures are those of the scrape.
+        process.collect();
         warp::reply::with_header(
             handle.render(),
             "content-type",
@@ -104,9 +113,77 @@ fn metrics_route(
     })
 }
 
+/// Counters of faults that a healthy node may never see, created at zero so that they exist
+/// from the first scrape: `rate()` and the alert rules then see the first fault as an
+/// increase, and a rule's selector is known to match a real series.
+const FAULT_COUNTERS: &[&str] = &[
+    "iothub_sessions_failed_total",
+    "iothub_session_takeovers_total",
+    "iothub_instruction_timeouts_total",
+    "iothub_task_panics_total",
+    "iothub_push_dropped_total",
+    "iothub_kafka_spool_full_total",
+];
+
+fn register_fault_counters() {
+    for name in FAULT_COUNTERS {
+        metrics::counter!(*name).increment(0);
+    }
+}
+
+/// The memory this process may use: the limit of its cgroup (a container's memory limit) when
+/// one is set and below the machine's memory, else the machine's memory. `None` where neither
+/// can be read (not Linux).
+fn memory_limit_bytes() -> Option<u64> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_total_bytes(&text));
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_v2_path(&text).map(str::to_owned));
+    let mut candidates = Vec::new();
+    if let Some(path) = own_cgroup {
+        candidates.push(format!("/sys/fs/cgroup{path}/memory.max"));
+    }
+    // Inside a container the cgroup namespace makes the container's cgroup the root; cgroup
+    // v1 keeps the limit under the memory controller.
+    candidates.push("/sys/fs/cgroup/memory.max".into());
+    candidates.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    let cgroup = candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| cgroup_limit(&text));
+    match (cgroup, machine) {
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (c, m) => c.or(m),
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The cgroup v2 path of `/proc/self/cgroup` (the `0::/path` line).
+fn cgroup_v2_path(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+        .filter(|p| p.starts_with('/'))
+}
+
+/// A cgroup memory limit file's value; `None` for `max` (no limit).
+fn cgroup_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
 /// HELP text of the node's metrics. Describing a metric that a build never records is
 /// harmless: the exporter prints descriptions only for metrics that exist.
 pub fn describe_metrics() {
+    crate::media::describe_metrics();
     // Instruction API.
     describe_counter!(
         "iothub_api_requests_total",
@@ -147,6 +224,11 @@ pub fn describe_metrics() {
     describe_gauge!(
         "iothub_max_connections",
         "Connection budget of the node, both device ports together (gateway.max_connections)"
+    );
+    describe_gauge!(
+        "iothub_memory_limit_bytes",
+        Unit::Bytes,
+        "Memory the process may use: its cgroup's (container's) limit, or the machine's memory if lower or unset"
     );
     describe_gauge!(
         "iothub_open_files_limit",
@@ -317,6 +399,14 @@ pub fn describe_metrics() {
         "iothub_kafka_spool_events",
         "Events waiting in the local spool for Kafka"
     );
+    describe_gauge!(
+        "iothub_kafka_spool_capacity",
+        "Most events the local spool holds (kafka.spool_max_events); beyond it devices are not acknowledged"
+    );
+    describe_gauge!(
+        "iothub_push_kafka_lag",
+        "Kafka mode: records of a push topic not yet pushed, over the partitions this node's push consumer holds (high watermark minus the group's committed offset)"
+    );
     describe_counter!(
         "iothub_kafka_spooled_total",
         "Events written to the local spool because Kafka was unreachable"
@@ -381,4 +471,36 @@ pub fn describe_metrics() {
         "iothub_api_route_errors_total",
         "Cluster mode: instructions that found no way to the device's node, by reason"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_kib() {
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total_bytes(meminfo), Some(24_576_000 * 1024));
+    }
+
+    #[test]
+    fn cgroup_v2_path_is_the_unified_line() {
+        let text = "12:cpu:/old\n0::/system.slice/docker-abc.scope\n";
+        assert_eq!(cgroup_v2_path(text), Some("/system.slice/docker-abc.scope"));
+    }
+
+    #[test]
+    fn cgroup_without_unified_line_has_no_path() {
+        assert_eq!(cgroup_v2_path("4:memory:/docker/abc\n"), None);
+    }
+
+    #[test]
+    fn cgroup_limit_max_means_none() {
+        assert_eq!(cgroup_limit("max\n"), None);
+    }
+
+    #[test]
+    fn cgroup_limit_is_bytes() {
+        assert_eq!(cgroup_limit("536870912\n"), Some(536_870_912));
+    }
 }

@@ -12,8 +12,9 @@ pub fn split(frame: &[u8]) -> Option<([u8; 2], &[u8])> {
     let profile = (frame[2] >> 6) & 0x03;
     let sampling_index = (frame[2] >> 2) & 0x0F;
     let channels = ((frame[2] & 0x01) << 2) | (frame[3] >> 6);
-    let frame_length =
-        (usize::from(frame[3] & 0x03) << 11) | (usize::from(frame[4]) << 3) | usize::from(frame[5] >> 5);
+    let frame_length = (usize::from(frame[3] & 0x03) << 11)
+        | (usize::from(frame[4]) << 3)
+        | usize::from(frame[5] >> 5);
     let header = if protection_absent { 7 } else { 9 };
     if sampling_index > 12 || frame_length < header || frame_length > frame.len() {
         return None;

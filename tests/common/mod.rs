@@ -79,7 +79,10 @@ impl MediaPorts {
             ("IOTHUB_MEDIA_HTTPS_FLV_LISTEN", self.https_flv.to_string()),
             ("IOTHUB_MEDIA_RTMP_LISTEN", self.rtmp.to_string()),
             ("IOTHUB_MEDIA_RTMPS_LISTEN", self.rtmps.to_string()),
-            ("IOTHUB_MEDIA_JT1078_LIVE_LISTEN", self.jt1078_live.to_string()),
+            (
+                "IOTHUB_MEDIA_JT1078_LIVE_LISTEN",
+                self.jt1078_live.to_string(),
+            ),
             (
                 "IOTHUB_MEDIA_JT1078_PLAYBACK_LISTEN",
                 self.jt1078_playback.to_string(),

@@ -106,6 +106,16 @@ impl Cluster {
             client,
         };
         cluster.take_gate_id(config).await?;
+        // Created at zero, so that they exist (for rate() and the dashboard) before the first
+        // instruction crosses nodes or the first device moves between them.
+        for name in [
+            "iothub_cluster_forwarded_out_total",
+            "iothub_cluster_forwarded_in_total",
+            "iothub_cluster_takeovers_total",
+            "iothub_cluster_routes_lost_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         Ok(Arc::new(cluster))
     }
 

@@ -87,7 +87,11 @@ impl StreamKey {
     /// (a query such as `?sign=` already removed).
     pub fn from_rtmp(app: &str, name: &str) -> Option<StreamKey> {
         let name = name.strip_suffix(".flv").unwrap_or(name);
-        StreamKey::parse(&format!("{}/{}", app.trim_matches('/'), name.trim_matches('/')))
+        StreamKey::parse(&format!(
+            "{}/{}",
+            app.trim_matches('/'),
+            name.trim_matches('/')
+        ))
     }
 
     /// A JT/T 1078 stream a device sends from its SIM on the live or playback port.
@@ -150,7 +154,9 @@ mod tests {
     const IMEI: &str = "868120303960873";
 
     fn key(path: &str) -> String {
-        StreamKey::parse(path).map(|k| k.to_string()).unwrap_or_default()
+        StreamKey::parse(path)
+            .map(|k| k.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -187,7 +193,10 @@ mod tests {
 
     #[test]
     fn talk_keys_carry_the_chat_prefix() {
-        assert_eq!(key(&format!("live/chat_{IMEI}")), format!("live/chat_{IMEI}"));
+        assert_eq!(
+            key(&format!("live/chat_{IMEI}")),
+            format!("live/chat_{IMEI}")
+        );
     }
 
     #[test]

@@ -35,6 +35,117 @@ use hub::MediaHub;
 use jt1078_ingest::IngestContext;
 use signals::DeviceSignals;
 
+/// Describes the media server's metrics for `/metrics`.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "iothub_media_streams",
+        "Live streams on this node, by kind (jimi_live, jimi_history, talk, jt_live, jt_playback)"
+    );
+    describe_gauge!(
+        "iothub_media_viewers",
+        "HTTP-FLV and RTMP viewers attached to streams"
+    );
+    describe_gauge!(
+        "iothub_media_ingest_connections",
+        "Open JT/T 1078 TCP connections"
+    );
+    describe_gauge!(
+        "iothub_media_rtmp_connections",
+        "Open RTMP and RTMPS connections"
+    );
+    describe_counter!(
+        "iothub_media_publishes_total",
+        "Streams published, by source (jt1078, rtmp)"
+    );
+    describe_counter!(
+        "iothub_media_tags_in_total",
+        "FLV tags streams received from their publishers"
+    );
+    describe_counter!(
+        "iothub_media_bytes_in_total",
+        "FLV tag bytes streams received from their publishers"
+    );
+    describe_counter!(
+        "iothub_media_bytes_out_total",
+        "Bytes sent to viewers, by protocol (http, https, rtmp, rtmps)"
+    );
+    describe_counter!(
+        "iothub_media_ingest_packets_total",
+        "JT/T 1078 packets received"
+    );
+    describe_counter!(
+        "iothub_media_ingest_bytes_total",
+        "JT/T 1078 bytes received"
+    );
+    describe_counter!("iothub_media_ingest_errors_total", "JT/T 1078 connections closed or frames dropped, by kind (malformed, bad_sim, unknown_device, refused, reassembly, ...)");
+    describe_counter!(
+        "iothub_media_ingest_refused_total",
+        "JT/T 1078 connections or UDP sources refused at a limit"
+    );
+    describe_counter!(
+        "iothub_media_viewers_started_total",
+        "Viewers that got a stream's first tags, by protocol"
+    );
+    describe_counter!(
+        "iothub_media_viewer_tags_dropped_total",
+        "Tags a lagging viewer skipped (it goes on from the next key frame)"
+    );
+    describe_counter!(
+        "iothub_media_viewers_dropped_total",
+        "Viewers disconnected for staying behind past the lag limit"
+    );
+    describe_counter!(
+        "iothub_media_publisher_tags_dropped_total",
+        "Tags dropped because a stream fell behind its publisher"
+    );
+    describe_counter!(
+        "iothub_media_refusals_total",
+        "Publishes and plays refused at the node's stream or viewer limit, by reason"
+    );
+    describe_counter!(
+        "iothub_media_on_demand_starts_total",
+        "0x9101 sent because a viewer asked for a JT/T live stream that was not flowing"
+    );
+    describe_counter!(
+        "iothub_media_idle_closes_total",
+        "0x9102 sent because nobody watched a JT/T live stream for idle_close_secs"
+    );
+    describe_counter!(
+        "iothub_media_start_timeouts_total",
+        "Streams nobody published within the start timeout of their first viewer"
+    );
+    describe_counter!(
+        "iothub_media_viewer_redirects_total",
+        "Cluster mode: HTTP-FLV viewers redirected to the node their stream is published at"
+    );
+    describe_counter!(
+        "iothub_media_stream_routes_lost_total",
+        "Cluster mode: renewals that found a stream of this node routed to another node"
+    );
+    describe_counter!(
+        "iothub_cluster_media_signals_in_total",
+        "Cluster mode: 0x9101/0x9102 other nodes asked this node to send to its devices"
+    );
+    describe_counter!(
+        "iothub_media_stream_failures_total",
+        "Stream actors that failed (panicked)"
+    );
+    describe_counter!(
+        "iothub_media_transcoded_frames_total",
+        "Device audio frames transcoded to AAC"
+    );
+    describe_counter!(
+        "iothub_media_transcode_errors_total",
+        "Device audio frames that could not be transcoded"
+    );
+    describe_counter!(
+        "iothub_tls_handshake_failures_total",
+        "TLS handshakes that failed, by listener"
+    );
+    crate::tls::describe_metrics();
+}
+
 /// Where the media listeners listen (`None`: off).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MediaAddrs {

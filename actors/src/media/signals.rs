@@ -61,6 +61,9 @@ pub struct DeviceSignals {
     /// Host name or address for 0x9101; empty = the address the device's connection reached.
     public_host: String,
     public_live_port: u16,
+    /// Devices taken as online without a registry: tests only.
+    #[cfg(test)]
+    online_in_tests: Vec<Imei>,
 }
 
 impl DeviceSignals {
@@ -70,6 +73,8 @@ impl DeviceSignals {
             registry: Some(registry),
             public_host,
             public_live_port,
+            #[cfg(test)]
+            online_in_tests: Vec::new(),
         }
     }
 
@@ -80,6 +85,18 @@ impl DeviceSignals {
             cluster: None,
             public_host: String::new(),
             public_live_port: 0,
+            #[cfg(test)]
+            online_in_tests: Vec::new(),
+        }
+    }
+
+    /// Test only: signals that reach no device, but take `imeis` as online (publishing
+    /// rights in tests).
+    #[cfg(test)]
+    pub fn online_for_tests(imeis: Vec<Imei>) -> DeviceSignals {
+        DeviceSignals {
+            online_in_tests: imeis,
+            ..DeviceSignals::none()
         }
     }
 
@@ -91,6 +108,10 @@ impl DeviceSignals {
     /// Whether `imei` has a live session on this node, or (cluster mode) a route naming
     /// any node: whether the device may publish its streams here.
     pub async fn online(&self, imei: Imei) -> bool {
+        #[cfg(test)]
+        if self.online_in_tests.contains(&imei) {
+            return true;
+        }
         let Some(registry) = &self.registry else {
             return false;
         };

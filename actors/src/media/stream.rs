@@ -232,10 +232,7 @@ impl Actor for MediaStream {
         metrics::gauge!("iothub_media_streams", "kind" => state.args.key.kind_label())
             .decrement(1.0);
         metrics::gauge!("iothub_media_viewers").decrement(state.viewers.len() as f64);
-        state
-            .args
-            .owner
-            .ended(state.args.key, state.args.stream_id);
+        state.args.owner.ended(state.args.key, state.args.stream_id);
         Ok(())
     }
 

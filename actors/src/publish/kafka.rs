@@ -550,6 +550,7 @@ impl KafkaSink {
         let all_brokers_down = Arc::new(Notify::new());
         let producer = create_producer(config, all_brokers_down.clone())?;
         let max = config.kafka.spool_max_events;
+        metrics::gauge!("iothub_kafka_spool_capacity").set(max as f64);
         let health = storage.health().clone();
         let spool = tokio::task::spawn_blocking(move || Spool::open(storage, max))
             .await?

@@ -35,6 +35,12 @@ const MAX_POLL_INTERVAL_MS: &str = "86400000";
 /// outage does not make every consumer rejoin the moment the broker returns.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(20);
 const HEARTBEAT_INTERVAL_MS: &str = "3000";
+/// How often a push consumer measures its lag (`iothub_push_kafka_lag`): about a scrape
+/// interval. Each measure is one offset fetch for the consumer's partitions and one
+/// watermark query per partition, off the delivery loop.
+const LAG_INTERVAL: Duration = Duration::from_secs(15);
+/// Longest wait for the broker's answer to one lag query.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One record of a batch.
 #[derive(Debug, Clone)]
@@ -239,6 +245,68 @@ impl LogSource {
     }
 }
 
+/// Sets `iothub_push_kafka_lag{topic}` every [`LAG_INTERVAL`] for as long as the consumer
+/// lives (it holds no strong reference, so the gauge task ends with its source).
+fn spawn_lag_gauge(consumer: std::sync::Weak<StreamConsumer>, topic: Topic) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(LAG_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(consumer) = consumer.upgrade() else {
+                return;
+            };
+            // librdkafka's queries block: run them where blocking is allowed.
+            match tokio::task::spawn_blocking(move || consumer_lag(&consumer)).await {
+                Ok(Ok(lag)) => {
+                    metrics::gauge!("iothub_push_kafka_lag", "topic" => topic.name())
+                        .set(lag as f64);
+                }
+                // Kafka unreachable: keep the last measure; iothub_kafka_up says why.
+                Ok(Err(e)) => {
+                    tracing::debug!(topic = topic.name(), error = %e, "push lag not measured")
+                }
+                Err(e) => {
+                    tracing::debug!(topic = topic.name(), error = %e, "push lag task failed")
+                }
+            }
+        }
+    });
+}
+
+/// Records not yet pushed on the partitions assigned to `consumer`: per partition, the high
+/// watermark minus the group's committed offset (or minus the low watermark when the group
+/// has committed nothing there, as the consumer then starts at the earliest record).
+fn consumer_lag(consumer: &StreamConsumer) -> Result<u64, KafkaError> {
+    let assignment = consumer.assignment()?;
+    if assignment.count() == 0 {
+        return Ok(0);
+    }
+    let committed = consumer.committed_offsets(assignment, LAG_QUERY_TIMEOUT)?;
+    let mut lag = 0u64;
+    for partition in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(
+            partition.topic(),
+            partition.partition(),
+            LAG_QUERY_TIMEOUT,
+        )?;
+        lag += partition_lag(partition.offset(), low, high);
+    }
+    Ok(lag)
+}
+
+/// One partition's lag from its committed offset and watermarks.
+fn partition_lag(committed: Offset, low: i64, high: i64) -> u64 {
+    let from = match committed {
+        Offset::Offset(o) => o.max(low),
+        _ => low,
+    };
+    u64::try_from(high.saturating_sub(from)).unwrap_or(0)
+}
+
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer>,
     topic: Topic,
@@ -268,8 +336,10 @@ impl KafkaSource {
         consumer
             .subscribe(&[&name])
             .map_err(|e| anyhow::anyhow!("kafka: cannot subscribe to {name}: {e}"))?;
+        let consumer = Arc::new(consumer);
+        spawn_lag_gauge(Arc::downgrade(&consumer), topic);
         Ok(KafkaSource {
-            consumer: Arc::new(consumer),
+            consumer,
             topic,
             name,
         })
@@ -372,5 +442,30 @@ impl KafkaSource {
             metrics::counter!("iothub_push_commit_failures_total", "topic" => self.topic.name())
                 .increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_from_the_committed_offset() {
+        assert_eq!(partition_lag(Offset::Offset(40), 0, 100), 60);
+    }
+
+    #[test]
+    fn lag_without_a_committed_offset_counts_from_the_low_watermark() {
+        assert_eq!(partition_lag(Offset::Invalid, 30, 100), 70);
+    }
+
+    #[test]
+    fn lag_ignores_records_retention_already_removed() {
+        assert_eq!(partition_lag(Offset::Offset(10), 30, 100), 70);
+    }
+
+    #[test]
+    fn lag_is_never_negative() {
+        assert_eq!(partition_lag(Offset::Offset(120), 0, 100), 0);
     }
 }
