@@ -562,7 +562,7 @@ impl MediaHub {
                 // Not flowing: wait for it while the device is online (a JT/T live stream is
                 // asked of the device; a playback or a JIMI stream is what the customer
                 // asked the device for just before opening the URL).
-                if !self.inner.signals.online(key.imei).await {
+                if !self.inner.signals.online_here(key.imei).await {
                     return Err(Refusal::DeviceOffline);
                 }
                 let channel = key.on_demand_channel();

@@ -105,17 +105,22 @@ impl DeviceSignals {
         self.cluster.as_ref()
     }
 
-    /// Whether `imei` has a live session on this node, or (cluster mode) a route naming
-    /// any node: whether the device may publish its streams here.
-    pub async fn online(&self, imei: Imei) -> bool {
+    /// Whether `imei` has a live session on this node.
+    pub async fn online_here(&self, imei: Imei) -> bool {
         #[cfg(test)]
         if self.online_in_tests.contains(&imei) {
             return true;
         }
-        let Some(registry) = &self.registry else {
-            return false;
-        };
-        if matches!(registry.lookup(imei).await, Ok(Some(_))) {
+        match &self.registry {
+            Some(registry) => matches!(registry.lookup(imei).await, Ok(Some(_))),
+            None => false,
+        }
+    }
+
+    /// Whether `imei` has a live session on this node, or (cluster mode) a route naming
+    /// any node: whether the device may publish its streams here.
+    pub async fn online(&self, imei: Imei) -> bool {
+        if self.online_here(imei).await {
             return true;
         }
         match &self.cluster {
