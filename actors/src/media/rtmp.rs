@@ -14,20 +14,22 @@
 //! Bounds: at most [`MAX_CONNECTIONS`] connections; each connection's replies go through a
 //! queue of [`OUT_QUEUE`] packets to one writer, and a write that waits longer than
 //! [`IDLE_TIMEOUT`] closes the connection (a player that stopped reading). A connection
-//! that neither plays nor sends anything for that long is closed too.
+//! that neither plays nor sends anything for that long is closed too. Until a connection
+//! publishes (which needs the rights), it may send [`MAX_INPUT_UNPUBLISHED`] bytes in all:
+//! players and connections being set up send little, and the chunk reader holds what a
+//! peer sends of a message until the message is complete.
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use iothub::media::{FlvTag, TagKind};
+use iothub::media::{flv, FlvTag, TagKind};
 use ring::hmac;
 use rml_rtmp::chunk_io::{ChunkDeserializer, Packet};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::RtmpMessage;
-use rml_rtmp::rml_amf0::{self, Amf0Value};
+use rml_rtmp::rml_amf0;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent,
     ServerSessionResult, StreamMetadata,
@@ -55,8 +57,11 @@ const WRITE_BATCH: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
 /// Deepest AMF0 nesting accepted in a command or data message; real ones nest 2 levels.
 const MAX_AMF_NESTING: usize = 16;
+/// Most bytes a connection that does not publish may send (a player sends an
+/// acknowledgement of a few bytes per gigabyte it receives).
+pub const MAX_INPUT_UNPUBLISHED: usize = 1024 * 1024;
 
-/// Why a connection ended (logged at debug level; none of them is the server's fault).
+/// Why a connection ended, logged at debug level: the peer's doing or its stream's.
 #[derive(Debug, thiserror::Error)]
 enum Closed {
     #[error("peer closed the connection")]
@@ -87,9 +92,19 @@ impl From<ServerSessionError> for Closed {
     }
 }
 
-/// Accepts RTMP connections (RTMPS when `tls` is set) until the listener fails for good or
-/// the task is aborted.
+/// Accepts RTMP connections (RTMPS when `tls` is set), each served by its own task, until
+/// this task is aborted; connections already open end with their streams.
 pub async fn serve(listener: TcpListener, hub: MediaHub, tls: Option<Arc<ReloadingTls>>) {
+    serve_with(listener, hub, tls, IDLE_TIMEOUT).await
+}
+
+/// [`serve`] with `idle` instead of [`IDLE_TIMEOUT`] (tests wait less).
+async fn serve_with(
+    listener: TcpListener,
+    hub: MediaHub,
+    tls: Option<Arc<ReloadingTls>>,
+    idle: Duration,
+) {
     let protocol = if tls.is_some() { "rtmps" } else { "rtmp" };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -112,12 +127,12 @@ pub async fn serve(listener: TcpListener, hub: MediaHub, tls: Option<Arc<Reloadi
             let _slot = slot;
             let _open = OpenConnection::new(protocol);
             let result = match tls {
-                None => connection(socket, &hub, protocol).await,
+                None => connection(socket, &hub, protocol, idle).await,
                 Some(tls) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(socket))
                         .await
                     {
-                        Ok(Ok(stream)) => connection(stream, &hub, protocol).await,
+                        Ok(Ok(stream)) => connection(stream, &hub, protocol, idle).await,
                         Ok(Err(e)) => Err(Closed::Tls(e.to_string())),
                         Err(_) => Err(Closed::Tls("timed out".to_string())),
                     }
@@ -148,25 +163,31 @@ impl Drop for OpenConnection {
 }
 
 /// One connection: a writer task fed by a bounded queue, and the session reading.
-async fn connection<S>(stream: S, hub: &MediaHub, protocol: &'static str) -> Result<(), Closed>
+async fn connection<S>(
+    stream: S,
+    hub: &MediaHub,
+    protocol: &'static str,
+    idle: Duration,
+) -> Result<(), Closed>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let (out, queue) = mpsc::channel(OUT_QUEUE);
     let bytes_out = metrics::counter!("iothub_media_bytes_out_total", "protocol" => protocol);
-    let writing = tokio::spawn(write_out(writer, queue, bytes_out));
-    let result = session(&mut reader, hub, protocol, out).await;
+    let writing = tokio::spawn(write_out(writer, queue, bytes_out, idle));
+    let result = session(&mut reader, hub, protocol, out, idle).await;
     // The queue is closed: the writer sends what is left (a refusal, say) and ends.
     let written = writing.await.unwrap_or(Err(Closed::WriterGone));
     result.and(written)
 }
 
-/// Writes queued packets in batches; a write waiting [`IDLE_TIMEOUT`] ends the connection.
+/// Writes queued packets in batches; a write waiting `idle` ends the connection.
 async fn write_out<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut queue: mpsc::Receiver<Bytes>,
     bytes_out: metrics::Counter,
+    idle: Duration,
 ) -> Result<(), Closed> {
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     while let Some(first) = queue.recv().await {
@@ -180,10 +201,10 @@ async fn write_out<W: AsyncWrite + Unpin>(
             writer.write_all(&batch).await?;
             writer.flush().await
         };
-        match tokio::time::timeout(IDLE_TIMEOUT, write).await {
+        match tokio::time::timeout(idle, write).await {
             Ok(Ok(())) => bytes_out.increment(batch.len() as u64),
             Ok(Err(e)) => return Err(Closed::Io(e)),
-            Err(_) => return Err(Closed::WriteStalled(IDLE_TIMEOUT)),
+            Err(_) => return Err(Closed::WriteStalled(idle)),
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
@@ -215,11 +236,12 @@ async fn session<R: AsyncRead + Unpin>(
     hub: &MediaHub,
     protocol: &'static str,
     out: mpsc::Sender<Bytes>,
+    idle: Duration,
 ) -> Result<(), Closed> {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut handshake = Handshake::new(PeerType::Server);
     let after_handshake = loop {
-        read_some(reader, &mut buf, Some(IDLE_TIMEOUT)).await?;
+        read_some(reader, &mut buf, Some(idle)).await?;
         let step = catch_unwind(AssertUnwindSafe(|| handshake.process_bytes(&buf)))
             .map_err(|_| Closed::Handshake("malformed".to_string()))?
             .map_err(|e| Closed::Handshake(e.to_string()))?;
@@ -242,6 +264,7 @@ async fn session<R: AsyncRead + Unpin>(
         protocol,
         rtmp,
         screen: Screen::new(),
+        input_unpublished: 0,
         out,
         publishing: None,
         playing: None,
@@ -253,7 +276,7 @@ async fn session<R: AsyncRead + Unpin>(
         let limit = if session.playing.is_some() {
             None
         } else {
-            Some(IDLE_TIMEOUT)
+            Some(idle)
         };
         let woken = tokio::select! {
             read = read_some(reader, &mut buf, limit) => Woken::Read(read),
@@ -322,6 +345,8 @@ struct Session<'h> {
     protocol: &'static str,
     rtmp: ServerSession,
     screen: Screen,
+    /// Bytes received while not publishing.
+    input_unpublished: usize,
     out: mpsc::Sender<Bytes>,
     publishing: Option<Publishing>,
     playing: Option<Playing>,
@@ -331,6 +356,14 @@ impl Session<'_> {
     async fn input(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         if bytes.is_empty() {
             return Ok(());
+        }
+        if self.publishing.is_none() {
+            self.input_unpublished = self.input_unpublished.saturating_add(bytes.len());
+            if self.input_unpublished > MAX_INPUT_UNPUBLISHED {
+                return Err(Closed::Protocol(format!(
+                    "more than {MAX_INPUT_UNPUBLISHED} bytes without publishing"
+                )));
+            }
         }
         self.screen.check(bytes)?;
         // rml_rtmp indexes some messages without checking their length (a bare
@@ -616,40 +649,18 @@ fn signed(secret: &str, key: &StreamKey, query: Option<&str>) -> bool {
     hmac::verify(&secret, key.to_string().as_bytes(), &sign).is_ok()
 }
 
-/// An onMetaData script tag body from what a publisher's `@setDataFrame` said.
+/// An onMetaData script tag body from what a publisher's `@setDataFrame` said (rml_rtmp
+/// gives the fields it knows, not the message).
 fn metadata_body(metadata: &StreamMetadata) -> Bytes {
-    let mut properties = HashMap::new();
-    let mut number = |name: &str, value: Option<f64>| {
-        if let Some(value) = value {
-            properties.insert(name.to_string(), Amf0Value::Number(value));
-        }
-    };
-    number("width", metadata.video_width.map(f64::from));
-    number("height", metadata.video_height.map(f64::from));
-    number("videocodecid", metadata.video_codec_id.map(f64::from));
-    number("videodatarate", metadata.video_bitrate_kbps.map(f64::from));
-    number("framerate", metadata.video_frame_rate.map(f64::from));
-    number("audiocodecid", metadata.audio_codec_id.map(f64::from));
-    number("audiodatarate", metadata.audio_bitrate_kbps.map(f64::from));
-    number("audiosamplerate", metadata.audio_sample_rate.map(f64::from));
-    number("audiochannels", metadata.audio_channels.map(f64::from));
-    if let Some(stereo) = metadata.audio_is_stereo {
-        properties.insert("stereo".to_string(), Amf0Value::Boolean(stereo));
-    }
-    if let Some(encoder) = &metadata.encoder {
-        properties.insert(
-            "encoder".to_string(),
-            Amf0Value::Utf8String(encoder.clone()),
-        );
-    }
-    let values = vec![
-        Amf0Value::Utf8String("onMetaData".to_string()),
-        Amf0Value::Object(properties),
-    ];
-    // Numbers, booleans, strings and an object always serialize.
-    rml_amf0::serialize(&values)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    flv::on_metadata(&flv::Metadata {
+        width: metadata.video_width,
+        height: metadata.video_height,
+        framerate: metadata.video_frame_rate.map(f64::from),
+        video_codec_id: metadata.video_codec_id.and_then(|id| u8::try_from(id).ok()),
+        audio_codec_id: metadata.audio_codec_id.and_then(|id| u8::try_from(id).ok()),
+        audio_sample_rate: metadata.audio_sample_rate,
+        stereo: metadata.audio_is_stereo,
+    })
 }
 
 /// What an onMetaData script tag body says, as rml_rtmp sends it to a player.
@@ -797,10 +808,16 @@ mod tests {
     use std::net::SocketAddr;
     use std::process::Output;
 
+    use std::collections::HashMap;
+
     use iothub::imei::Imei;
     use ractor::{Actor, ActorProcessingErr, ActorRef};
     use rml_rtmp::chunk_io::ChunkSerializer;
     use rml_rtmp::messages::MessagePayload;
+    use rml_rtmp::rml_amf0::Amf0Value;
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    };
     use tokio::net::TcpStream;
     use tokio::process::Command;
 
@@ -852,17 +869,18 @@ mod tests {
         metadata.video_width = Some(640);
         metadata.video_height = Some(360);
         metadata.video_codec_id = Some(7);
+        metadata.video_frame_rate = Some(25.0);
         metadata.audio_codec_id = Some(10);
+        metadata.audio_sample_rate = Some(44100);
         metadata.audio_is_stereo = Some(false);
-        metadata.encoder = Some("Lavf59.27.100".to_string());
         assert_eq!(metadata_of(&metadata_body(&metadata)), Some(metadata));
     }
 
     #[test]
-    fn a_script_tag_body_starts_with_the_onmetadata_string() {
+    fn a_script_tag_body_is_onmetadata_and_an_ecma_array() {
         let body = metadata_body(&StreamMetadata::new());
-        // AMF0 string marker, length 10, "onMetaData", then an object marker.
-        assert_eq!(&body[..14], b"\x02\x00\x0aonMetaData\x03");
+        // AMF0 string marker, length 10, "onMetaData", an ECMA array of 0 entries, its end.
+        assert_eq!(&body[..], b"\x02\x00\x0aonMetaData\x08\0\0\0\0\0\0\x09");
     }
 
     #[test]
@@ -973,12 +991,24 @@ mod tests {
         secret: &str,
         tls: Option<Arc<ReloadingTls>>,
     ) -> Server {
+        server_with(signals, tls, IDLE_TIMEOUT, |media| {
+            media.publish_secret = secret.to_string()
+        })
+        .await
+    }
+
+    async fn server_with(
+        signals: DeviceSignals,
+        tls: Option<Arc<ReloadingTls>>,
+        idle: Duration,
+        configure: impl FnOnce(&mut crate::config::MediaConfig),
+    ) -> Server {
         let config = Config::from_toml_str("", &|name: &str| {
             (name == "apiToken").then(|| "secret".to_string())
         })
         .expect("the embedded configuration loads");
         let mut media = config.media;
-        media.publish_secret = secret.to_string();
+        configure(&mut media);
         let one_at_a_time = ONE_SERVER.lock().await;
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
         let mut tries = 0;
@@ -996,7 +1026,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener, hub.clone(), tls));
+        let task = tokio::spawn(serve_with(listener, hub.clone(), tls, idle));
         Server {
             addr,
             hub,
@@ -1164,6 +1194,53 @@ mod tests {
         publish_probe_and_play(&server, "rtmp").await;
     }
 
+    /// A self-signed certificate and its key in one PEM file, made by the openssl CLI.
+    fn self_signed(dir: &std::path::Path) -> std::path::PathBuf {
+        let made = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .output()
+            .expect("openssl is needed by the RTMPS test (Debian: apt-get install openssl)");
+        assert!(
+            made.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mut pem = std::fs::read(dir.join("cert.pem")).unwrap();
+        pem.extend(std::fs::read(dir.join("key.pem")).unwrap());
+        let path = dir.join("server.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ffmpeg_publishes_and_plays_over_rtmps() {
+        need("ffmpeg");
+        need("ffprobe");
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ReloadingTls::start(crate::tls::TlsSettings {
+            certificate: self_signed(dir.path()),
+            password: String::new(),
+        })
+        .expect("the self-signed certificate loads");
+        let server = server(online(), "", Some(tls)).await;
+        publish_probe_and_play(&server, "rtmps").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_publisher_for_an_offline_device_is_refused() {
         need("ffmpeg");
@@ -1182,7 +1259,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_play_of_a_stream_nobody_publishes_is_refused() {
         need("ffmpeg");
-        let server = server(online(), "", None).await;
+        let server = server_with(online(), None, IDLE_TIMEOUT, |media| {
+            media.start_timeout = Duration::from_secs(2)
+        })
+        .await;
         let url = format!("rtmp://{}/live/1/{IMEI}", server.addr);
         let play = run(
             "ffmpeg",
@@ -1202,7 +1282,7 @@ mod tests {
         .await;
         assert!(!play.status.success(), "played a stream nobody publishes");
         assert!(
-            stderr(&play).contains("no such stream"),
+            stderr(&play).contains("did not start streaming in time"),
             "the refusal does not say why: {}",
             stderr(&play)
         );
@@ -1262,18 +1342,22 @@ mod tests {
         }
     }
 
-    /// Sends one AMF0 data message and expects the server to close the connection.
-    async fn closes_on(addr: SocketAddr, data: Vec<u8>) {
+    /// Sends AMF0 data messages and expects the server to close the connection.
+    async fn closes_on(addr: SocketAddr, messages: &[Vec<u8>]) {
         let mut socket = handshaken(addr).await;
-        let payload = MessagePayload {
-            timestamp: RtmpTimestamp::new(0),
-            type_id: 18,
-            message_stream_id: 0,
-            data: Bytes::from(data),
-        };
         let mut chunks = ChunkSerializer::new();
-        let packet = chunks.serialize(&payload, true, false).unwrap();
-        let _ = socket.write_all(&packet.bytes).await;
+        for data in messages {
+            let payload = MessagePayload {
+                timestamp: RtmpTimestamp::new(0),
+                type_id: 18,
+                message_stream_id: 0,
+                data: Bytes::from(data.clone()),
+            };
+            let packet = chunks.serialize(&payload, true, false).unwrap();
+            if socket.write_all(&packet.bytes).await.is_err() {
+                break;
+            }
+        }
         let mut sink = vec![0u8; 65536];
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -1293,10 +1377,116 @@ mod tests {
         // `@setDataFrame` alone: rml_rtmp indexes the value that should follow.
         let bare =
             rml_amf0::serialize(&vec![Amf0Value::Utf8String("@setDataFrame".to_string())]).unwrap();
-        closes_on(server.addr, bare).await;
+        closes_on(server.addr, &[bare]).await;
         // 100 000 nested objects: rml_amf0 would recurse as deep.
-        closes_on(server.addr, [0x03, 0x00, 0x01, b'a'].repeat(100_000)).await;
+        closes_on(server.addr, &[[0x03, 0x00, 0x01, b'a'].repeat(100_000)]).await;
         // The server goes on.
         handshaken(server.addr).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_publish_may_send_a_megabyte() {
+        let server = server(online(), "", None).await;
+        // Well-formed data messages nobody asked for: a 60 000-byte AMF0 string each.
+        let mut text = vec![0x02];
+        text.extend_from_slice(&60_000u16.to_be_bytes());
+        text.extend(std::iter::repeat_n(b'x', 60_000));
+        let messages = vec![text; MAX_INPUT_UNPUBLISHED / 60_000 + 2];
+        closes_on(server.addr, &messages).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_player_that_stops_reading_is_closed_once_a_write_waits_too_long() {
+        let idle = Duration::from_secs(1);
+        // The stream's own lag limit must not be what closes the player.
+        let server = server_with(online(), None, idle, |media| {
+            media.viewer_lag_limit = Duration::from_secs(600)
+        })
+        .await;
+        let key = StreamKey::parse(&format!("live/1/{IMEI}")).unwrap();
+        let mut publisher = server.hub.publish(key, Source::Rtmp).await.unwrap();
+        let video = |timestamp: u32, body: Vec<u8>| FlvTag {
+            kind: TagKind::Video,
+            timestamp,
+            body: Bytes::from(body),
+        };
+        // An AVC sequence header, then a key frame: a viewer can start.
+        assert!(publisher.push(video(0, vec![0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1e, 0xff])));
+        let mut frame = vec![0x17, 1, 0, 0, 0];
+        frame.resize(256 * 1024, 0);
+        assert!(publisher.push(video(0, frame.clone())));
+
+        let mut socket = handshaken(server.addr).await;
+        let (mut client, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        let mut pending = vec![client.request_connection("live".to_string()).unwrap()];
+        let mut buf = vec![0u8; 65536];
+        let mut playing = false;
+        while !playing {
+            for result in pending.drain(..) {
+                match result {
+                    ClientSessionResult::OutboundResponse(packet) => {
+                        socket.write_all(&packet.bytes).await.unwrap()
+                    }
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::ConnectionRequestAccepted,
+                    ) => {
+                        socket
+                            .write_all(&playback(&mut client, &format!("1/{IMEI}")))
+                            .await
+                            .unwrap();
+                    }
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::PlaybackRequestAccepted,
+                    ) => {
+                        playing = true;
+                    }
+                    _ => {}
+                }
+            }
+            if playing {
+                break;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+                .await
+                .expect("the server answered")
+                .unwrap();
+            assert!(n > 0, "the server closed before playing");
+            pending = client.handle_input(&buf[..n]).unwrap();
+        }
+
+        // The player reads no more; more frames than the socket buffers hold go out.
+        for i in 1..=80u32 {
+            let mut tag = video(i * 40, frame.clone());
+            if i % 10 != 0 {
+                let mut body = frame.clone();
+                body[0] = 0x27;
+                tag.body = Bytes::from(body);
+            }
+            publisher.push(tag);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Past the write timeout, reading finds the end of what was sent, then the close.
+        tokio::time::sleep(idle * 3).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a player that stopped reading stayed connected"
+        );
+        drop(publisher);
+    }
+
+    fn playback(client: &mut ClientSession, name: &str) -> Vec<u8> {
+        match client.request_playback(name.to_string()).unwrap() {
+            ClientSessionResult::OutboundResponse(packet) => packet.bytes,
+            other => panic!("rml_rtmp's client did not ask to play: {other:?}"),
+        }
     }
 }
