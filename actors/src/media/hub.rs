@@ -922,4 +922,131 @@ mod tests {
         assert_eq!(clock.retime(&start[1]).timestamp, 0);
         assert_eq!(clock.retime(&video(1040, false)).timestamp, 40);
     }
+
+    /// A hub of node `gate` in a cluster on `pool` (its sessions: none), publishing at
+    /// `http://<gate>:8880`.
+    async fn cluster_hub(
+        pool: crate::cluster::redis::Pool,
+        keys: crate::cluster::redis::Keys,
+        gate: &str,
+    ) -> MediaHub {
+        use crate::cluster::node::Nodes;
+        use crate::cluster::routes::Routes;
+        use crate::cluster::Cluster;
+        use crate::registry::{Registry, RegistryActor};
+        let lease = Duration::from_secs(30);
+        let cluster = Arc::new(Cluster {
+            gate_id: gate.to_string(),
+            instance: format!("{gate}-instance"),
+            advertise: String::new(),
+            routes: Routes::new(pool.clone(), keys.clone(), gate, lease),
+            nodes: Nodes::new(pool.clone(), keys.clone(), lease),
+            pool,
+            keys,
+            lease,
+            token: "t".to_string(),
+            client: reqwest::Client::new(),
+        });
+        let (registry, _) = Actor::spawn(None, RegistryActor, Some(cluster.clone()))
+            .await
+            .unwrap();
+        let registry = Registry {
+            actor: registry,
+            cluster: Some(cluster),
+        };
+        let mut config = Config::from_toml_str("[api]\ntoken = \"t\"\n", &|_| None)
+            .unwrap()
+            .media;
+        config.advertise_http = format!("http://{gate}:8880");
+        config.start_timeout = Duration::from_secs(1);
+        let (parent, _) = Actor::spawn(None, TestParent, ()).await.unwrap();
+        let signals = DeviceSignals::new(registry, String::new(), 10_000);
+        MediaHub::start(config, parent.get_cell(), signals, None)
+            .await
+            .unwrap()
+    }
+
+    fn jt_live(imei: &str) -> StreamKey {
+        StreamKey::jt1078(Imei::parse(imei).unwrap(), 1, false)
+    }
+
+    #[tokio::test]
+    async fn a_stream_published_at_another_node_is_located_there() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let other = StreamRoutes::new(
+            r.pool.clone(),
+            r.keys.clone(),
+            "node-a",
+            Duration::from_secs(30),
+            "http://node-a:8880",
+        );
+        let key = jt_live("868120303960881");
+        other.claim(&key.to_string(), "a.s1").await.unwrap();
+        let placement = hub.locate(key).await;
+        assert!(
+            matches!(&placement, Ok(Placement::Elsewhere(url)) if url == "http://node-a:8880"),
+            "not sent to node-a: {:?}",
+            placement.as_ref().err()
+        );
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_a_device_online_nowhere_is_refused_as_offline() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let refusal = hub.locate(jt_live("868120303960899")).await.err();
+        assert_eq!(refusal, Some(Refusal::DeviceOffline));
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_published_here_is_routed_to_this_node_until_it_ends() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let routes = StreamRoutes::new(
+            r.pool.clone(),
+            r.keys.clone(),
+            "node-x",
+            Duration::from_secs(30),
+            "",
+        );
+        let key = jt_live("868120303960907");
+        let publisher = hub.publish(key, Source::Jt1078).await.unwrap();
+        let mut route = None;
+        for _ in 0..50 {
+            route = routes.lookup(&key.to_string()).await.unwrap();
+            if route.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            route.clone().map(|r| (r.gate, r.url)),
+            Some(("node-b".to_string(), "http://node-b:8880".to_string()))
+        );
+        drop(publisher);
+        for _ in 0..50 {
+            route = routes.lookup(&key.to_string()).await.unwrap();
+            if route.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(route, None, "the ended stream's route is still there");
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_503_naming_redis() {
+        let (pool, keys) = crate::cluster::redis::testing::unreachable();
+        let hub = cluster_hub(pool, keys, "node-b").await;
+        let refusal = hub.locate(jt_live("868120303960915")).await.err();
+        let Some(Refusal::Unavailable(why)) = &refusal else {
+            panic!("not refused as unavailable: {refusal:?}");
+        };
+        assert!(why.contains("redis"), "{why}");
+        assert_eq!(refusal.map(|r| r.http_status()), Some(503));
+    }
 }
