@@ -62,11 +62,14 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves `service` on `listener` (named `name` in logs and metrics) until `shutdown`
 /// resolves; then stops accepting, lets open requests finish and returns when the last
-/// connection has closed. Aborting the returned task closes every connection at once.
+/// connection has closed. Aborting the returned task closes every connection at once. With
+/// `tls`, each connection's TLS handshake must end within the header read timeout, and the
+/// certificate is the one `tls` holds when the connection comes in.
 pub fn spawn<S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: HttpConfig,
+    tls: Option<Arc<ReloadingTls>>,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()>
@@ -79,36 +82,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    tokio::spawn(accept_loop(name, listener, limits, None, service, shutdown))
-}
-
-/// [`spawn`] for HTTPS: each connection's TLS handshake must end within the header read
-/// timeout; the certificate is the one `tls` holds when the connection comes in.
-pub fn spawn_tls<S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    limits: HttpConfig,
-    tls: Arc<ReloadingTls>,
-    service: S,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()>
-where
-    S: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    tokio::spawn(accept_loop(
-        name,
-        listener,
-        limits,
-        Some(tls),
-        service,
-        shutdown,
-    ))
+    tokio::spawn(accept_loop(name, listener, limits, tls, service, shutdown))
 }
 
 async fn accept_loop<S, B>(
@@ -725,7 +699,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = spawn(name, listener, limits, TestRoutes, async move {
+        let task = spawn(name, listener, limits, None, TestRoutes, async move {
             let _ = stopped.await;
         });
         TestServer { addr, stop, task }

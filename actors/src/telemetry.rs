@@ -86,6 +86,7 @@ pub async fn start_metrics(listen: SocketAddr, http: HttpConfig) -> anyhow::Resu
         "metrics",
         listener,
         http,
+        None,
         warp::service(metrics_route(handle, process)),
         std::future::pending(),
     );

@@ -143,6 +143,7 @@ pub async fn start(config: &Config, deps: ApiDeps) -> anyhow::Result<ApiServer> 
         "api",
         listener,
         config.http,
+        None,
         warp::service(routes(state)),
         async move {
             // A dropped sender (ApiServer dropped) stops the server as well.

@@ -259,6 +259,7 @@ pub async fn start(
         "internal",
         listener,
         http,
+        None,
         warp::service(routes(shared)),
         async move {
             let _ = stopped.await;

@@ -262,6 +262,7 @@ impl MediaServer {
                 "http_flv",
                 listener,
                 config.http,
+                None,
                 http_flv::FlvService {
                     hub: hub.clone(),
                     scheme: "http",
@@ -272,11 +273,11 @@ impl MediaServer {
         if let (Some(a), Some(tls)) = (m.https_flv_listen, &tls) {
             let listener = bind("https-flv", a).await?;
             addrs.https_flv = Some(listener.local_addr()?);
-            http.push(crate::http_server::spawn_tls(
+            http.push(crate::http_server::spawn(
                 "https_flv",
                 listener,
                 config.http,
-                tls.clone(),
+                Some(tls.clone()),
                 http_flv::FlvService {
                     hub: hub.clone(),
                     scheme: "https",
