@@ -288,6 +288,10 @@ pub struct MediaConfig {
     pub public_live_port: u16,
     /// Port put in 0x9201.
     pub public_playback_port: u16,
+    /// Cluster mode: the base URL (`http://node-1.example:8880`) viewers who reached another
+    /// node are redirected to for the streams published here; written to Redis with each
+    /// stream's route. Empty outside cluster mode or without an HTTP-FLV listener.
+    pub advertise_http: String,
     /// An on-demand stream is closed (0x9102) this long after its last viewer left.
     pub idle_close: Duration,
     /// How long a viewer of an on-demand stream waits for the device to start streaming.
@@ -510,6 +514,7 @@ section!(MediaFile {
     public_host: String,
     public_live_port: u64,
     public_playback_port: u64,
+    advertise_http: String,
     idle_close_secs: u64,
     start_timeout_secs: u64,
     gop_max_tags: u64,
@@ -817,7 +822,11 @@ fn optional_socket_addr(
     }
 }
 
-fn resolve_media(m: MediaFile, env: &Env<'_>) -> Result<MediaConfig, ConfigError> {
+fn resolve_media(
+    m: MediaFile,
+    env: &Env<'_>,
+    cluster_mode: bool,
+) -> Result<MediaConfig, ConfigError> {
     let listen = |key: &str, var: &str, file: Option<String>| {
         optional_socket_addr(env, &format!("media.{key}"), var, file)
     };
@@ -840,12 +849,58 @@ fn resolve_media(m: MediaFile, env: &Env<'_>) -> Result<MediaConfig, ConfigError
         "drop" => AudioPolicy::Drop,
         _ => return Err(audio.invalid("must be transcode, passthrough or drop")),
     };
+    let http_flv_listen = listen(
+        "http_flv_listen",
+        "IOTHUB_MEDIA_HTTP_FLV_LISTEN",
+        m.http_flv_listen,
+    )?;
+    let advertise = pick(
+        env,
+        "media.advertise_http",
+        &["IOTHUB_MEDIA_ADVERTISE_HTTP"],
+        m.advertise_http,
+    )?;
+    let advertise_http = match (advertise.value.trim(), http_flv_listen) {
+        ("", _) if !cluster_mode => String::new(),
+        ("", None) => String::new(),
+        ("", Some(listen)) if listen.ip().is_unspecified() => {
+            // As cluster.internal_advertise: listening everywhere, the node is reached by
+            // its host name.
+            match env
+                .get("HOSTNAME")
+                .or_else(host_name)
+                .map(|h| h.trim().to_string())
+            {
+                Some(host) if !host.is_empty() => format!("http://{host}:{}", listen.port()),
+                _ => {
+                    return Err(ConfigError::Missing {
+                        key: "media.advertise_http".to_string(),
+                        hint: format!(
+                            "cluster mode (redis.host is set), media.http_flv_listen is {listen} \
+                             and the host name is unknown: set the base URL viewers reach this \
+                             node's HTTP-FLV at (IOTHUB_MEDIA_ADVERTISE_HTTP)"
+                        ),
+                    })
+                }
+            }
+        }
+        ("", Some(listen)) => format!("http://{listen}"),
+        (given, _) => {
+            let rest = given
+                .strip_prefix("http://")
+                .or_else(|| given.strip_prefix("https://"))
+                .unwrap_or_default();
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+                return Err(advertise.invalid(
+                    "is not an http:// or https:// base URL without a path (e.g. http://node-1.example:8880)",
+                ));
+            }
+            given.trim_end_matches('/').to_string()
+        }
+    };
     Ok(MediaConfig {
-        http_flv_listen: listen(
-            "http_flv_listen",
-            "IOTHUB_MEDIA_HTTP_FLV_LISTEN",
-            m.http_flv_listen,
-        )?,
+        http_flv_listen,
         https_flv_listen: listen(
             "https_flv_listen",
             "IOTHUB_MEDIA_HTTPS_FLV_LISTEN",
@@ -893,6 +948,7 @@ fn resolve_media(m: MediaFile, env: &Env<'_>) -> Result<MediaConfig, ConfigError
             "IOTHUB_MEDIA_PUBLIC_PLAYBACK_PORT",
             m.public_playback_port,
         )?,
+        advertise_http,
         idle_close: secs(
             env,
             "media.idle_close_secs",
@@ -1598,6 +1654,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         )? as usize,
     };
 
+    let media = resolve_media(f.media, env, redis.cluster_mode())?;
     Ok(Config {
         gate_id: gate_id.value,
         gateway,
@@ -1610,7 +1667,7 @@ fn resolve(f: FileConfig, env: &Env<'_>) -> Result<Config, ConfigError> {
         cluster,
         runtime,
         http,
-        media: resolve_media(f.media, env)?,
+        media,
     })
 }
 
@@ -1747,6 +1804,63 @@ mod tests {
         ]);
         let config = Config::from_toml_str("", &env).unwrap();
         assert_eq!(config.cluster.internal_advertise, "gateway-2:10089");
+    }
+
+    #[test]
+    fn cluster_mode_advertises_the_http_flv_listener_by_host_name() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "10.0.0.5"),
+            ("HOSTNAME", "gateway-3"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.media.advertise_http, "http://gateway-3:8880");
+    }
+
+    #[test]
+    fn a_specific_http_flv_listen_address_is_its_own_advertised_url() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "127.0.0.1"),
+            ("IOTHUB_MEDIA_HTTP_FLV_LISTEN", "127.0.0.1:18880"),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.media.advertise_http, "http://127.0.0.1:18880");
+    }
+
+    #[test]
+    fn the_advertised_media_url_loses_its_trailing_slash() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "10.0.0.5"),
+            (
+                "IOTHUB_MEDIA_ADVERTISE_HTTP",
+                "https://media-1.example:8890/",
+            ),
+        ]);
+        let config = Config::from_toml_str("", &env).unwrap();
+        assert_eq!(config.media.advertise_http, "https://media-1.example:8890");
+    }
+
+    #[test]
+    fn an_advertised_media_url_with_a_path_is_refused() {
+        let env = cluster_env(&[
+            ("apiToken", "secret"),
+            ("redisHost", "10.0.0.5"),
+            (
+                "IOTHUB_MEDIA_ADVERTISE_HTTP",
+                "http://media-1.example:8880/live",
+            ),
+        ]);
+        let err = Config::from_toml_str("", &env).unwrap_err().to_string();
+        assert!(err.contains("IOTHUB_MEDIA_ADVERTISE_HTTP"), "{err}");
+        assert!(err.contains("without a path"), "{err}");
+    }
+
+    #[test]
+    fn a_single_node_advertises_no_media_url() {
+        let config = Config::from_toml_str("", &with_token).unwrap();
+        assert_eq!(config.media.advertise_http, "");
     }
 
     #[test]

@@ -146,6 +146,8 @@ impl Hub {
             actor: registry_ref.clone(),
             cluster: cluster.clone(),
         };
+        // Filled once the media server runs; the internal listener starts before it.
+        let media_signals = internal::MediaSignalsSlot::default();
         let cluster = match cluster {
             Some(cluster) => {
                 let internal = internal::start(
@@ -155,6 +157,7 @@ impl Hub {
                     api::REPLY_MARGIN,
                     config.api.max_timeout,
                     config.http,
+                    media_signals.clone(),
                 )
                 .await?;
                 let (lost_tx, identity_lost) = watch::channel(None);
@@ -253,6 +256,7 @@ impl Hub {
             MediaServer::start(config, root.get_cell(), registry.clone(), publisher.clone())
                 .await?;
         let media_addrs = media.addrs;
+        let _ = media_signals.set(media.hub.signals().clone());
 
         let api = api::start(
             config,

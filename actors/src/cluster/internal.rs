@@ -7,13 +7,16 @@
 //!   session if it is still the one named.
 //! - `GET /internal/v1/identity`: the gateId and instance of this process, so a node starting
 //!   with the same gateId can tell a live holder from a dead one.
+//! - `POST /internal/v1/media/signal`: another node's media server wants a stream of a
+//!   device this node holds started (0x9101) or closed (0x9102); this node's
+//!   [`DeviceSignals`] sends it through the local session.
 //!
 //! Every call carries the api token in [`TOKEN_HEADER`](super::TOKEN_HEADER); the listener
 //! belongs on a private network all the same.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +34,12 @@ use super::{Cluster, Identity, TOKEN_HEADER};
 use crate::config::HttpConfig;
 use crate::gateway::control::{self, Delivery};
 use crate::http_server;
+use crate::media::signals::{DeviceSignals, LiveSignal, SignalError};
 use crate::registry::Registry;
+
+/// The media server's signals, set once the media server has started (after the internal
+/// listener); until then a media signal is answered [`MediaSignalAnswer::NotHere`].
+pub type MediaSignalsSlot = Arc<OnceLock<DeviceSignals>>;
 
 /// Largest accepted body; an instruction is a few hundred bytes.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -58,6 +66,28 @@ pub enum ForwardAnswer {
 pub struct TakeoverNotice {
     pub imei: Imei,
     pub owner: String,
+}
+
+/// "Send this live signal to the device's session on your node."
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MediaSignal {
+    pub imei: Imei,
+    pub channel: u8,
+    pub signal: LiveSignal,
+}
+
+/// The answer to a [`MediaSignal`].
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaSignalAnswer {
+    /// The session put it on the wire.
+    Sent,
+    /// The device has no session on this node.
+    NotHere,
+    /// The session refused it (the reason).
+    Refused(String),
+    /// The session did not take it in time.
+    NoAnswer,
 }
 
 /// Why a forwarded instruction has no answer from the owner.
@@ -129,6 +159,47 @@ pub async fn forward(
         .map_err(|e| broken(format!("unreadable answer: {e}")))
 }
 
+/// Asks the node holding the device's session to send `signal`; waits at most the
+/// session's own signal timeout plus a margin.
+pub async fn media_signal(
+    cluster: &Cluster,
+    gate: &str,
+    addr: &str,
+    signal: &MediaSignal,
+) -> Result<MediaSignalAnswer, ForwardError> {
+    let broken = |reason: String| ForwardError::Broken {
+        gate: gate.to_string(),
+        addr: addr.to_string(),
+        reason,
+    };
+    let response = cluster
+        .client
+        .post(format!("http://{addr}/internal/v1/media/signal"))
+        .header(TOKEN_HEADER, &cluster.token)
+        .timeout(Duration::from_secs(10))
+        .json(signal)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                ForwardError::Unreachable {
+                    gate: gate.to_string(),
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            } else {
+                broken(e.to_string())
+            }
+        })?;
+    if !response.status().is_success() {
+        return Err(broken(format!("answered HTTP {}", response.status())));
+    }
+    response
+        .json::<MediaSignalAnswer>()
+        .await
+        .map_err(|e| broken(format!("unreadable answer: {e}")))
+}
+
 /// The running internal listener.
 pub struct InternalServer {
     pub local_addr: SocketAddr,
@@ -157,10 +228,12 @@ struct Shared {
     margin: Duration,
     /// The API's bound of `timeOut` (`api.max_timeout_secs`), applied to forwarded ones too.
     max_timeout: Duration,
+    media: MediaSignalsSlot,
 }
 
 /// Binds `listen` and serves the node-to-node calls with the bounds of `http`; a forwarded
-/// instruction waits at most `max_timeout` (the API's own bound) for its device.
+/// instruction waits at most `max_timeout` (the API's own bound) for its device; media
+/// signals go through what `media` holds once it is set.
 pub async fn start(
     listen: SocketAddr,
     cluster: Arc<Cluster>,
@@ -168,6 +241,7 @@ pub async fn start(
     margin: Duration,
     max_timeout: Duration,
     http: HttpConfig,
+    media: MediaSignalsSlot,
 ) -> anyhow::Result<InternalServer> {
     let listener = TcpListener::bind(listen)
         .await
@@ -178,6 +252,7 @@ pub async fn start(
         registry,
         margin,
         max_timeout,
+        media,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = http_server::spawn(
@@ -239,6 +314,16 @@ fn routes(
                 warp::reply::json(&answer).into_response()
             },
         );
+    let media_signal = warp::path!("internal" / "v1" / "media" / "signal")
+        .and(warp::post())
+        .and(authorized.clone())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::json())
+        .then(|shared: Arc<Shared>, request: MediaSignal| async move {
+            metrics::counter!("iothub_cluster_media_signals_in_total").increment(1);
+            let answer = media_signal_local(&shared, request).await;
+            warp::reply::json(&answer).into_response()
+        });
     let takeover = warp::path!("internal" / "v1" / "takeover")
         .and(warp::post())
         .and(authorized)
@@ -254,6 +339,8 @@ fn routes(
         .or(instruct)
         .unify()
         .or(takeover)
+        .unify()
+        .or(media_signal)
         .unify()
         .recover(|r: warp::Rejection| async move {
             let status = if r.find::<Unauthorized>().is_some() {
@@ -281,6 +368,21 @@ async fn instruct_local(shared: &Shared, request: ForwardedInstruction) -> Forwa
     ForwardAnswer::Delivered(
         control::instruct(&session, request.instruction, timeout, shared.margin).await,
     )
+}
+
+async fn media_signal_local(shared: &Shared, request: MediaSignal) -> MediaSignalAnswer {
+    let Some(signals) = shared.media.get() else {
+        return MediaSignalAnswer::NotHere;
+    };
+    match signals
+        .signal_local(request.imei, request.channel, request.signal)
+        .await
+    {
+        Ok(()) => MediaSignalAnswer::Sent,
+        Err(SignalError::Offline | SignalError::Unreachable(_)) => MediaSignalAnswer::NotHere,
+        Err(SignalError::Refused(why)) => MediaSignalAnswer::Refused(why),
+        Err(SignalError::NoAnswer) => MediaSignalAnswer::NoAnswer,
+    }
 }
 
 /// How long a forwarded instruction may wait for its device: what the sending node asked,
@@ -405,6 +507,7 @@ mod tests {
             MARGIN,
             max_timeout,
             http,
+            MediaSignalsSlot::default(),
         )
         .await
         .expect("internal listener");
@@ -452,5 +555,150 @@ mod tests {
     #[test]
     fn forwarded_timeout_of_u64_max_is_capped() {
         assert_eq!(forwarded_timeout(u64::MAX, MAX), MAX);
+    }
+
+    /// A session that takes signals, keeps the instruction each one builds (with the
+    /// address its device's connection reached) and says it sent it.
+    struct SignalledSession(Arc<std::sync::Mutex<Vec<Instruction>>>);
+
+    impl Actor for SignalledSession {
+        type Msg = SessionControl;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<SessionControl>,
+            (): (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<SessionControl>,
+            msg: SessionControl,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            if let SessionControl::Signal { build, reply } = msg {
+                let local = "10.1.2.3:21121".parse().ok();
+                if let Ok(mut sent) = self.0.lock() {
+                    sent.push(build(local));
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Ok(())
+        }
+    }
+
+    const SIGNALLED_IMEI: &str = "862798050240881";
+
+    /// An internal listener whose node holds one signalled session; what it sent.
+    async fn media_node() -> (
+        InternalServer,
+        Arc<Cluster>,
+        Arc<std::sync::Mutex<Vec<Instruction>>>,
+    ) {
+        let (registry_actor, _) = Actor::spawn(None, RegistryActor, None)
+            .await
+            .expect("registry");
+        let registry = Registry {
+            actor: registry_actor,
+            cluster: None,
+        };
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (session, _) = Actor::spawn(None, SignalledSession(sent.clone()), ())
+            .await
+            .expect("session");
+        registry
+            .register(
+                Imei::parse(SIGNALLED_IMEI).expect("imei"),
+                SessionRef {
+                    id: session.get_id(),
+                    control: session.get_derived(),
+                },
+            )
+            .await
+            .expect("registered");
+        let media = MediaSignalsSlot::default();
+        let _ = media.set(DeviceSignals::new(registry.clone(), String::new(), 10_000));
+        let http = HttpConfig {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        };
+        let cluster = cluster();
+        let server = start(
+            "127.0.0.1:0".parse().expect("address"),
+            cluster.clone(),
+            registry,
+            MARGIN,
+            MAX,
+            http,
+            media,
+        )
+        .await
+        .expect("internal listener");
+        (server, cluster, sent)
+    }
+
+    #[tokio::test]
+    async fn a_media_signal_reaches_the_session_with_this_node_s_address() {
+        let (server, cluster, sent) = media_node().await;
+        let signal = MediaSignal {
+            imei: Imei::parse(SIGNALLED_IMEI).expect("imei"),
+            channel: 2,
+            signal: LiveSignal::Start,
+        };
+        let answer = media_signal(&cluster, "gate-a", &server.local_addr.to_string(), &signal)
+            .await
+            .expect("answered");
+        assert_eq!(answer, MediaSignalAnswer::Sent);
+        let sent = sent.lock().expect("sent").clone();
+        assert_eq!(sent.len(), 1, "one signal reached the session");
+        assert_eq!(sent[0].pro_no, 0x9101);
+        let content: serde_json::Value = serde_json::from_str(&sent[0].content).expect("json");
+        assert_eq!(content["videoIP"], "10.1.2.3");
+        assert_eq!(content["videoTCPPort"], 10_000);
+        assert_eq!(content["channel"], 2);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_media_signal_for_a_device_not_here_says_so() {
+        let (server, cluster, _) = media_node().await;
+        let signal = MediaSignal {
+            imei: Imei::parse("862798050240899").expect("imei"),
+            channel: 1,
+            signal: LiveSignal::Stop,
+        };
+        let answer = media_signal(&cluster, "gate-a", &server.local_addr.to_string(), &signal)
+            .await
+            .expect("answered");
+        assert_eq!(answer, MediaSignalAnswer::NotHere);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_media_signal_without_the_token_is_refused() {
+        let (server, _, sent) = media_node().await;
+        let status = reqwest::Client::new()
+            .post(format!(
+                "http://{}/internal/v1/media/signal",
+                server.local_addr
+            ))
+            .json(&MediaSignal {
+                imei: Imei::parse(SIGNALLED_IMEI).expect("imei"),
+                channel: 1,
+                signal: LiveSignal::Start,
+            })
+            .send()
+            .await
+            .expect("answered")
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(sent.lock().expect("sent").is_empty());
+        server.shutdown().await;
     }
 }

@@ -234,6 +234,13 @@ impl Keys {
         format!("{}:route:{imei}", self.prefix)
     }
 
+    /// Hash of a media stream's route (`stream` as `1/<imei>`, `live/2/<imei>`): `gate`,
+    /// `owner` (the publishing node's token for that stream), `url` (the node's HTTP-FLV base
+    /// URL); expires unless renewed by that node while the stream lives.
+    pub fn media(&self, stream: &str) -> String {
+        format!("{}:media:{stream}", self.prefix)
+    }
+
     /// Offline instructions of one device.
     pub fn offline(&self, imei: Imei) -> String {
         format!("{}:offline:{imei}", self.prefix)

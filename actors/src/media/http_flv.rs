@@ -4,6 +4,11 @@
 //! with timestamps from 0 for this viewer. The body is fed by the viewer's bounded queue, so
 //! a viewer that stops reading only fills its own queue (the stream drops it), and its
 //! connection is closed once a write has waited the HTTP idle timeout.
+//!
+//! In cluster mode a viewer of a stream published at another node is redirected there
+//! (302, `Location:` that node's `media.advertise_http` with the same path and query):
+//! players (ffplay, flv.js, mpegts.js, browsers) follow redirects, and the video then flows
+//! from the node that has it, with no relay hop.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +21,7 @@ use http_body_util::{Either, Full};
 use iothub::media::flv;
 use warp::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
-use super::hub::{MediaHub, StreamViewer, ViewerClock};
+use super::hub::{MediaHub, Placement, StreamViewer, ViewerClock};
 use super::keys::StreamKey;
 use crate::http_server::TimedBody;
 
@@ -59,7 +64,7 @@ async fn serve(hub: MediaHub, scheme: &'static str, request: Request<TimedBody>)
     let origin = request.headers().get(header::ORIGIN).cloned();
     let mut response = match *request.method() {
         Method::OPTIONS => plain(StatusCode::NO_CONTENT, ""),
-        Method::GET => view(&hub, scheme, request.uri().path()).await,
+        Method::GET => view(&hub, scheme, request.uri()).await,
         _ => plain(StatusCode::METHOD_NOT_ALLOWED, "only GET plays a stream\n"),
     };
     let headers = response.headers_mut();
@@ -80,15 +85,16 @@ async fn serve(hub: MediaHub, scheme: &'static str, request: Request<TimedBody>)
     response
 }
 
-async fn view(hub: &MediaHub, scheme: &'static str, path: &str) -> FlvResponse {
-    let Some(key) = StreamKey::from_flv_path(path) else {
+async fn view(hub: &MediaHub, scheme: &'static str, uri: &warp::http::Uri) -> FlvResponse {
+    let Some(key) = StreamKey::from_flv_path(uri.path()) else {
         return plain(
             StatusCode::NOT_FOUND,
             "not a stream URL: /live/<ch>/<imei>.flv, /live/<imei>.flv, /<ch>/<imei>.flv or /<ch>/<imei>.history.flv\n",
         );
     };
-    let mut viewer = match hub.play(key).await {
-        Ok(viewer) => viewer,
+    let mut viewer = match hub.locate(key).await {
+        Ok(Placement::Here(viewer)) => viewer,
+        Ok(Placement::Elsewhere(base)) => return redirect(key, &base, uri),
         Err(refusal) => {
             let status = StatusCode::from_u16(refusal.http_status())
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -130,6 +136,27 @@ async fn view(hub: &MediaHub, scheme: &'static str, path: &str) -> FlvResponse {
     );
     headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
     response
+}
+
+/// 302 to the same path and query at `base`, the node the stream is published at.
+fn redirect(key: StreamKey, base: &str, uri: &warp::http::Uri) -> FlvResponse {
+    let target = redirect_target(base, uri);
+    let Ok(location) = HeaderValue::from_str(&target) else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{key}: published at a node whose address is not a URL: {base:?}\n"),
+        );
+    };
+    metrics::counter!("iothub_media_viewer_redirects_total").increment(1);
+    let mut response = plain(StatusCode::FOUND, &format!("{key}: published at {base}\n"));
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
+/// `base` (no trailing slash) followed by the path and query of `uri`.
+fn redirect_target(base: &str, uri: &warp::http::Uri) -> String {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{}{path_and_query}", base.trim_end_matches('/'))
 }
 
 fn plain(status: StatusCode, text: &str) -> FlvResponse {
@@ -195,5 +222,29 @@ impl Body for FlvBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_target;
+    use warp::http::Uri;
+
+    #[test]
+    fn a_redirect_keeps_the_path() {
+        let uri: Uri = "/1/868120303960873.flv".parse().unwrap();
+        assert_eq!(
+            redirect_target("http://node-2.example:8880", &uri),
+            "http://node-2.example:8880/1/868120303960873.flv"
+        );
+    }
+
+    #[test]
+    fn a_redirect_keeps_the_query() {
+        let uri: Uri = "/live/0/868120303960873.flv?token=abc&x=1".parse().unwrap();
+        assert_eq!(
+            redirect_target("http://10.0.0.7:8880/", &uri),
+            "http://10.0.0.7:8880/live/0/868120303960873.flv?token=abc&x=1"
+        );
     }
 }

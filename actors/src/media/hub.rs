@@ -5,11 +5,20 @@
 //! The map is a plain mutex held for a lookup or an insert, never across an await; each
 //! stream's state lives in its own [`MediaStream`] actor, supervised by the `Media`
 //! supervisor.
+//!
+//! In cluster mode a stream lives on the node its publisher reached (through the balancer,
+//! or at the address 0x9101 named). That node writes the stream's route to Redis
+//! ([`StreamRoutes`]: its gateId and HTTP-FLV base URL, with the cluster's lease) when the
+//! stream gets a publisher, renews it every third of a lease while the stream lives, and
+//! deletes it (if still the owner) when the stream ends. A viewer at a node without the
+//! stream is told where it is ([`Placement::Elsewhere`], a redirect); one for a JT/T live
+//! stream flowing nowhere gets it asked of the device through whichever node holds the
+//! device's session, then found where its media connection landed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use iothub::event::{Event, MediaStreamRecord, Record};
 use iothub::media::FlvTag;
@@ -17,10 +26,11 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
 use super::keys::{StreamKey, StreamKind};
-use super::signals::DeviceSignals;
+use super::signals::{DeviceSignals, SignalError};
 use super::stream::{
     Backlog, MediaStream, StreamArgs, StreamMsg, StreamOwner, ViewerItem, MAX_BACKLOG,
 };
+use crate::cluster::routes::{Renewal, StreamRoutes};
 use crate::config::MediaConfig;
 use crate::publish::Publisher as EventPublisher;
 
@@ -41,6 +51,9 @@ pub enum Refusal {
     StartTimeout,
     #[error("media server is stopping")]
     Stopping,
+    /// Cluster mode: Redis or the node holding the device cannot be reached (says which).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -48,7 +61,10 @@ impl Refusal {
         match self {
             Refusal::NotFound | Refusal::DeviceOffline => 404,
             Refusal::Forbidden => 403,
-            Refusal::TooManyStreams | Refusal::TooManyViewers | Refusal::Stopping => 503,
+            Refusal::TooManyStreams
+            | Refusal::TooManyViewers
+            | Refusal::Stopping
+            | Refusal::Unavailable(_) => 503,
             Refusal::StartTimeout => 504,
         }
     }
@@ -85,6 +101,19 @@ struct HubInner {
     supervisor: ActorCell,
     signals: DeviceSignals,
     events: Option<EventPublisher>,
+    /// Cluster mode: where streams are published, this node's and the others'.
+    routes: Option<StreamRoutes>,
+    /// JT/T live streams a viewer of this node has asked a device for, while it waits:
+    /// a second viewer waits as well instead of asking again.
+    starting: Mutex<HashSet<StreamKey>>,
+}
+
+/// Where a viewer is served.
+pub enum Placement {
+    /// On this node.
+    Here(StreamViewer),
+    /// At another node: the HTTP-FLV base URL of the node the stream is published at.
+    Elsewhere(String),
 }
 
 /// Cheap clonable handle to the node's streams.
@@ -98,11 +127,22 @@ struct Owner(std::sync::Weak<HubInner>);
 
 impl StreamOwner for Owner {
     fn ended(&self, key: StreamKey, stream_id: u64) {
-        if let Some(hub) = self.0.upgrade() {
+        let Some(hub) = self.0.upgrade() else { return };
+        let published = {
             let mut streams = lock(&hub.streams);
             if streams.get(&key).is_some_and(|e| e.stream_id == stream_id) {
-                streams.remove(&key);
+                streams.remove(&key).is_some_and(|e| e.source.is_some())
+            } else {
+                false
             }
+        };
+        if let (true, Some(routes)) = (published, hub.publishing_routes()) {
+            let owner = hub.route_owner(stream_id);
+            tokio::spawn(async move {
+                if let Err(e) = routes.release(&key.to_string(), &owner).await {
+                    tracing::debug!(stream = %key, error = %e, "stream route not released; it expires with its lease");
+                }
+            });
         }
     }
 
@@ -137,6 +177,29 @@ impl StreamOwner for Owner {
 }
 
 impl HubInner {
+    /// The stream routes this node writes: in cluster mode, with an advertised HTTP-FLV URL.
+    fn publishing_routes(&self) -> Option<StreamRoutes> {
+        self.routes
+            .clone()
+            .filter(|_| !self.config.advertise_http.is_empty())
+    }
+
+    /// The owner token of a stream's route: this process's instance and the stream's id.
+    fn route_owner(&self, stream_id: u64) -> String {
+        let instance = self
+            .signals
+            .cluster()
+            .map_or("", |cluster| cluster.instance.as_str());
+        format!("{instance}.s{stream_id}")
+    }
+
+    /// A running stream of `key` on this node that has had a publisher.
+    fn published(&self, key: StreamKey) -> bool {
+        lock(&self.streams)
+            .get(&key)
+            .is_some_and(|e| e.source.is_some() && is_running(&e.actor))
+    }
+
     fn event(&self, key: StreamKey, kind: &str, source: Option<Source>, reason: Option<&str>) {
         let Some(events) = &self.events else { return };
         let channel = match key.kind {
@@ -334,17 +397,35 @@ impl MediaHub {
         events: Option<EventPublisher>,
     ) -> anyhow::Result<MediaHub> {
         let (supervisor, _) = Actor::spawn_linked(None, MediaSupervisor, (), parent).await?;
-        Ok(MediaHub {
-            inner: Arc::new(HubInner {
-                streams: Mutex::new(HashMap::new()),
-                viewers: AtomicUsize::new(0),
-                next_id: AtomicU64::new(1),
-                config,
-                supervisor: supervisor.get_cell(),
-                signals,
-                events,
-            }),
-        })
+        let routes = signals.cluster().map(|cluster| {
+            StreamRoutes::new(
+                cluster.pool.clone(),
+                cluster.keys.clone(),
+                &cluster.gate_id,
+                cluster.lease,
+                &config.advertise_http,
+            )
+        });
+        let lease = signals.cluster().map(|cluster| cluster.lease);
+        let inner = Arc::new(HubInner {
+            streams: Mutex::new(HashMap::new()),
+            viewers: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            config,
+            supervisor: supervisor.get_cell(),
+            signals,
+            events,
+            routes,
+            starting: Mutex::new(HashSet::new()),
+        });
+        if let (Some(routes), Some(lease)) = (inner.publishing_routes(), lease) {
+            tokio::spawn(renew_stream_routes(
+                Arc::downgrade(&inner),
+                routes,
+                lease / 3,
+            ));
+        }
+        Ok(MediaHub { inner })
     }
 
     pub fn config(&self) -> &MediaConfig {
@@ -426,8 +507,20 @@ impl MediaHub {
         // A JT/T live stream nobody watches is closed whoever started it: it costs the
         // device's mobile data.
         let (actor, backlog, _) = self.stream(key, key.on_demand_channel().is_some()).await?;
-        if let Some(e) = lock(&self.inner.streams).get_mut(&key) {
+        let stream_id = lock(&self.inner.streams).get_mut(&key).map(|e| {
             e.source = Some(source);
+            e.stream_id
+        });
+        if let (Some(stream_id), Some(routes)) = (stream_id, self.inner.publishing_routes()) {
+            let owner = self.inner.route_owner(stream_id);
+            tokio::spawn(async move {
+                match routes.claim(&key.to_string(), &owner).await {
+                    Ok(()) => tracing::debug!(stream = %key, "stream route claimed"),
+                    Err(e) => {
+                        tracing::warn!(stream = %key, error = %e, "stream route not claimed; the renewal claims it when Redis answers")
+                    }
+                }
+            });
         }
         let id = self.next_id();
         actor
@@ -469,7 +562,7 @@ impl MediaHub {
                 // Not flowing: wait for it while the device is online (a JT/T live stream is
                 // asked of the device; a playback or a JIMI stream is what the customer
                 // asked the device for just before opening the URL).
-                if !self.inner.signals.online(key.imei).await {
+                if !self.inner.signals.online_here(key.imei).await {
                     return Err(Refusal::DeviceOffline);
                 }
                 let channel = key.on_demand_channel();
@@ -500,6 +593,83 @@ impl MediaHub {
         })
     }
 
+    /// Where a viewer of `key` is served. On a single node, as [`play`](Self::play). In
+    /// cluster mode: a stream flowing here is played here; one Redis names at another node
+    /// is [`Placement::Elsewhere`]; a JT/T live stream flowing nowhere is asked of the
+    /// device (0x9101) through the node that holds its session, and any other stream is
+    /// waited for while the device is online somewhere; either is then found where it
+    /// starts (Redis polled every 200 ms, up to `media.start_timeout`).
+    pub async fn locate(&self, key: StreamKey) -> Result<Placement, Refusal> {
+        let Some(routes) = self.inner.routes.clone() else {
+            return self.play(key).await.map(Placement::Here);
+        };
+        let flowing_here = lock(&self.inner.streams)
+            .get(&key)
+            .is_some_and(|e| is_running(&e.actor));
+        if flowing_here {
+            return self.play(key).await.map(Placement::Here);
+        }
+        if let Some(url) = self.published_elsewhere(&routes, key).await? {
+            return Ok(Placement::Elsewhere(url));
+        }
+        let _starting = match key.on_demand_channel() {
+            Some(channel) => match Starting::begin(&self.inner, key) {
+                Some(starting) => {
+                    tracing::info!(stream = %key, "viewer for a stream flowing nowhere: asking the device (0x9101)");
+                    metrics::counter!("iothub_media_on_demand_starts_total").increment(1);
+                    match self.inner.signals.start_live(key.imei, channel).await {
+                        Ok(()) => {}
+                        Err(SignalError::Unreachable(why)) => {
+                            return Err(Refusal::Unavailable(why))
+                        }
+                        Err(e) => {
+                            tracing::info!(stream = %key, error = %e, "0x9101 not sent");
+                            return Err(Refusal::DeviceOffline);
+                        }
+                    }
+                    Some(starting)
+                }
+                // Another viewer of this node asked already: wait with it.
+                None => None,
+            },
+            None => {
+                if !self.inner.signals.online(key.imei).await {
+                    return Err(Refusal::DeviceOffline);
+                }
+                None
+            }
+        };
+        let deadline = Instant::now() + self.inner.config.start_timeout;
+        loop {
+            if self.inner.published(key) {
+                return self.play(key).await.map(Placement::Here);
+            }
+            if let Some(url) = self.published_elsewhere(&routes, key).await? {
+                return Ok(Placement::Elsewhere(url));
+            }
+            if Instant::now() >= deadline {
+                metrics::counter!("iothub_media_start_timeouts_total").increment(1);
+                return Err(Refusal::StartTimeout);
+            }
+            tokio::time::sleep(ROUTE_POLL).await;
+        }
+    }
+
+    /// The base URL of the other node Redis says `key` is published at.
+    async fn published_elsewhere(
+        &self,
+        routes: &StreamRoutes,
+        key: StreamKey,
+    ) -> Result<Option<String>, Refusal> {
+        match routes.lookup(&key.to_string()).await {
+            // A route naming this node without a stream here is a leftover of a stream
+            // that just ended: it expires or is released.
+            Ok(Some(route)) if route.gate != routes.gate_id() => Ok(Some(route.url)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
     /// Streams on this node.
     pub fn stream_count(&self) -> usize {
         lock(&self.inner.streams).len()
@@ -512,6 +682,64 @@ impl MediaHub {
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await
             .ok();
+    }
+}
+
+/// How often a viewer waiting for a stream to start somewhere in the cluster asks Redis.
+const ROUTE_POLL: Duration = Duration::from_millis(200);
+
+/// A JT/T live stream this node asked a device for; forgotten when dropped.
+struct Starting {
+    hub: Arc<HubInner>,
+    key: StreamKey,
+}
+
+impl Starting {
+    /// `None` when a viewer of this node is already waiting for `key`.
+    fn begin(hub: &Arc<HubInner>, key: StreamKey) -> Option<Starting> {
+        lock(&hub.starting).insert(key).then(|| Starting {
+            hub: hub.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        lock(&self.hub.starting).remove(&self.key);
+    }
+}
+
+/// Renews the routes of this node's published streams every `period` while the hub lives.
+async fn renew_stream_routes(hub: Weak<HubInner>, routes: StreamRoutes, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let owned: Vec<(String, String)> = {
+            let Some(hub) = hub.upgrade() else { return };
+            let streams = lock(&hub.streams);
+            let owned = streams
+                .iter()
+                .filter(|(_, e)| e.source.is_some())
+                .map(|(key, e)| (key.to_string(), hub.route_owner(e.stream_id)))
+                .collect();
+            owned
+        };
+        if owned.is_empty() {
+            continue;
+        }
+        match routes.renew(&owned).await {
+            Ok(outcomes) => {
+                for ((stream, _), outcome) in owned.iter().zip(outcomes) {
+                    if outcome == Renewal::Lost {
+                        metrics::counter!("iothub_media_stream_routes_lost_total").increment(1);
+                        tracing::info!(%stream, "another node publishes this stream now; its viewers are sent there");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stream routes not renewed; retried next round");
+            }
+        }
     }
 }
 
@@ -693,5 +921,132 @@ mod tests {
         assert_eq!(clock.retime(&start[0]).timestamp, 0);
         assert_eq!(clock.retime(&start[1]).timestamp, 0);
         assert_eq!(clock.retime(&video(1040, false)).timestamp, 40);
+    }
+
+    /// A hub of node `gate` in a cluster on `pool` (its sessions: none), publishing at
+    /// `http://<gate>:8880`.
+    async fn cluster_hub(
+        pool: crate::cluster::redis::Pool,
+        keys: crate::cluster::redis::Keys,
+        gate: &str,
+    ) -> MediaHub {
+        use crate::cluster::node::Nodes;
+        use crate::cluster::routes::Routes;
+        use crate::cluster::Cluster;
+        use crate::registry::{Registry, RegistryActor};
+        let lease = Duration::from_secs(30);
+        let cluster = Arc::new(Cluster {
+            gate_id: gate.to_string(),
+            instance: format!("{gate}-instance"),
+            advertise: String::new(),
+            routes: Routes::new(pool.clone(), keys.clone(), gate, lease),
+            nodes: Nodes::new(pool.clone(), keys.clone(), lease),
+            pool,
+            keys,
+            lease,
+            token: "t".to_string(),
+            client: reqwest::Client::new(),
+        });
+        let (registry, _) = Actor::spawn(None, RegistryActor, Some(cluster.clone()))
+            .await
+            .unwrap();
+        let registry = Registry {
+            actor: registry,
+            cluster: Some(cluster),
+        };
+        let mut config = Config::from_toml_str("[api]\ntoken = \"t\"\n", &|_| None)
+            .unwrap()
+            .media;
+        config.advertise_http = format!("http://{gate}:8880");
+        config.start_timeout = Duration::from_secs(1);
+        let (parent, _) = Actor::spawn(None, TestParent, ()).await.unwrap();
+        let signals = DeviceSignals::new(registry, String::new(), 10_000);
+        MediaHub::start(config, parent.get_cell(), signals, None)
+            .await
+            .unwrap()
+    }
+
+    fn jt_live(imei: &str) -> StreamKey {
+        StreamKey::jt1078(Imei::parse(imei).unwrap(), 1, false)
+    }
+
+    #[tokio::test]
+    async fn a_stream_published_at_another_node_is_located_there() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let other = StreamRoutes::new(
+            r.pool.clone(),
+            r.keys.clone(),
+            "node-a",
+            Duration::from_secs(30),
+            "http://node-a:8880",
+        );
+        let key = jt_live("868120303960881");
+        other.claim(&key.to_string(), "a.s1").await.unwrap();
+        let placement = hub.locate(key).await;
+        assert!(
+            matches!(&placement, Ok(Placement::Elsewhere(url)) if url == "http://node-a:8880"),
+            "not sent to node-a: {:?}",
+            placement.as_ref().err()
+        );
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_a_device_online_nowhere_is_refused_as_offline() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let refusal = hub.locate(jt_live("868120303960899")).await.err();
+        assert_eq!(refusal, Some(Refusal::DeviceOffline));
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_published_here_is_routed_to_this_node_until_it_ends() {
+        let r = crate::cluster::redis::testing::redis().await;
+        let hub = cluster_hub(r.pool.clone(), r.keys.clone(), "node-b").await;
+        let routes = StreamRoutes::new(
+            r.pool.clone(),
+            r.keys.clone(),
+            "node-x",
+            Duration::from_secs(30),
+            "",
+        );
+        let key = jt_live("868120303960907");
+        let publisher = hub.publish(key, Source::Jt1078).await.unwrap();
+        let mut route = None;
+        for _ in 0..50 {
+            route = routes.lookup(&key.to_string()).await.unwrap();
+            if route.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            route.clone().map(|r| (r.gate, r.url)),
+            Some(("node-b".to_string(), "http://node-b:8880".to_string()))
+        );
+        drop(publisher);
+        for _ in 0..50 {
+            route = routes.lookup(&key.to_string()).await.unwrap();
+            if route.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(route, None, "the ended stream's route is still there");
+        r.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_503_naming_redis() {
+        let (pool, keys) = crate::cluster::redis::testing::unreachable();
+        let hub = cluster_hub(pool, keys, "node-b").await;
+        let refusal = hub.locate(jt_live("868120303960915")).await.err();
+        let Some(Refusal::Unavailable(why)) = &refusal else {
+            panic!("not refused as unavailable: {refusal:?}");
+        };
+        assert!(why.contains("redis"), "{why}");
+        assert_eq!(refusal.map(|r| r.http_status()), Some(503));
     }
 }

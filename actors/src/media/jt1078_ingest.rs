@@ -4,8 +4,10 @@
 //! `<ch>/<imei>.history`, the IMEI read from the packets' SIM by the JT/T 808 port's
 //! `new_imei_rule`.
 //!
-//! Only devices online on this node may publish: a connection whose SIM names a device
-//! without a live JT/T 808 session is closed (`iothub_media_ingest_refused_total`). A
+//! Only devices online may publish (on this node, or in cluster mode on any node, since the
+//! balancer may bring the media connection to another node than the signalling one): a
+//! connection whose SIM names a device without a live JT/T 808 session is closed
+//! (`iothub_media_ingest_refused_total`). A
 //! malformed packet closes its connection (`iothub_media_ingest_errors_total{kind}`); a
 //! frame over `max_frame_bytes` is dropped and the stream goes on from the next key frame.
 

@@ -116,6 +116,18 @@ pub fn describe_metrics() {
         "Streams nobody published within the start timeout of their first viewer"
     );
     describe_counter!(
+        "iothub_media_viewer_redirects_total",
+        "Cluster mode: HTTP-FLV viewers redirected to the node their stream is published at"
+    );
+    describe_counter!(
+        "iothub_media_stream_routes_lost_total",
+        "Cluster mode: renewals that found a stream of this node routed to another node"
+    );
+    describe_counter!(
+        "iothub_cluster_media_signals_in_total",
+        "Cluster mode: 0x9101/0x9102 other nodes asked this node to send to its devices"
+    );
+    describe_counter!(
         "iothub_media_stream_failures_total",
         "Stream actors that failed (panicked)"
     );
