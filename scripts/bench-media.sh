@@ -7,17 +7,12 @@
 #       the publisher costs nothing) to VIEWERS HTTP-FLV viewers (iothub-loadgen view, one
 #       process per 4,000 viewers): iothubd CPU-seconds per delivered GB, viewers per core
 #       at that bit rate, RSS per viewer.
-#   scripts/bench-media.sh nginx [KBPS] [PLAYERS] [SECONDS]
-#       RTMP in, RTMP out to PLAYERS FFmpeg players (-c copy -f null), once against iothubd
-#       and once against nginx with Debian's libnginx-mod-rtmp, in the same run: each
-#       server's CPU-seconds per GB it wrote (/proc/PID/io wchar, the same measure for both).
 #   scripts/bench-media.sh jt1078 [STREAMS] [SECONDS]
 #       STREAMS simulated dashcams streaming JT/T 1078 (352x288 H.264 at about 300 kbit/s and
 #       G.711A, transcoded to AAC) into one node, started by 0x9101 through sendInstruct:
 #       iothubd CPU and RSS per stream.
 #
-# Needs the release binaries (cargo build --release --workspace), ffmpeg, curl, python3, and
-# for `nginx` Debian's nginx with libnginx-mod-rtmp.
+# Needs the release binaries (cargo build --release --workspace), ffmpeg, curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-lib.sh
@@ -36,7 +31,6 @@ API_PORT=18088
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-wchar() { awk '/^wchar/ {print $2}' "/proc/$1/io"; }
 TICKS=$(getconf CLK_TCK)
 
 start_hub() {
@@ -127,67 +121,6 @@ PY
     for f in "$OUT"/view-*.log; do tail -n 12 "$f"; done
 }
 
-players() {
-    local url=$1 n=$2 seconds=$3 i
-    for i in $(seq 1 "$n"); do
-        ffmpeg -hide_banner -loglevel error -rw_timeout 10000000 -i "$url" -t "$seconds" -c copy \
-            -f null - >/dev/null 2>&1 &
-        PIDS+=($!)
-    done
-}
-
-measure_server() {
-    # $1 pids (space separated), $2 seconds: CPU-seconds and bytes written in the window.
-    local pids=$1 seconds=$2 p t0=0 t1=0 w0=0 w1=0
-    for p in $pids; do t0=$((t0 + $(cpu_ticks "$p"))); w0=$((w0 + $(wchar "$p"))); done
-    sleep "$seconds"
-    for p in $pids; do t1=$((t1 + $(cpu_ticks "$p"))); w1=$((w1 + $(wchar "$p"))); done
-    echo "$((t1 - t0)) $((w1 - w0))"
-}
-
-nginx_vs_iothub() {
-    local kbps="${1:-1000}" n="${2:-50}" seconds="${3:-30}"
-    local source
-    source="$(source_file "$kbps")"
-    start_hub
-    online_tracker $((seconds * 2 + 80))
-    publish "$source" "rtmp://127.0.0.1:$RTMP_PORT/live/1/$IMEI"
-    players "rtmp://127.0.0.1:$RTMP_PORT/live/1/$IMEI" "$n" $((seconds + 20))
-    sleep 10
-    read -r hub_ticks hub_bytes < <(measure_server "$HUB_PID" "$seconds")
-    kill "$PUBLISHER" 2>/dev/null || true
-    sleep 12
-
-    mkdir -p "$OUT/nginx"
-    cat >"$OUT/nginx/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/error.log;
-events { worker_connections 4096; }
-rtmp { server { listen 127.0.0.1:11936; chunk_size 4096; application live { live on; } } }
-CONF
-    nginx -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx"
-    sleep 1
-    local nginx_pids
-    nginx_pids="$(pgrep -P "$(cat "$OUT/nginx/nginx.pid")" | tr '\n' ' ')"
-    publish "$source" "rtmp://127.0.0.1:11936/live/1/$IMEI"
-    players "rtmp://127.0.0.1:11936/live/1/$IMEI" "$n" $((seconds + 20))
-    sleep 10
-    read -r ng_ticks ng_bytes < <(measure_server "$nginx_pids" "$seconds")
-    kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
-    python3 - "$kbps" "$n" "$seconds" "$TICKS" "$hub_ticks" "$hub_bytes" "$ng_ticks" "$ng_bytes" <<'PY'
-import sys
-kbps, n, seconds, ticks, ht, hb, nt, nb = map(float, sys.argv[1:])
-hub = (ht / ticks) / (hb / 1e9)
-ng = (nt / ticks) / (nb / 1e9)
-print(f"RTMP in, RTMP out: {int(kbps)} kbit/s video, {int(n)} FFmpeg players, {int(seconds)} s windows")
-print(f"  iothubd: {ht / ticks:.2f} CPU-s, wrote {hb / 1e9:.3f} GB: {hub:.2f} CPU-s per GB")
-print(f"  nginx-rtmp: {nt / ticks:.2f} CPU-s, wrote {nb / 1e9:.3f} GB: {ng:.2f} CPU-s per GB")
-print(f"  nginx / iothubd CPU per GB: {ng / hub:.2f}")
-PY
-}
-
 jt1078_streams() {
     local streams="${1:-200}" seconds="${2:-60}"
     ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc2=size=352x288:rate=15 -t 20 \
@@ -246,7 +179,6 @@ PY
 
 case "$MODE" in
     fanout) fanout "$@" ;;
-    nginx) nginx_vs_iothub "$@" ;;
     jt1078) jt1078_streams "$@" ;;
-    *) echo "usage: $0 fanout|nginx|jt1078 [...]" >&2; exit 2 ;;
+    *) echo "usage: $0 fanout|jt1078 [...]" >&2; exit 2 ;;
 esac
