@@ -304,7 +304,10 @@ impl StreamViewer {
                 has_video,
                 tags,
             }),
-            Ok(Some(ViewerItem::Tag(_))) | Ok(None) => Err(Refusal::NotFound),
+            // The stream ended before it could start this viewer: nobody published in time,
+            // or the publisher left before its first key frame.
+            Ok(None) => Err(Refusal::StartTimeout),
+            Ok(Some(ViewerItem::Tag(_))) => Err(Refusal::NotFound),
             Err(_) => Err(Refusal::StartTimeout),
         }
     }
