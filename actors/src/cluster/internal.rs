@@ -126,6 +126,18 @@ pub async fn forward(
         instruction,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
     };
+    post(cluster, gate, addr, "instruct", timeout + margin * 2, &body).await
+}
+
+/// POSTs `body` to another node's internal `path` and reads its JSON answer.
+async fn post<T: serde::Serialize, A: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    gate: &str,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    body: &T,
+) -> Result<A, ForwardError> {
     let broken = |reason: String| ForwardError::Broken {
         gate: gate.to_string(),
         addr: addr.to_string(),
@@ -133,10 +145,10 @@ pub async fn forward(
     };
     let response = cluster
         .client
-        .post(format!("http://{addr}/internal/v1/instruct"))
+        .post(format!("http://{addr}/internal/v1/{path}"))
         .header(TOKEN_HEADER, &cluster.token)
-        .timeout(timeout + margin * 2)
-        .json(&body)
+        .timeout(timeout)
+        .json(body)
         .send()
         .await
         .map_err(|e| {
@@ -154,7 +166,7 @@ pub async fn forward(
         return Err(broken(format!("answered HTTP {}", response.status())));
     }
     response
-        .json::<ForwardAnswer>()
+        .json::<A>()
         .await
         .map_err(|e| broken(format!("unreadable answer: {e}")))
 }
@@ -167,37 +179,15 @@ pub async fn media_signal(
     addr: &str,
     signal: &MediaSignal,
 ) -> Result<MediaSignalAnswer, ForwardError> {
-    let broken = |reason: String| ForwardError::Broken {
-        gate: gate.to_string(),
-        addr: addr.to_string(),
-        reason,
-    };
-    let response = cluster
-        .client
-        .post(format!("http://{addr}/internal/v1/media/signal"))
-        .header(TOKEN_HEADER, &cluster.token)
-        .timeout(Duration::from_secs(10))
-        .json(signal)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_connect() {
-                ForwardError::Unreachable {
-                    gate: gate.to_string(),
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                }
-            } else {
-                broken(e.to_string())
-            }
-        })?;
-    if !response.status().is_success() {
-        return Err(broken(format!("answered HTTP {}", response.status())));
-    }
-    response
-        .json::<MediaSignalAnswer>()
-        .await
-        .map_err(|e| broken(format!("unreadable answer: {e}")))
+    post(
+        cluster,
+        gate,
+        addr,
+        "media/signal",
+        Duration::from_secs(10),
+        signal,
+    )
+    .await
 }
 
 /// The running internal listener.
