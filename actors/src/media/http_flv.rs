@@ -21,7 +21,7 @@ use http_body_util::{Either, Full};
 use iothub::media::flv;
 use warp::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
-use super::hub::{MediaHub, Placement, StreamViewer, ViewerClock};
+use super::hub::{MediaHub, Placement, Refusal, StreamViewer, ViewerClock};
 use super::keys::StreamKey;
 use crate::http_server::TimedBody;
 
@@ -92,22 +92,19 @@ async fn view(hub: &MediaHub, scheme: &'static str, uri: &warp::http::Uri) -> Fl
             "not a stream URL: /live/<ch>/<imei>.flv, /live/<imei>.flv, /<ch>/<imei>.flv or /<ch>/<imei>.history.flv\n",
         );
     };
+    let refused = |refusal: Refusal| {
+        let status =
+            StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        plain(status, &format!("{key}: {refusal}\n"))
+    };
     let mut viewer = match hub.locate(key).await {
         Ok(Placement::Here(viewer)) => viewer,
         Ok(Placement::Elsewhere(base)) => return redirect(key, &base, uri),
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.http_status())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return plain(status, &format!("{key}: {refusal}\n"));
-        }
+        Err(refusal) => return refused(refusal),
     };
     let start = match viewer.start(hub.config().start_timeout).await {
         Ok(start) => start,
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.http_status())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return plain(status, &format!("{key}: {refusal}\n"));
-        }
+        Err(refusal) => return refused(refusal),
     };
     metrics::counter!("iothub_media_viewers_started_total", "protocol" => scheme).increment(1);
     let mut clock = ViewerClock::new(&start.tags);

@@ -673,6 +673,14 @@ impl MediaHub {
         }
     }
 
+    /// [`MediaHub::play`] and the viewer's start (what it is sent first), waited for up to
+    /// the start timeout: what every egress does before its first byte.
+    pub async fn watch(&self, key: StreamKey) -> Result<(StreamViewer, ViewerStart), Refusal> {
+        let mut viewer = self.play(key).await?;
+        let start = viewer.start(self.inner.config.start_timeout).await?;
+        Ok((viewer, start))
+    }
+
     /// Streams on this node.
     pub fn stream_count(&self) -> usize {
         lock(&self.inner.streams).len()

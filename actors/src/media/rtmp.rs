@@ -473,6 +473,19 @@ impl Session<'_> {
         Closed::Refused(reason)
     }
 
+    /// Refuses the request for `key` with the status code and text of `refusal`.
+    async fn refuse_stream(
+        &mut self,
+        request_id: u32,
+        key: StreamKey,
+        refusal: &Refusal,
+        publishing: bool,
+    ) -> Closed {
+        let code = refusal_code(refusal, publishing);
+        self.refuse(request_id, code, format!("{key}: {refusal}"))
+            .await
+    }
+
     async fn publish(&mut self, request_id: u32, app: &str, name: &str) -> Result<(), Closed> {
         const BAD_NAME: &str = "NetStream.Publish.BadName";
         if self.publishing.is_some() || self.playing.is_some() {
@@ -484,19 +497,14 @@ impl Session<'_> {
             let reason = format!("{app}/{name}: not a stream name");
             return Err(self.refuse(request_id, BAD_NAME, reason).await);
         };
-        if let Err(refusal) = may_publish(self.hub, key, query).await {
-            let reason = format!("{key}: {refusal}");
-            return Err(self
-                .refuse(request_id, refusal_code(&refusal, true), reason)
-                .await);
-        }
-        let publisher = match self.hub.publish(key, Source::Rtmp).await {
+        let publisher = match may_publish(self.hub, key, query).await {
+            Ok(()) => self.hub.publish(key, Source::Rtmp).await,
+            Err(refusal) => Err(refusal),
+        };
+        let publisher = match publisher {
             Ok(publisher) => publisher,
             Err(refusal) => {
-                let reason = format!("{key}: {refusal}");
-                return Err(self
-                    .refuse(request_id, refusal_code(&refusal, true), reason)
-                    .await);
+                return Err(self.refuse_stream(request_id, key, &refusal, true).await);
             }
         };
         let accepted = self.rtmp.accept_request(request_id)?;
@@ -527,22 +535,10 @@ impl Session<'_> {
             let reason = format!("{app}/{name}: not a stream name");
             return Err(self.refuse(request_id, NOT_FOUND, reason).await);
         };
-        let mut viewer = match self.hub.play(key).await {
-            Ok(viewer) => viewer,
+        let (viewer, start) = match self.hub.watch(key).await {
+            Ok(started) => started,
             Err(refusal) => {
-                let reason = format!("{key}: {refusal}");
-                return Err(self
-                    .refuse(request_id, refusal_code(&refusal, false), reason)
-                    .await);
-            }
-        };
-        let start = match viewer.start(self.hub.config().start_timeout).await {
-            Ok(start) => start,
-            Err(refusal) => {
-                let reason = format!("{key}: {refusal}");
-                return Err(self
-                    .refuse(request_id, refusal_code(&refusal, false), reason)
-                    .await);
+                return Err(self.refuse_stream(request_id, key, &refusal, false).await);
             }
         };
         let accepted = self.rtmp.accept_request(request_id)?;
